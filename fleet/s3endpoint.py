@@ -1,0 +1,131 @@
+"""The `s3` host's S3/KMS endpoint: moto server from Debian, with authentication enforced.
+
+moto starts with INITIAL_NO_AUTH_ACTION_COUNT=3: exactly the three unauthenticated IAM calls that create
+the fleet's admin user, its policy and its access key; every later request must be signed with real keys.
+moto keeps everything in memory: a restart of the endpoint loses every bucket, object, key and user.
+"""
+
+import json
+import os
+import socket
+import time
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from fleet.errors import FleetError
+
+PORT = 9000
+REGION = "us-east-1"
+ADMIN_USER = "fleet-admin"
+BOOTSTRAP_ACTIONS = 3
+PACKAGES = ("python3-moto", "python3-flask", "python3-flask-cors")
+UNIT = f"""[Unit]
+Description=S3 and KMS endpoint of the local fleet (moto server, in memory)
+After=network.target
+
+[Service]
+Environment=INITIAL_NO_AUTH_ACTION_COUNT={BOOTSTRAP_ACTIONS}
+ExecStart=/usr/bin/python3 -m moto.server -H 0.0.0.0 -p {PORT}
+DynamicUser=yes
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+"""
+ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+def endpoint_url(host):
+    return f"http://{host.address}:{PORT}"
+
+
+def client(service, credentials, **extra):
+    return boto3.client(
+        service, endpoint_url=credentials["endpoint"], region_name=credentials["region"],
+        aws_access_key_id=credentials["access_key_id"], aws_secret_access_key=credentials["secret_access_key"],
+        config=botocore.config.Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=20), **extra,
+    )
+
+
+class S3Endpoint:
+    def __init__(self, layout, access, host):
+        self.access = access
+        self.host = host
+        self.credentials_file = layout.local / "s3.json"
+
+    def ensure(self, say):
+        installed = self.access.run(self.host.name, f"dpkg-query -W -f='${{Status}}' {PACKAGES[0]}", check=False).stdout
+        if "install ok installed" not in installed:
+            say(f"{self.host.name}: installing {', '.join(PACKAGES)} through the apt proxy")
+            self.access.run(
+                self.host.name,
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+                + " ".join(PACKAGES),
+                timeout=600,
+            )
+        self.access.run(
+            self.host.name,
+            f"cat > /etc/systemd/system/moto.service.new && if ! cmp -s /etc/systemd/system/moto.service.new /etc/systemd/system/moto.service; "
+            "then mv /etc/systemd/system/moto.service.new /etc/systemd/system/moto.service && systemctl daemon-reload && systemctl enable --quiet moto "
+            "&& systemctl restart moto; else rm /etc/systemd/system/moto.service.new; systemctl start moto; fi",
+            input_text=UNIT,
+        )
+        self._wait_port()
+        if self._credentials_work():
+            return
+        if not self._bootstrap():
+            say(f"{self.host.name}: the endpoint's bootstrap window is used up and our keys are gone; restarting it (it held nothing we can read)")
+            self.access.run(self.host.name, "systemctl restart moto")
+            self._wait_port()
+            if not self._bootstrap():
+                raise FleetError(f"could not create the fleet's S3 user on {self.host.name}; see `fleet ssh {self.host.name} journalctl -u moto`")
+        say(f"{self.host.name}: S3/KMS endpoint up at {endpoint_url(self.host)}, authentication enforced")
+
+    def _wait_port(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection((str(self.host.address), PORT), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise FleetError(f"the S3 endpoint on {self.host.name}:{PORT} did not answer within {timeout}s; see `fleet ssh {self.host.name} journalctl -u moto`") from None
+                time.sleep(0.3)
+
+    def credentials(self):
+        try:
+            return json.loads(self.credentials_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _credentials_work(self):
+        credentials = self.credentials()
+        if not credentials or credentials.get("endpoint") != endpoint_url(self.host):
+            return False
+        try:
+            client("iam", credentials).get_user(UserName=ADMIN_USER)
+            return True
+        except botocore.exceptions.ClientError:
+            return False
+
+    def _bootstrap(self):
+        """Spend the endpoint's unauthenticated window on our admin user; False if the window is gone."""
+        anonymous = {"endpoint": endpoint_url(self.host), "region": REGION, "access_key_id": "bootstrap", "secret_access_key": "bootstrap"}
+        iam = client("iam", anonymous)
+        try:
+            iam.create_user(UserName=ADMIN_USER)
+            iam.put_user_policy(UserName=ADMIN_USER, PolicyName="fleet-admin", PolicyDocument=json.dumps(ADMIN_POLICY))
+            key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
+        except botocore.exceptions.ClientError:
+            return False
+        credentials = dict(anonymous, access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"])
+        self.credentials_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(credentials, out, indent=2)
+        return True
+
+    def forget(self):
+        self.credentials_file.unlink(missing_ok=True)
