@@ -73,15 +73,21 @@ class S3Endpoint:
             input_text=UNIT,
         )
         self._wait_port()
-        if self._credentials_work():
+        # Keys made for this run of the endpoint are still good; any other run has forgotten them. Asking
+        # the endpoint instead would spend one of its unauthenticated actions.
+        invocation = self._invocation()
+        if (self.credentials() or {}).get("invocation") == invocation:
             return
-        if not self._bootstrap():
-            say(f"{self.host.name}: the endpoint's bootstrap window is used up and our keys are gone; restarting it (it held nothing we can read)")
+        if not self._bootstrap(invocation):
+            say(f"{self.host.name}: the endpoint answered unauthenticated calls before ours; restarting it (it held nothing we can read)")
             self.access.run(self.host.name, "systemctl restart moto")
             self._wait_port()
-            if not self._bootstrap():
+            if not self._bootstrap(self._invocation()):
                 raise FleetError(f"could not create the fleet's S3 user on {self.host.name}; see `fleet ssh {self.host.name} journalctl -u moto`")
         say(f"{self.host.name}: S3/KMS endpoint up at {endpoint_url(self.host)}, authentication enforced")
+
+    def _invocation(self):
+        return self.access.run(self.host.name, "systemctl show --property=InvocationID --value moto").stdout.strip()
 
     def _wait_port(self, timeout=60):
         deadline = time.monotonic() + timeout
@@ -100,17 +106,7 @@ class S3Endpoint:
         except (OSError, ValueError):
             return None
 
-    def _credentials_work(self):
-        credentials = self.credentials()
-        if not credentials or credentials.get("endpoint") != endpoint_url(self.host):
-            return False
-        try:
-            client("iam", credentials).get_user(UserName=ADMIN_USER)
-            return True
-        except botocore.exceptions.ClientError:
-            return False
-
-    def _bootstrap(self):
+    def _bootstrap(self, invocation):
         """Spend the endpoint's unauthenticated window on our admin user; False if the window is gone."""
         anonymous = {"endpoint": endpoint_url(self.host), "region": REGION, "access_key_id": "bootstrap", "secret_access_key": "bootstrap"}
         iam = client("iam", anonymous)
@@ -120,7 +116,7 @@ class S3Endpoint:
             key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
         except botocore.exceptions.ClientError:
             return False
-        credentials = dict(anonymous, access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"])
+        credentials = dict(anonymous, access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"], invocation=invocation)
         self.credentials_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:

@@ -1,0 +1,13 @@
+"""The MCP Portal database tier: `pyinfra inventory/<env>.py deploy.py`.
+
+Thin on purpose: which component each host gets follows from its inventory groups; the components
+live in deploys/, their knobs in group_data/.
+"""
+
+from pyinfra import config
+
+from deploys.base import baseline
+
+config.REQUIRE_PYINFRA_VERSION = "~=3.10"
+
+baseline()

@@ -1,0 +1,1 @@
+"""Reusable pyinfra deploys, one module per component; each keeps its defaults at the top."""

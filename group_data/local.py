@@ -1,0 +1,1 @@
+"""The local fleet (inventory/local.py): connects as root with the key `fleet up` made."""
