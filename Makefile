@@ -1,0 +1,61 @@
+# The two commands an SRE needs: `make local` and `make test`. Each test tier also runs alone.
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-from-pyproject
+# Debian packages the control machine needs (the hosts get theirs from the deploy).
+DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv
+
+.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet
+
+## make local: virtualenv, fleet up, deploy to the fleet, post-deploy checks
+local: deps venv up deploy check
+
+deps:
+	@command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v apt-cacher-ng >/dev/null \
+	  && command -v ssh >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEPS); }
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+venv: $(STAMP)
+
+up: venv
+	$(BIN)/fleet up
+
+deploy: venv
+	$(BIN)/pyinfra -y inventory/local.py deploy.py
+
+check: venv
+	$(BIN)/pytest -q tests/infra --inventory inventory/local.py
+
+down: venv
+	$(BIN)/fleet down
+
+## make test: every tier, in order, on one fleet; ends with the fleet taken down
+test: deps venv
+	$(MAKE) test-unit
+	$(BIN)/fleet down
+	$(MAKE) test-fleet
+	$(MAKE) test-infra
+	$(MAKE) test-down
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+# The fleet tier brings the fleet up itself (from nothing after `fleet down`) and drills it.
+test-fleet: venv deps
+	$(BIN)/pytest -q tests/fleet
+
+# Deploy to the fleet twice (the second run must change nothing), then the post-deploy checks.
+test-infra: venv deps
+	$(BIN)/fleet up
+	$(BIN)/pytest -q tests/e2e
+	$(BIN)/pytest -q tests/infra --inventory inventory/local.py
+
+test-down: venv
+	$(BIN)/pytest -q tests/teardown
+
+bench-fleet: venv deps
+	$(BIN)/python bench/fleet_up.py

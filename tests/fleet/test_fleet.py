@@ -1,0 +1,177 @@
+"""The local fleet, checked from outside: ssh, systemd, names, isolation, the apt proxy and the S3/KMS endpoint.
+
+Tests run in file order: read-only checks first, then drills that power off, cut, reset and kill hosts.
+"""
+
+import json
+import os
+import re
+import socket
+
+import botocore.exceptions
+import pytest
+
+from fleet.aptproxy import AptProxy
+from fleet.layout import Layout
+from fleet.network import mirror_addresses
+from fleet.s3endpoint import client
+from tests.fleet_helpers import ACCESS, TOPOLOGY, fleet, nspawn_pids, on
+
+HOSTS = [h.name for h in TOPOLOGY.hosts]
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_host_is_booted_with_systemd_and_answers_ssh(fleet_up, host):
+    assert on(host, "systemctl is-system-running").stdout.strip() == "running"
+    assert on(host, "hostname").stdout.strip() == host
+    assert on(host, "cat /etc/debian_version").stdout.startswith("13.")
+
+
+def test_every_name_resolves_on_every_host_and_here(fleet_up):
+    for host in HOSTS:
+        lines = on(host, "getent hosts " + " ".join(HOSTS)).stdout.splitlines()
+        assert {line.split()[1]: line.split()[0] for line in lines} == {h.name: str(h.address) for h in TOPOLOGY.hosts}
+    assert socket.gethostbyname("pg-replica-2") == str(TOPOLOGY.host("pg-replica-2").address)
+
+
+def test_hosts_do_not_share_files(fleet_up):
+    on("pg-primary", "echo only-here > /root/isolation-probe")
+    for host in HOSTS[1:]:
+        assert on(host, "test -e /root/isolation-probe", check=False).returncode == 1
+    machine_ids = {on(h, "cat /etc/machine-id").stdout for h in HOSTS}
+    assert len(machine_ids) == len(HOSTS)
+
+
+def test_host_keys_are_per_host_and_pinned(fleet_up):
+    known = ACCESS.known_hosts.read_text().splitlines()
+    assert len({line.split()[2] for line in known}) == len(HOSTS)
+
+
+def test_hosts_reach_only_the_fleet_subnet(fleet_up):
+    """No default route: the apt proxy on the bridge is the only way out."""
+    assert on("pg-primary", "ip -4 route show").stdout.strip().splitlines() == [
+        f"{TOPOLOGY.subnet} dev eth0 proto kernel scope link src {TOPOLOGY.host('pg-primary').address}"
+    ]
+    mirror = mirror_addresses(TOPOLOGY.mirror)[0]
+    probe = f"python3 -c \"import socket; socket.create_connection(('{mirror}', 80), timeout=3)\""
+    assert "Network is unreachable" in on("pg-primary", probe, check=False).stderr
+
+
+def test_packages_install_through_the_caching_proxy_and_are_fetched_once(fleet_up):
+    log = AptProxy(Layout(), TOPOLOGY).log
+
+    def fetched(direction):
+        return [line for line in log.read_text().splitlines() if f"|{direction}|" in line and "/hello_" in line]
+
+    on("pg-replica-1", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hello", timeout=300)
+    assert on("pg-replica-1", "hello").stdout.strip() == "Hello, world!"
+    downloads = len(fetched("I"))
+    assert downloads >= 1 and len(fetched("O")) >= 1
+    on("pg-replica-2", "apt-get update -qq && cd /tmp && apt-get download -qq hello", timeout=300)
+    assert len(fetched("I")) == downloads, "the second host's download went upstream instead of the cache"
+
+
+# -- the S3/KMS endpoint ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def s3_credentials(fleet_up):
+    credentials = json.loads((Layout().local / "s3.json").read_text())
+    assert oct((Layout().local / "s3.json").stat().st_mode & 0o777) == "0o600"
+    return credentials
+
+
+def test_s3_bucket_put_and_refused_conditional_put(s3_credentials):
+    s3 = client("s3", s3_credentials)
+    s3.create_bucket(Bucket="fleet-probe")
+    s3.put_object(Bucket="fleet-probe", Key="segment", Body=b"first")
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        s3.put_object(Bucket="fleet-probe", Key="segment", Body=b"second", IfNoneMatch="*")
+    assert refused.value.response["Error"]["Code"] == "PreconditionFailed"
+    assert s3.get_object(Bucket="fleet-probe", Key="segment")["Body"].read() == b"first"
+
+
+@pytest.mark.parametrize("wrong", [{"secret_access_key": "not-the-secret"}, {"access_key_id": "AKIAUNKNOWNKEY000000"}])
+def test_s3_refuses_wrong_keys(s3_credentials, wrong):
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        client("s3", dict(s3_credentials, **wrong)).list_buckets()
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_kms_serves_data_keys(s3_credentials):
+    kms = client("kms", s3_credentials)
+    key_id = kms.create_key(Description="fleet probe")["KeyMetadata"]["KeyId"]
+    data_key = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+    assert len(data_key["Plaintext"]) == 32
+    assert kms.decrypt(CiphertextBlob=data_key["CiphertextBlob"])["Plaintext"] == data_key["Plaintext"]
+
+
+def test_database_hosts_reach_the_endpoint_by_name(fleet_up):
+    probe = "python3 -c \"import socket; socket.create_connection(('s3', 9000), timeout=3)\""
+    on("pg-primary", probe)
+
+
+# -- commands and drills -----------------------------------------------------------------------------------
+
+def test_status_lists_every_host_running_and_reachable(fleet_up):
+    out = fleet("status").stdout
+    for host in TOPOLOGY.hosts:
+        assert re.search(rf"^{host.name}\s+{host.address}\s+running\s+yes", out, re.M), out
+    assert "fleet cut s3" in out  # the in-memory endpoint's warning
+
+
+def test_up_again_changes_nothing(fleet_up):
+    before = {h: on(h, "ps -o lstart= -p 1").stdout for h in HOSTS}
+    assert "(0 booted)" in fleet("up").stdout
+    assert {h: on(h, "ps -o lstart= -p 1").stdout for h in HOSTS} == before
+
+
+def test_ssh_command_runs_on_the_host(fleet_up):
+    assert fleet("ssh", "pgbouncer-1", "hostname").stdout.strip() == "pgbouncer-1"
+
+
+def test_unknown_host_is_one_line(fleet_up):
+    result = fleet("cut", "pg-replica-9", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "unknown host 'pg-replica-9'" in result.stderr
+
+
+def test_cut_isolates_a_running_host_and_heal_reconnects_it(fleet_up):
+    fleet("cut", "pg-replica-2")
+    try:
+        assert not ACCESS.answers("pg-replica-2", timeout=5)
+        probe = "python3 -c \"import socket; socket.create_connection(('pg-replica-2', 22), timeout=3)\""
+        assert on("pg-primary", probe, check=False).returncode != 0
+        assert re.search(r"^pg-replica-2\s+\S+\s+cut\s+no", fleet("status", check=False).stdout, re.M)
+    finally:
+        fleet("heal", "pg-replica-2")
+    assert on("pg-replica-2", "systemctl is-system-running").stdout.strip() == "running"
+
+
+def test_stop_powers_off_keeping_the_disk_and_start_boots_it(fleet_up):
+    on("pg-replica-2", "echo kept > /root/survives-power-off && sync")
+    fleet("stop", "pg-replica-2")
+    assert re.search(r"^pg-replica-2\s+\S+\s+stopped\s+no", fleet("status", check=False).stdout, re.M)
+    assert not ACCESS.answers("pg-replica-2", timeout=5)
+    fleet("start", "pg-replica-2")
+    assert on("pg-replica-2", "cat /root/survives-power-off").stdout.strip() == "kept"
+
+
+def test_reset_returns_a_host_to_bare(fleet_up):
+    on("pgbouncer-1", "echo gone > /root/reset-probe")
+    fleet("reset", "pgbouncer-1")
+    assert on("pgbouncer-1", "test -e /root/reset-probe", check=False).returncode == 1
+    assert on("pgbouncer-1", "systemctl is-system-running").stdout.strip() == "running"
+
+
+def test_up_recovers_after_every_process_was_killed(fleet_up):
+    """As before a CI run: nspawn processes killed, namespaces, mounts, bridge and state left behind."""
+    on("pg-primary", "echo before-kill > /root/kill-probe && sync")
+    for pid in nspawn_pids():
+        os.kill(pid, 9)
+    assert not fleet("status", check=False).returncode == 0
+    out = fleet("up").stdout
+    assert f"({len(HOSTS)} booted)" in out
+    assert fleet("status").returncode == 0
+    assert on("pg-primary", "cat /root/kill-probe").stdout.strip() == "before-kill"
+    # Fresh endpoint, fresh keys: the fleet re-created its S3 user.
+    credentials = json.loads((Layout().local / "s3.json").read_text())
+    client("s3", credentials).list_buckets()

@@ -1,0 +1,33 @@
+"""What the fleet-level tiers share: the `fleet` command as an SRE runs it, and ssh into hosts."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from fleet.access import Access
+from fleet.layout import Layout
+from fleet.topology import load
+
+FLEET = str(Path(sys.executable).with_name("fleet"))
+TOPOLOGY = load()
+ACCESS = Access(Layout())
+
+
+def fleet(*args, check=True, timeout=900):
+    result = subprocess.run([FLEET, *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"fleet {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
+    return result
+
+
+def on(host, command, check=True, timeout=120):
+    """Run a shell command on a fleet host over ssh; the result's stdout, stripped."""
+    result = subprocess.run(ACCESS.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{host}: `{command}` exited {result.returncode}: {result.stderr.strip()}")
+    return result
+
+
+def nspawn_pids():
+    out = subprocess.run(["pgrep", "-f", "systemd-nspawn -D /var/lib/mcp-fleet"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]

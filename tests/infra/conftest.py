@@ -1,0 +1,55 @@
+"""Post-deploy checks for any inventory: `pytest tests/infra --inventory inventory/<env>.py`.
+
+Hosts, groups and ssh settings come from the same pyinfra inventory the deploy used, so the checks
+reach exactly what was deployed, with the same pinned host keys.
+"""
+
+import runpy
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import testinfra
+
+
+def pytest_addoption(parser):
+    parser.addoption("--inventory", default="inventory/local.py", help="pyinfra inventory file to check")
+
+
+@dataclass
+class Target:
+    name: str
+    groups: frozenset
+    host: object  # testinfra Host
+
+
+def load_targets(inventory_file):
+    namespace = runpy.run_path(inventory_file)
+    inventory_group = Path(inventory_file).stem
+    members = {}
+    for group, entries in namespace.items():
+        if group.startswith("_") or not isinstance(entries, list):
+            continue
+        for entry in entries:
+            name, data = entry if isinstance(entry, tuple) else (entry, {})
+            members.setdefault(name, [set(), data])[0].add(group)
+    targets = []
+    for name, (groups, data) in members.items():
+        extra = []
+        if data.get("ssh_known_hosts_file"):
+            extra += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
+        if data.get("ssh_strict_host_key_checking"):
+            extra += ["-o", f"StrictHostKeyChecking={data['ssh_strict_host_key_checking']}"]
+        user = data.get("ssh_user", "root")
+        spec = f"ssh://{user}@{data.get('ssh_hostname', name)}:{data.get('ssh_port', 22)}"
+        host = testinfra.get_host(spec, ssh_identity_file=data.get("ssh_key"), ssh_extra_args=shlex.join(extra) or None,
+                                  sudo=user != "root")
+        targets.append(Target(name, frozenset(groups | {inventory_group}), host))
+    return targets
+
+
+def pytest_generate_tests(metafunc):
+    if "target" in metafunc.fixturenames:
+        targets = load_targets(metafunc.config.getoption("inventory"))
+        metafunc.parametrize("target", targets, ids=[t.name for t in targets], scope="module")

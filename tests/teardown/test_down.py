@@ -1,0 +1,50 @@
+"""`fleet down` leaves the machine as it found it: checked with the machine's own tools, not the fleet's."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet.layout import Layout
+from tests.fleet_helpers import TOPOLOGY, fleet, nspawn_pids
+
+
+def sh(*argv):
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def down():
+    return fleet("down").stdout
+
+
+def test_no_container_process_is_left(down):
+    assert nspawn_pids() == []
+
+
+def test_no_namespace_or_link_is_left(down):
+    assert not [ns for ns in sh("ip", "netns", "list").split() if ns.startswith("mcpf-")]
+    links = sh("ip", "-o", "link", "show")
+    assert TOPOLOGY.bridge not in links and " mf-" not in links
+
+
+def test_no_mount_is_left(down):
+    mounts = Path("/proc/mounts").read_text()
+    assert "/var/lib/mcp-fleet" not in mounts
+    assert " /run/systemd/nspawn " not in mounts
+
+
+def test_no_hosts_entry_state_or_proxy_is_left(down):
+    assert "mcp-fleet" not in Path("/etc/hosts").read_text()
+    assert not Layout().state_root.exists()
+    assert "apt-cacher-ng" not in sh("ps", "-eo", "comm")
+
+
+def test_commands_after_down_say_the_fleet_is_not_up(down):
+    result = fleet("ssh", "pg-primary", "true", check=False)
+    assert result.returncode == 2 and "the fleet is not up" in result.stderr
+    assert fleet("status", check=False).returncode == 1
+
+
+def test_down_twice_is_harmless(down):
+    assert "down:" in fleet("down").stdout

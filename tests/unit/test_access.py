@@ -1,0 +1,40 @@
+"""/etc/hosts blocks and the ssh client files."""
+
+from fleet.access import HOSTS_BEGIN, HOSTS_END, Access, host_etc_hosts, hosts_block, replace_block, update_machine_hosts
+from fleet.topology import load
+
+MACHINE_HOSTS = "127.0.0.1 localhost\n127.0.0.1 vm\n"
+
+
+def test_block_is_added_once_replaced_and_removed_leaving_the_rest(tmp_path):
+    path = tmp_path / "hosts"
+    path.write_text(MACHINE_HOSTS)
+    block = hosts_block(load())
+    update_machine_hosts(block, path)
+    update_machine_hosts(block, path)
+    text = path.read_text()
+    assert text.startswith(MACHINE_HOSTS) and text.count(HOSTS_BEGIN) == 1 and "198.51.100.11\tpg-primary" in text
+    update_machine_hosts("", path)
+    assert path.read_text() == MACHINE_HOSTS
+
+
+def test_replace_block_keeps_lines_after_the_block():
+    text = f"a\n{HOSTS_BEGIN}\nold\n{HOSTS_END}\nb\n"
+    assert replace_block(text, "") == "a\nb\n"
+
+
+def test_every_host_knows_every_name_including_its_own():
+    text = host_etc_hosts(load())
+    for name in ("pg-primary", "pg-replica-1", "pg-replica-2", "pgbouncer-1", "s3", "fleet-gateway"):
+        assert f"\t{name}\n" in text
+    assert text.startswith("127.0.0.1\tlocalhost\n")
+
+
+def test_client_files_pin_host_keys_and_use_only_our_key(layout):
+    access = Access(layout)
+    layout.local.mkdir(parents=True)
+    access.write_client_files(load(), {"pg-primary": ["ssh-ed25519", "AAAAkey"]})
+    assert access.known_hosts.read_text() == "pg-primary,198.51.100.11 ssh-ed25519 AAAAkey\n"
+    config = access.config.read_text()
+    assert "StrictHostKeyChecking yes" in config and f"IdentityFile {access.key}" in config and "IdentitiesOnly yes" in config
+    assert "Host pg-primary\n  HostName 198.51.100.11\n" in config
