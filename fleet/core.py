@@ -112,10 +112,15 @@ class Fleet:
         if booting:
             self.say(f"booting {', '.join(booting)}")
         for name in booting:
-            self.access.wait_booted(name)
+            self._wait_booted(name)
         self.s3.ensure(self.say)
         self.say(f"up: {len(self.machines)} hosts running in {time.monotonic() - started:.0f}s "
                  f"({len(booting)} booted); ssh with `fleet ssh HOST` or `ssh -F {self.access.config} HOST`")
+
+    def _wait_booted(self, name):
+        retried = self.access.wait_booted(name)
+        if retried:
+            self.say(f"{name}: started {', '.join(retried)} again (systemd could not spawn them during boot)")
 
     def _boot(self, machine, authorized_key):
         machine.write_identity(authorized_key, access_mod.host_etc_hosts(self.topology), self.proxy.url)
@@ -204,7 +209,7 @@ class Fleet:
         network.ensure_host_link(self.topology, machine.host)
         machine.mount(Path(self.layout.read_state()["base"]))
         self._boot(machine, self.access.ensure_key())
-        self.access.wait_booted(name)
+        self._wait_booted(name)
         if machine.host is self.s3.host:
             self.s3.ensure(self.say)
         self.say(f"{name} running")
@@ -219,7 +224,7 @@ class Fleet:
         network.ensure_host_link(self.topology, machine.host)
         self._boot(machine, self.access.ensure_key())
         self._publish_names()
-        self.access.wait_booted(name)
+        self._wait_booted(name)
         if machine.host is self.s3.host:
             self.s3.ensure(self.say)
         self.say(f"{name} is bare and running")

@@ -38,3 +38,34 @@ def test_client_files_pin_host_keys_and_use_only_our_key(layout):
     config = access.config.read_text()
     assert "StrictHostKeyChecking yes" in config and f"IdentityFile {access.key}" in config and "IdentitiesOnly yes" in config
     assert "Host pg-primary\n  HostName 198.51.100.11\n" in config
+
+
+class ScriptedAccess(Access):
+    """Access whose remote commands answer from a script, recording what was run."""
+
+    def __init__(self, layout, answers):
+        super().__init__(layout)
+        self.answers_by_prefix, self.ran = answers, []
+
+    def run(self, host_name, command, timeout=60, check=True, input_text=None):
+        self.ran.append(command)
+        out = next((text for prefix, text in self.answers_by_prefix.items() if command.startswith(prefix)), "")
+        return type("Result", (), {"stdout": out})()
+
+
+def test_units_systemd_could_not_spawn_are_started_again(layout):
+    access = ScriptedAccess(layout, {
+        "systemctl --failed": "systemd-user-sessions.service loaded failed failed Permit User Sessions\n",
+        "systemctl show --property=Result": "resources\n",
+    })
+    assert access._retry_spawn_failures("pg-primary") == ["systemd-user-sessions.service"]
+    assert access.ran[-1] == "systemctl reset-failed && systemctl start systemd-user-sessions.service"
+
+
+def test_a_unit_that_ran_and_failed_is_not_retried(layout):
+    access = ScriptedAccess(layout, {
+        "systemctl --failed": "a.service loaded failed failed A\nb.service loaded failed failed B\n",
+        "systemctl show --property=Result": "resources\nexit-code\n",
+    })
+    assert access._retry_spawn_failures("pg-primary") == []
+    assert not any("systemctl start" in command for command in access.ran)
