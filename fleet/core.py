@@ -206,12 +206,7 @@ class Fleet:
         if machine.running:
             self.say(f"{name} is already running")
             return
-        network.ensure_host_link(self.topology, machine.host)
-        machine.mount(Path(self.layout.read_state()["base"]))
-        self._boot(machine, self.access.ensure_key())
-        self._wait_booted(name)
-        if machine.host is self.s3.host:
-            self.s3.ensure(self.say)
+        self._start(machine)
         self.say(f"{name} running")
 
     def reset(self, name):
@@ -220,14 +215,18 @@ class Fleet:
         machine.remove()
         if machine.host is self.s3.host:
             self.s3.forget()
-        machine.mount(Path(self.layout.read_state()["base"]))
+        self._start(machine)
+        self.say(f"{name} is bare and running")
+
+    def _start(self, machine):
+        """Boot one host of a fleet that is up; a new host key (after reset) is published before ssh is tried."""
         network.ensure_host_link(self.topology, machine.host)
+        machine.mount(Path(self.layout.read_state()["base"]))
         self._boot(machine, self.access.ensure_key())
         self._publish_names()
-        self._wait_booted(name)
+        self._wait_booted(machine.host.name)
         if machine.host is self.s3.host:
             self.s3.ensure(self.say)
-        self.say(f"{name} is bare and running")
 
     def cut(self, name):
         machine = self._machine(name)

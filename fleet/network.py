@@ -3,6 +3,7 @@
 import ipaddress
 import json
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -112,9 +113,13 @@ def netns_pids(host):
 
 def remove_host_link(host):
     if netns_exists(host.netns):
-        run(["ip", "netns", "del", host.netns])  # deletes eth0 and, with it, its veth peer
-    if link(host.veth):
-        run(["ip", "link", "del", host.veth])
+        run(["ip", "netns", "del", host.netns])  # deletes eth0 and, with it and asynchronously, its veth peer
+    deadline = time.monotonic() + 10
+    while link(host.veth):
+        if time.monotonic() > deadline:
+            raise FleetError(f"link {host.veth} of {host.name} would not go away; remove it with `ip link del {host.veth}`")
+        run(["ip", "link", "del", host.veth], check=False)  # may already be on its way out
+        time.sleep(0.1)
 
 
 def remove_bridge(topology):

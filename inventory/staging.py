@@ -1,16 +1,15 @@
-"""Example staging inventory: replace every *.example.invalid host with yours (docs/inventories.md).
+"""Example staging inventory: a smaller copy of prod (one replica) for rebuild and failover drills.
 
-Each host connects over SSH as a sudo-capable user (group_data/staging.py sets _sudo). Exactly one host in
-primary; the replicas clone from it; pgbouncer hosts front both. Unedited, this file refuses to run.
+Replace every *.example.invalid host with yours (docs/inventories.md); unedited, this file refuses to run.
+The deploy user needs sudo (group_data/staging.py sets _sudo).
 """
 
 from inventory._placeholders import require_real_hosts
 
-primary = [("db-1.staging.example.invalid", {"ssh_user": "deploy"})]
-replicas = [
-    ("db-2.staging.example.invalid", {"ssh_user": "deploy"}),
-    ("db-3.staging.example.invalid", {"ssh_user": "deploy"}),
-]
-pgbouncer = [("pgbouncer-1.staging.example.invalid", {"ssh_user": "deploy"})]
+_deploy_user = {"ssh_user": "deploy"}
+
+primary = [("db-1.staging.example.invalid", _deploy_user)]
+replicas = [("db-2.staging.example.invalid", _deploy_user)]
+pgbouncer = [("pgbouncer-1.staging.example.invalid", _deploy_user)]
 
 require_real_hosts(__file__, primary, replicas, pgbouncer)

@@ -58,17 +58,21 @@ def test_hosts_reach_only_the_fleet_subnet(fleet_up):
 
 
 def test_packages_install_through_the_caching_proxy_and_are_fetched_once(fleet_up):
+    """The proxy's log has an I line per upstream download and an O line per delivery to a host."""
     log = AptProxy(Layout(), TOPOLOGY).log
 
-    def fetched(direction):
-        return [line for line in log.read_text().splitlines() if f"|{direction}|" in line and "/hello_" in line]
+    def count(direction):
+        return sum(1 for line in log.read_text().splitlines() if f"|{direction}|" in line and "/hello_" in line)
 
+    upstream, delivered = count("I"), count("O")
     on("pg-replica-1", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hello", timeout=300)
     assert on("pg-replica-1", "hello").stdout.strip() == "Hello, world!"
-    downloads = len(fetched("I"))
-    assert downloads >= 1 and len(fetched("O")) >= 1
+    assert count("O") == delivered + 1, "the package did not come through the proxy"
+    assert count("I") <= upstream + 1
+    upstream = count("I")
     on("pg-replica-2", "apt-get update -qq && cd /tmp && apt-get download -qq hello", timeout=300)
-    assert len(fetched("I")) == downloads, "the second host's download went upstream instead of the cache"
+    assert count("O") == delivered + 2
+    assert count("I") == upstream, "the second host's download went upstream instead of the cache"
 
 
 # -- the S3/KMS endpoint ---------------------------------------------------------------------------------
