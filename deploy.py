@@ -4,10 +4,15 @@ Thin on purpose: which component each host gets follows from its inventory group
 live in deploys/, their knobs in group_data/.
 """
 
-from pyinfra import config
+from pyinfra import config, host
 
 from deploys.base import baseline
+from deploys.postgres import server_packages
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 
+DATABASE_GROUPS = {"primary", "replicas"}
+
 baseline()
+if DATABASE_GROUPS & set(host.groups):
+    server_packages()

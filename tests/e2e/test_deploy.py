@@ -11,9 +11,13 @@ PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 REPO = Path(__file__).resolve().parents[2]
 
 
+def pyinfra_run(*args):
+    return subprocess.run([PYINFRA, "inventory/local.py", "deploy.py", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=1800)
+
+
 def pyinfra(*args):
-    result = subprocess.run([PYINFRA, "inventory/local.py", "deploy.py", *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=1800)
+    result = pyinfra_run(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr  # pyinfra reports on stderr
 

@@ -49,7 +49,12 @@ def load_targets(inventory_file):
     return targets
 
 
+# Fixture name -> the inventory groups whose hosts it runs on (None: every host).
+TARGET_FIXTURES = {"target": None, "db_target": {"primary", "replicas"}}
+
+
 def pytest_generate_tests(metafunc):
-    if "target" in metafunc.fixturenames:
-        targets = load_targets(metafunc.config.getoption("inventory"))
-        metafunc.parametrize("target", targets, ids=[t.name for t in targets], scope="module")
+    for fixture, groups in TARGET_FIXTURES.items():
+        if fixture in metafunc.fixturenames:
+            targets = [t for t in load_targets(metafunc.config.getoption("inventory")) if groups is None or groups & t.groups]
+            metafunc.parametrize(fixture, targets, ids=[t.name for t in targets], scope="module")
