@@ -7,7 +7,7 @@ live in deploys/, their knobs in group_data/.
 from pyinfra import config, host
 
 from deploys.base import baseline
-from deploys.postgres import server_packages
+from deploys.postgres import configuration, server_packages
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 
@@ -16,3 +16,4 @@ DATABASE_GROUPS = {"primary", "replicas"}
 baseline()
 if DATABASE_GROUPS & set(host.groups):
     server_packages()
+    configuration()

@@ -1,5 +1,7 @@
 """Custom pyinfra facts: the state the deploys decide from at plan time, so `--dry` tells the truth."""
 
+import json
+
 from pyinfra.api import FactBase
 
 
@@ -35,3 +37,19 @@ done"""
                 "status": status, "datadir": datadir, "checksums": checksums != "0", "databases": int(databases),
             }
         return clusters
+
+
+class PostgresSettings(FactBase):
+    """The running cluster's pg_settings: {name: {"setting", "context", "pending_restart"}}; {} when it is down."""
+
+    default = dict
+
+    def command(self, major, cluster):
+        query = ("select json_object_agg(name, json_build_object('setting', setting, 'context', context, "
+                 "'pending_restart', pending_restart)) from pg_settings")
+        return (f"if pg_lsclusters --no-header {major} {cluster} 2>/dev/null | grep -q online; then "
+                f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster} -c \"{query}\"; fi")
+
+    def process(self, output):
+        text = "".join(output).strip()
+        return json.loads(text) if text else {}

@@ -1,1 +1,4 @@
 """The local fleet (inventory/local.py): connects as root with the key `fleet up` made."""
+
+# Three database hosts share one 24 GiB machine with everything else.
+postgres_memory_budget_mb = 512

@@ -22,8 +22,8 @@ def pyinfra(*args):
     return result.stdout + result.stderr  # pyinfra reports on stderr
 
 
-def deploy():
-    return pyinfra("-y")
+def deploy(*extra):
+    return pyinfra("-y", *extra)
 
 
 def planned_changes():

@@ -27,3 +27,25 @@ def test_packages_are_held_against_unattended_upgrades(db):
 
 def test_cluster_has_data_checksums(db):
     assert psql(db, "show data_checksums") == "on"
+
+
+def test_configuration_is_applied_with_no_restart_pending(db):
+    assert psql(db, "select count(*) from pg_settings where pending_restart") == "0"
+    assert psql(db, "show wal_level") == "replica"
+    assert psql(db, "show password_encryption") == "scram-sha-256"
+
+
+def test_alter_system_cannot_drift_from_the_repository(db):
+    result = db.run("runuser -u postgres -- psql -XtAc %s", "alter system set work_mem = '64MB'")
+    assert result.rc != 0 and "ALTER SYSTEM is not allowed" in result.stderr
+
+
+def test_postgresql_conf_is_rendered_by_the_deploy(db):
+    conf = db.file("/etc/postgresql/17/main/postgresql.conf")
+    assert conf.user == "postgres" and conf.mode == 0o644
+    assert conf.contains("^# Rendered by deploy.py")
+
+
+def test_listens_on_loopback_only_until_tls_and_pg_hba_are_deployed(db):
+    assert db.socket("tcp://127.0.0.1:5432").is_listening
+    assert not db.socket("tcp://0.0.0.0:5432").is_listening

@@ -1,0 +1,16 @@
+"""Where a host's data key was set, so a bad value's error names the file to fix."""
+
+from pyinfra import host, inventory
+
+
+def source_of(key):
+    if key in inventory.get_override_data():
+        return "--data on the command line"
+    if key in inventory.get_host_data(host.name):
+        return f"inventory host {host.name}"
+    for group in host.groups:
+        if key in inventory.get_group_data(group):
+            return f"group_data/{group}.py"
+    if key in inventory.get_data():
+        return "group_data/all.py"
+    return "the deploy's DEFAULTS"

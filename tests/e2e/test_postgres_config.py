@@ -1,0 +1,68 @@
+"""postgresql.conf changes on the fleet: reload for reload-class settings, restarts in order for postmaster ones,
+bad values refused before any host changes. Overrides go in an extra group data dir (pyinfra --group-data)."""
+
+import pytest
+
+from tests.e2e.test_deploy import deploy, grand_total, pyinfra_run
+from tests.fleet_helpers import TOPOLOGY, on
+
+DATABASE_HOSTS = [h.name for h in TOPOLOGY.group("primary") + TOPOLOGY.group("replicas")]
+CONF = "/etc/postgresql/17/main/postgresql.conf"
+
+
+def psql(host, sql):
+    return on(host, f"runuser -u postgres -- psql -XtAc \"{sql}\"").stdout.strip()
+
+
+def started():
+    """Each database host's postmaster start time, as epoch seconds with microseconds."""
+    return {h: float(psql(h, "select extract(epoch from pg_postmaster_start_time())")) for h in DATABASE_HOSTS}
+
+
+@pytest.fixture
+def overrides(tmp_path):
+    """Write group data overrides; the deploy after the test runs without them, converging back."""
+    def write(text):
+        (tmp_path / "local.py").write_text(text)  # the fleet's own group: overrides group_data/local.py
+        return ["--group-data", str(tmp_path)]
+    yield write
+    deploy()
+
+
+def test_reload_class_change_reloads_without_restart(overrides):
+    before = started()
+    output = deploy(*overrides('postgres_settings = {"log_min_duration_statement": "250ms"}'))
+    assert "Reload PostgreSQL (log_min_duration_statement changed)" in output and "Restart PostgreSQL" not in output
+    assert {h: psql(h, "show log_min_duration_statement") for h in DATABASE_HOSTS} == dict.fromkeys(DATABASE_HOSTS, "250ms")
+    assert started() == before
+
+
+def test_restart_class_change_restarts_replicas_one_at_a_time_then_the_primary(overrides):
+    before = started()
+    output = deploy(*overrides("postgres_memory_budget_mb = 768"))
+    assert "Restart PostgreSQL (replica; shared_buffers need a restart)" in output
+    after = started()
+    assert all(after[h] > before[h] for h in DATABASE_HOSTS)
+    primary = TOPOLOGY.group("primary")[0].name
+    assert all(after[primary] > after[r.name] for r in TOPOLOGY.group("replicas"))
+    assert {h: psql(h, "show shared_buffers") for h in DATABASE_HOSTS} == dict.fromkeys(DATABASE_HOSTS, "192MB")
+    assert grand_total(deploy(*overrides("postgres_memory_budget_mb = 768")))[1] == 0
+
+
+def test_decreased_hot_standby_setting_restarts_the_primary_first(overrides):
+    deploy(*overrides('postgres_settings = {"max_locks_per_transaction": 128}'))
+    before = started()
+    output = deploy(*overrides('postgres_settings = {"max_locks_per_transaction": 64}'))
+    assert "Restart PostgreSQL (primary first, max_locks_per_transaction decreased" in output
+    after = started()
+    primary = TOPOLOGY.group("primary")[0].name
+    assert all(after[primary] < after[r.name] for r in TOPOLOGY.group("replicas"))
+    assert after[primary] > before[primary]
+
+
+def test_bad_value_is_refused_before_any_host_changes(overrides):
+    before = {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS}
+    result = pyinfra_run("-y", *overrides('postgres_settings = {"work_mem": "12XB", "log_min_duration_statement": "1s"}'))
+    assert result.returncode != 0
+    assert "group_data/local.py: postgres_settings.work_mem = '12XB': unit 'XB'" in result.stderr + result.stdout
+    assert {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS} == before
