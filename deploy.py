@@ -8,6 +8,7 @@ from pyinfra import config, host
 
 from deploys.base import baseline
 from deploys.postgres import configuration, server_packages
+from deploys.tls import certificates
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 
@@ -16,4 +17,4 @@ DATABASE_GROUPS = {"primary", "replicas"}
 baseline()
 if DATABASE_GROUPS & set(host.groups):
     server_packages()
-    configuration()
+    configuration(reload_when=certificates(owner="postgres"))

@@ -4,6 +4,7 @@ parameter against PostgreSQL 17's own catalogue (pg17_parameters.json, read from
 Pure functions: no host, no pyinfra. The deploy renders what `settings()` returns.
 """
 
+import ipaddress
 import json
 import math
 import re
@@ -149,3 +150,39 @@ def changes(desired, live, known=None):
         if have is None or want != normalize(name, have["setting"], meta, "live"):
             changed[name] = meta["context"]
     return changed
+
+
+HBA_METHODS = ("scram-sha-256", "cert")
+HBA_KEYS = {"database", "user", "address", "method"}
+
+
+def hba_rules(replica_addresses, pooler_addresses, replication_user, extra, source):
+    """pg_hba.conf's network lines: TLS only (hostssl), scram-sha-256 or client certificates, never trust.
+
+    Replicas may only replicate; PgBouncer hosts reach every database; `extra` (group_data postgres_hba_extra)
+    adds rules such as an admin network, validated here.
+    """
+    rules = [("hostssl", "replication", replication_user, _host_cidr(a, source), "scram-sha-256") for a in replica_addresses]
+    rules += [("hostssl", "all", "all", _host_cidr(a, source), "scram-sha-256") for a in pooler_addresses]
+    if not isinstance(extra, list):
+        raise ConfigError(f"{source}: postgres_hba_extra must be a list of {{database, user, address, method}}")
+    for index, rule in enumerate(extra):
+        where = f"{source}: postgres_hba_extra[{index}]"
+        if not isinstance(rule, dict) or not {"database", "user", "address"} <= rule.keys() <= HBA_KEYS:
+            raise ConfigError(f"{where} needs database, user and address (and optionally method)")
+        method = rule.get("method", "scram-sha-256")
+        if method not in HBA_METHODS:
+            raise ConfigError(f"{where}: method {method!r} is not allowed on the network; use {' or '.join(HBA_METHODS)}")
+        try:
+            address = str(ipaddress.ip_network(rule["address"], strict=True))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: address {rule['address']!r} is not a network ({exc})") from None
+        rules.append(("hostssl", str(rule["database"]), str(rule["user"]), address, method))
+    return rules
+
+
+def _host_cidr(address, source):
+    try:
+        return f"{ipaddress.ip_address(address)}/{32 if ipaddress.ip_address(address).version == 4 else 128}"
+    except ValueError:
+        raise ConfigError(f"{source}: host address {address!r} is not an IP address; set ssh_hostname to the host's address") from None

@@ -1,7 +1,7 @@
 """PostgreSQL on every database host: Debian's packages, held against unattended upgrades, and clusters
 with data checksums. A cluster that holds data is never dropped or re-initialised."""
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import apt, files, server, systemd
@@ -9,11 +9,17 @@ from pyinfra.operations import apt, files, server, systemd
 from deploys import pgconfig
 from deploys.datasource import source_of
 from deploys.facts import AptHolds, PostgresClusters, PostgresSettings
+from deploys.tls import DEFAULTS as TLS_DEFAULTS
 
 DEFAULTS = {
     "postgres_major": 17,
     "postgres_cluster": "main",
     "postgres_port": 5432,
+    # Where PostgreSQL listens besides localhost; empty: the host's inventory address (ssh_hostname).
+    "postgres_listen_address": "",
+    "postgres_replication_user": "replicator",
+    # More pg_hba rules, e.g. [{"database": "all", "user": "dba", "address": "10.20.0.0/24"}]; hostssl only.
+    "postgres_hba_extra": [],
     # Per-host memory budget: containers and VMs can see more RAM than they may use.
     "postgres_memory_budget_mb": 1024,
     "postgres_max_connections": 100,
@@ -21,10 +27,7 @@ DEFAULTS = {
     "postgres_base_settings": {
         "listen_addresses": "localhost",
         "password_encryption": "scram-sha-256",
-        # Debian's snakeoil certificate until the deploy's own CA issues one.
         "ssl": "on",
-        "ssl_cert_file": "/etc/ssl/certs/ssl-cert-snakeoil.pem",
-        "ssl_key_file": "/etc/ssl/private/ssl-cert-snakeoil.key",
         "ssl_min_protocol_version": "TLSv1.2",
         # Replication (the assessment's section 8), and pg_rewind after a failover.
         "wal_level": "replica",
@@ -114,12 +117,22 @@ def _checksums(major):
     )
 
 
-@deploy("PostgreSQL configuration", data_defaults=DEFAULTS)
-def configuration():
-    """Render postgresql.conf; reload, or restart only for postmaster-level changes, decided from pg_settings."""
+@deploy("PostgreSQL configuration", data_defaults={**DEFAULTS, **TLS_DEFAULTS})
+def configuration(reload_when=None):
+    """Render postgresql.conf and pg_hba.conf; reload, or restart only for postmaster-level changes, decided
+    from pg_settings at plan time. `reload_when`: {label: operation} (e.g. a renewed certificate) needing a reload."""
     major, cluster = host.data.postgres_major, host.data.postgres_cluster
+    address = host.data.postgres_listen_address or host.data.get("ssh_hostname", host.name)
+    tls = host.data.tls_remote_dir
     try:
         desired = pgconfig.settings(host.data, source_of)
+        desired.update(listen_addresses=f"localhost,{address}", ssl_cert_file=f"{tls}/server.crt",
+                       ssl_key_file=f"{tls}/server.key", ssl_ca_file=f"{tls}/ca.crt")
+        rules = pgconfig.hba_rules(
+            [_address(h) for h in inventory.get_group("replicas", [])],
+            [_address(h) for h in inventory.get_group("pgbouncer", [])],
+            host.data.postgres_replication_user, host.data.postgres_hba_extra, source_of("postgres_hba_extra"),
+        )
     except pgconfig.ConfigError as exc:
         raise DeployError(f"{host.name}: {exc}") from None
     files.template(
@@ -129,6 +142,13 @@ def configuration():
         user="postgres", group="postgres", mode="644",
         settings=desired, major=major, cluster=cluster, port=host.data.postgres_port,
         budget_mb=host.data.postgres_memory_budget_mb,
+    )
+    hba = files.template(
+        name="Render pg_hba.conf",
+        src="templates/pg_hba.conf.j2",
+        dest=f"/etc/postgresql/{major}/{cluster}/pg_hba.conf",
+        user="postgres", group="postgres", mode="640",
+        rules=rules,
     )
     live = host.get_fact(PostgresSettings, major=major, cluster=cluster)
     changed = pgconfig.changes(desired, live)
@@ -147,8 +167,15 @@ def configuration():
             _restart(unit, "replica", restart_for, _serial=True)
         if primary and not decreased:
             _restart(unit, "primary, after the replicas", restart_for)
-    elif changed:
-        systemd.service(name=f"Reload PostgreSQL ({', '.join(sorted(changed))} changed)", service=unit, reloaded=True)
+    else:
+        triggers = {"pg_hba.conf": hba, **(reload_when or {})}
+        reasons = sorted(changed) + [label for label, op in triggers.items() if op.will_change]
+        if reasons:
+            systemd.service(name=f"Reload PostgreSQL ({', '.join(reasons)} changed)", service=unit, reloaded=True)
+
+
+def _address(other):
+    return other.data.get("ssh_hostname", other.name)
 
 
 def _restart(unit, turn, parameters, **global_arguments):

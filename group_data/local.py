@@ -2,3 +2,6 @@
 
 # Three database hosts share one 24 GiB machine with everything else.
 postgres_memory_budget_mb = 512
+
+# The deploy makes this environment's CA and certificates (git-ignored).
+tls_dir = ".secrets/local/tls"

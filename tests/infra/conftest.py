@@ -20,6 +20,7 @@ def pytest_addoption(parser):
 @dataclass
 class Target:
     name: str
+    address: str
     groups: frozenset
     host: object  # testinfra Host
 
@@ -45,7 +46,7 @@ def load_targets(inventory_file):
         spec = f"ssh://{user}@{data.get('ssh_hostname', name)}:{data.get('ssh_port', 22)}"
         host = testinfra.get_host(spec, ssh_identity_file=data.get("ssh_key"), ssh_extra_args=shlex.join(extra) or None,
                                   sudo=user != "root")
-        targets.append(Target(name, frozenset(groups | {inventory_group}), host))
+        targets.append(Target(name, data.get("ssh_hostname", name), frozenset(groups | {inventory_group}), host))
     return targets
 
 

@@ -46,6 +46,22 @@ def test_postgresql_conf_is_rendered_by_the_deploy(db):
     assert conf.contains("^# Rendered by deploy.py")
 
 
-def test_listens_on_loopback_only_until_tls_and_pg_hba_are_deployed(db):
-    assert db.socket("tcp://127.0.0.1:5432").is_listening
-    assert not db.socket("tcp://0.0.0.0:5432").is_listening
+def test_listens_on_loopback_and_its_own_address_only(db_target):
+    listening = {socket for socket in db_target.host.socket.get_listening_sockets() if socket.endswith(":5432")}
+    assert listening == {"tcp://127.0.0.1:5432", f"tcp://{db_target.address}:5432", "tcp://::1:5432"}
+
+
+def test_network_access_is_tls_and_scram_only(db):
+    hba = db.file("/etc/postgresql/17/main/pg_hba.conf")
+    assert hba.user == "postgres" and hba.mode == 0o640
+    rules = [line.split() for line in hba.content_string.splitlines() if line.strip() and not line.startswith("#")]
+    assert all(rule[-1] in ("scram-sha-256", "cert", "peer") for rule in rules)
+    assert all(rule[0] == "hostssl" for rule in rules if rule[0] != "local")
+    assert psql(db, "show ssl") == "on"
+    assert psql(db, "show ssl_min_protocol_version") in ("TLSv1.2", "TLSv1.3")
+
+
+def test_tls_key_is_private_to_postgres_and_the_certificate_chains_to_the_ca(db):
+    key = db.file("/etc/mcp-portal/tls/server.key")
+    assert key.user == "postgres" and key.mode == 0o600
+    assert db.run("openssl verify -CAfile /etc/mcp-portal/tls/ca.crt /etc/mcp-portal/tls/server.crt").rc == 0

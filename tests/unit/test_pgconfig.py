@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploys.pgconfig import ConfigError, changes, memory_sizing, normalize, settings, validate, catalogue
+from deploys.pgconfig import ConfigError, catalogue, changes, hba_rules, memory_sizing, normalize, settings, validate
 from deploys.postgres import DEFAULTS
 
 KNOWN = catalogue()
@@ -114,3 +114,28 @@ def test_changes_compare_in_pg_settings_units_and_report_contexts():
 
 def test_a_parameter_missing_on_the_host_is_a_change():
     assert changes({"work_mem": "4MB"}, {}) == {"work_mem": "user"}
+
+
+def test_hba_rules_from_the_inventory_are_tls_and_scram():
+    rules = hba_rules(["198.51.100.12"], ["198.51.100.21"], "replicator", [], "t")
+    assert rules == [("hostssl", "replication", "replicator", "198.51.100.12/32", "scram-sha-256"),
+                     ("hostssl", "all", "all", "198.51.100.21/32", "scram-sha-256")]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([{"database": "all", "user": "all", "address": "10.0.0.0/8", "method": "trust"}], "method 'trust' is not allowed"),
+        ([{"database": "all", "user": "all", "address": "10.0.0.1/8"}], "address '10.0.0.1/8' is not a network"),
+        ([{"database": "all", "address": "10.0.0.0/8"}], "needs database, user and address"),
+        ({"database": "all"}, "postgres_hba_extra must be a list"),
+    ],
+)
+def test_bad_hba_rules_are_refused(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        hba_rules([], [], "replicator", extra, "group_data/prod.py")
+
+
+def test_an_extra_admin_network_rule_is_kept():
+    rule = {"database": "all", "user": "dba", "address": "10.20.0.0/24", "method": "cert"}
+    assert hba_rules([], [], "replicator", [rule], "t") == [("hostssl", "all", "dba", "10.20.0.0/24", "cert")]

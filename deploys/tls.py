@@ -1,0 +1,141 @@
+"""TLS for every network listener: a CA and one certificate per host.
+
+local and staging: the deploy makes the CA and the certificates on the control machine, into the
+git-ignored `tls_dir` (`.secrets/<env>/tls`), and renews a certificate that nears expiry or whose names
+changed. prod: the operator supplies them in `tls_dir` (outside git) and the deploy only checks and ships them.
+"""
+
+import datetime
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.operations import files
+
+DEFAULTS = {
+    "tls_source": "generate",  # or "operator": certificates supplied in tls_dir
+    "tls_dir": ".secrets/tls",
+    "tls_days": 397,
+    "tls_renew_days": 30,
+    "tls_remote_dir": "/etc/mcp-portal/tls",
+}
+
+
+def names_of(name, address):
+    """What the host's certificate must name: its inventory name and, when it has one, its address."""
+    sans = [x509.DNSName(name)]
+    try:
+        sans.append(x509.IPAddress(ipaddress.ip_address(address)))
+    except ValueError:
+        if address != name:
+            sans.append(x509.DNSName(address))
+    return sans
+
+
+def _write_private(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def _new_key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def ensure_ca(tls_dir, days):
+    """The CA of a generated environment: made once, reused by every later run."""
+    tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cert_path, key_path = tls_dir / "ca.crt", tls_dir / "ca.key"
+    if cert_path.exists() and key_path.exists():
+        return x509.load_pem_x509_certificate(cert_path.read_bytes()), serialization.load_pem_private_key(key_path.read_bytes(), None)
+    key = _new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"MCP Portal database tier CA ({tls_dir.parent.name})")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=10 * days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(key_path, _pem_key(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def needs_new_certificate(cert_path, sans, renew_days, now=None):
+    if not cert_path.exists():
+        return "missing"
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if cert.not_valid_after_utc - now < datetime.timedelta(days=renew_days):
+        return f"expires {cert.not_valid_after_utc:%Y-%m-%d}"
+    have = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    if set(have) != set(sans):
+        return "names changed"
+    return None
+
+
+def issue(tls_dir, name, sans, days, renew_days):
+    """The host's certificate and key in tls_dir, (re)issued only when missing, near expiry or misnamed."""
+    cert_path, key_path = tls_dir / f"{name}.crt", tls_dir / f"{name}.key"
+    if not needs_new_certificate(cert_path, sans, renew_days):
+        return cert_path, key_path
+    ca_cert, ca_key = ensure_ca(tls_dir, days)
+    key = _new_key()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(key_path, _pem_key(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def local_files():
+    """(ca.crt, host.crt, host.key) on the control machine for this host; makes them in generated environments."""
+    tls_dir = Path(host.data.tls_dir)
+    if host.data.tls_source == "generate":
+        sans = names_of(host.name, host.data.get("ssh_hostname", host.name))
+        cert_path, key_path = issue(tls_dir, host.name, sans, host.data.tls_days, host.data.tls_renew_days)
+        return tls_dir / "ca.crt", cert_path, key_path
+    if host.data.tls_source != "operator":
+        raise DeployError(f"{host.name}: tls_source must be 'generate' or 'operator', not {host.data.tls_source!r}")
+    wanted = [tls_dir / "ca.crt", tls_dir / f"{host.name}.crt", tls_dir / f"{host.name}.key"]
+    missing = [str(p) for p in wanted if not p.exists()]
+    if missing:
+        raise DeployError(f"{host.name}: missing TLS secret {missing[0]}: put the operator's CA and host certificate "
+                          f"in tls_dir (docs/secrets.md)")
+    return tuple(wanted)
+
+
+@deploy("TLS certificates", data_defaults=DEFAULTS)
+def certificates(owner="root"):
+    """Ship this host's CA certificate, certificate and key (0600, readable by `owner` only); returns the
+    operations by what they ship, for the services that must reload when one changes."""
+    ca, cert, key = local_files()
+    remote = host.data.tls_remote_dir
+    files.directory(name="TLS directory", path=remote, user="root", group=owner, mode="750")
+    return {
+        "CA certificate": files.put(name="CA certificate", src=str(ca), dest=f"{remote}/ca.crt", user="root", group=owner, mode="644"),
+        "certificate": files.put(name="Host certificate", src=str(cert), dest=f"{remote}/server.crt", user="root", group=owner, mode="644"),
+        "TLS key": files.put(name="Host key", src=str(key), dest=f"{remote}/server.key", user=owner, group=owner, mode="600"),
+    }
