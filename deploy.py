@@ -8,6 +8,7 @@ from pyinfra import config, host
 
 from deploys.base import baseline
 from deploys.postgres import configuration, server_packages
+from deploys.roles import roles
 from deploys.tls import certificates
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
@@ -18,3 +19,5 @@ baseline()
 if DATABASE_GROUPS & set(host.groups):
     server_packages()
     configuration(reload_when=certificates(owner="postgres"))
+if "primary" in host.groups:
+    roles()

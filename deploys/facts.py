@@ -39,17 +39,36 @@ done"""
         return clusters
 
 
-class PostgresSettings(FactBase):
-    """The running cluster's pg_settings: {name: {"setting", "context", "pending_restart"}}; {} when it is down."""
+class PostgresJsonQuery(FactBase):
+    """The JSON a query on the running cluster returns (as postgres, over the local socket); {} when it is down."""
 
     default = dict
+    query = None
 
     def command(self, major, cluster):
-        query = ("select json_object_agg(name, json_build_object('setting', setting, 'context', context, "
-                 "'pending_restart', pending_restart)) from pg_settings")
         return (f"if pg_lsclusters --no-header {major} {cluster} 2>/dev/null | grep -q online; then "
-                f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster} -c \"{query}\"; fi")
+                f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster} -c \"{self.query}\"; fi")
 
     def process(self, output):
         text = "".join(output).strip()
         return json.loads(text) if text else {}
+
+
+class PostgresSettings(PostgresJsonQuery):
+    """The running cluster's pg_settings: {name: {"setting", "context", "pending_restart"}}."""
+
+    query = ("select json_object_agg(name, json_build_object('setting', setting, 'context', context, "
+             "'pending_restart', pending_restart)) from pg_settings")
+
+
+class PostgresRoles(PostgresJsonQuery):
+    """Login and group roles (not pg_*, not postgres): {name: {login, replication, bypassrls, createdb,
+    createrole, password (the stored verifier), member_of, settings}}."""
+
+    query = ("select json_object_agg(r.rolname, json_build_object('login', r.rolcanlogin, "
+             "'replication', r.rolreplication, 'bypassrls', r.rolbypassrls, 'createdb', r.rolcreatedb, "
+             "'createrole', r.rolcreaterole, 'password', r.rolpassword, "
+             "'member_of', array(select g.rolname from pg_auth_members m join pg_roles g on g.oid = m.roleid "
+             "where m.member = r.oid order by 1), "
+             "'settings', coalesce((select s.setconfig from pg_db_role_setting s where s.setrole = r.oid "
+             "and s.setdatabase = 0), '{}'))) from pg_authid r where r.rolname !~ '^pg_' and r.rolname <> 'postgres'")

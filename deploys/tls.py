@@ -1,14 +1,13 @@
 """TLS for every network listener: a CA and one certificate per host.
 
-local and staging: the deploy makes the CA and the certificates on the control machine, into the
-git-ignored `tls_dir` (`.secrets/<env>/tls`), and renews a certificate that nears expiry or whose names
-changed. prod: the operator supplies them in `tls_dir` (outside git) and the deploy only checks and ships them.
+local and staging: the deploy makes the CA and the certificates on the control machine, into
+`<secrets_dir>/tls` (git-ignored), and renews a certificate that nears expiry or whose names changed.
+prod: the operator supplies them there (outside git) and the deploy only checks and ships them.
 """
 
 import datetime
 import ipaddress
 import os
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,12 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files
 
+from deploys import secrets
+
 DEFAULTS = {
-    "tls_source": "generate",  # or "operator": certificates supplied in tls_dir
-    "tls_dir": ".secrets/tls",
+    **secrets.DEFAULTS,
     "tls_days": 397,
     "tls_renew_days": 30,
     "tls_remote_dir": "/etc/mcp-portal/tls",
@@ -112,18 +111,15 @@ def issue(tls_dir, name, sans, days, renew_days):
 
 def local_files():
     """(ca.crt, host.crt, host.key) on the control machine for this host; makes them in generated environments."""
-    tls_dir = Path(host.data.tls_dir)
-    if host.data.tls_source == "generate":
+    tls_dir = secrets.directory() / "tls"
+    if secrets.generated():
         sans = names_of(host.name, host.data.get("ssh_hostname", host.name))
         cert_path, key_path = issue(tls_dir, host.name, sans, host.data.tls_days, host.data.tls_renew_days)
         return tls_dir / "ca.crt", cert_path, key_path
-    if host.data.tls_source != "operator":
-        raise DeployError(f"{host.name}: tls_source must be 'generate' or 'operator', not {host.data.tls_source!r}")
     wanted = [tls_dir / "ca.crt", tls_dir / f"{host.name}.crt", tls_dir / f"{host.name}.key"]
-    missing = [str(p) for p in wanted if not p.exists()]
-    if missing:
-        raise DeployError(f"{host.name}: missing TLS secret {missing[0]}: put the operator's CA and host certificate "
-                          f"in tls_dir (docs/secrets.md)")
+    for path in wanted:
+        if not path.exists():
+            raise secrets.missing(path)
     return tuple(wanted)
 
 

@@ -3,5 +3,5 @@
 # Three database hosts share one 24 GiB machine with everything else.
 postgres_memory_budget_mb = 512
 
-# The deploy makes this environment's CA and certificates (git-ignored).
-tls_dir = ".secrets/local/tls"
+# The deploy makes this environment's CA, certificates and passwords (git-ignored, docs/secrets.md).
+secrets_dir = ".secrets/local"

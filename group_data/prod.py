@@ -2,6 +2,7 @@
 
 _sudo = True
 
-# The operator supplies the CA and host certificates (docs/secrets.md); the deploy refuses when one is missing.
-tls_source = "operator"
-tls_dir = "/etc/mcp-portal-secrets/prod/tls"
+# The operator supplies the CA, host certificates and passwords (docs/secrets.md); the deploy refuses
+# before touching any host when one is missing.
+secrets_source = "operator"
+secrets_dir = "/etc/mcp-portal-secrets/prod"

@@ -2,5 +2,5 @@
 
 _sudo = True
 
-# The deploy makes this environment's CA and certificates, outside git (see docs/secrets.md).
-tls_dir = ".secrets/staging/tls"
+# The deploy makes this environment's CA, certificates and passwords, outside git (docs/secrets.md).
+secrets_dir = ".secrets/staging"

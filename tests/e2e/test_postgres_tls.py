@@ -59,7 +59,7 @@ def test_a_replica_may_replicate_over_tls_only(sslmode, expected):
 
 def test_operator_supplied_tls_that_is_missing_is_refused_before_any_change(tmp_path):
     before = on("pg-primary", "md5sum /etc/mcp-portal/tls/server.crt").stdout
-    result = pyinfra_run("-y", "--data", "tls_source=operator", "--data", f"tls_dir={tmp_path}")
+    result = pyinfra_run("-y", "--data", "secrets_source=operator", "--data", f"secrets_dir={tmp_path}")
     assert result.returncode != 0
-    assert f"missing TLS secret {tmp_path}/ca.crt" in result.stdout + result.stderr
+    assert f"missing secret {tmp_path}/tls/ca.crt" in result.stdout + result.stderr
     assert on("pg-primary", "md5sum /etc/mcp-portal/tls/server.crt").stdout == before

@@ -51,7 +51,7 @@ def load_targets(inventory_file):
 
 
 # Fixture name -> the inventory groups whose hosts it runs on (None: every host).
-TARGET_FIXTURES = {"target": None, "db_target": {"primary", "replicas"}}
+TARGET_FIXTURES = {"target": None, "db_target": {"primary", "replicas"}, "primary_target": {"primary"}}
 
 
 def pytest_generate_tests(metafunc):

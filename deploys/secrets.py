@@ -1,0 +1,48 @@
+"""Where an environment's secrets come from: made by the deploy (local, staging) or supplied by the operator
+(prod), in `secrets_dir`, outside git. See docs/secrets.md."""
+
+import os
+import re
+import secrets as random_source
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api.exceptions import DeployError
+
+DEFAULTS = {
+    "secrets_source": "generate",  # or "operator"
+    "secrets_dir": ".secrets/default",
+}
+SOURCES = ("generate", "operator")
+
+
+def directory():
+    return Path(host.data.secrets_dir)
+
+
+def generated():
+    """True where the deploy makes the secrets; refuses an unknown source."""
+    source = host.data.secrets_source
+    if source not in SOURCES:
+        raise DeployError(f"{host.name}: secrets_source must be one of {', '.join(SOURCES)}, not {source!r}")
+    return source == "generate"
+
+
+def missing(path):
+    return DeployError(f"{host.name}: missing secret {path}: the operator supplies it (docs/secrets.md)")
+
+
+def password(role):
+    """A role's password: $MCP_PG_PASSWORD_<ROLE> or <secrets_dir>/passwords/<role>, made here when generated."""
+    variable = "MCP_PG_PASSWORD_" + re.sub(r"[^A-Z0-9]", "_", role.upper())
+    if os.environ.get(variable):
+        return os.environ[variable]
+    path = directory() / "passwords" / role
+    if not path.exists():
+        if not generated():
+            raise missing(f"{path} (or ${variable})")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(random_source.token_urlsafe(32) + "\n")
+    return path.read_text().strip()

@@ -1,0 +1,75 @@
+"""Roles as data: SCRAM verifiers computed here, and the SQL that converges a role (none when it matches)."""
+
+import base64
+
+import pytest
+
+from deploys.pgconfig import ConfigError
+from deploys.roles import DEFAULTS, scram_verifier, statements, validate, verifier_matches
+
+# Made by PostgreSQL 17.12 on the fleet: CREATE ROLE verifier_probe PASSWORD 'secret' (random salt).
+POSTGRES_MADE = ("SCRAM-SHA-256$4096:RKErT9bxybKLgKIeZhro1g==$mVYfLw9QAHcHOJgDhZnYrnBCaNSvjhuaZceffsyj2FQ="
+                 ":hm/yCLbFXHOaFGJ5To+y8ojwhw6P5aoYYtUmle0n2GU=")
+
+
+def test_a_verifier_postgresql_made_is_recognised_and_ours_has_its_shape():
+    assert verifier_matches("secret", POSTGRES_MADE) and not verifier_matches("Secret", POSTGRES_MADE)
+    salt = "RKErT9bxybKLgKIeZhro1g=="
+    assert scram_verifier("secret", salt=base64.b64decode(salt)) == POSTGRES_MADE
+
+
+def test_a_verifier_matches_its_password_only():
+    verifier = scram_verifier("right")
+    assert verifier_matches("right", verifier)
+    assert not verifier_matches("wrong", verifier)
+    assert not verifier_matches("right", None) and not verifier_matches("right", "md5abc")
+
+
+def live_role(**changes):
+    role = {"login": True, "replication": False, "bypassrls": False, "createdb": False, "createrole": False,
+            "password": scram_verifier("pw"), "member_of": [], "settings": ["statement_timeout=30s"]}
+    return role | changes
+
+
+SPEC = {"login": True, "settings": {"statement_timeout": "30s"}}
+
+
+def test_a_matching_role_needs_no_statement():
+    assert statements("portal_app", SPEC, live_role(), "pw") == []
+
+
+def test_a_missing_role_is_created_with_a_verifier_not_the_password():
+    sql = statements("portal_app", SPEC, None, "pw")
+    assert sql[0] == 'CREATE ROLE "portal_app" LOGIN NOREPLICATION NOBYPASSRLS NOCREATEDB NOCREATEROLE;'
+    assert sql[1].startswith("ALTER ROLE \"portal_app\" PASSWORD 'SCRAM-SHA-256$4096:") and "pw'" not in sql[1]
+    assert sql[2:] == ["ALTER ROLE \"portal_app\" SET statement_timeout = '30s';"]
+
+
+def test_drift_is_converged():
+    drifted = live_role(bypassrls=True, password=scram_verifier("old"), member_of=["pg_monitor"],
+                        settings=["statement_timeout=1h", "work_mem=1GB"])
+    sql = statements("portal_app", SPEC, drifted, "pw")
+    assert sql[0] == 'ALTER ROLE "portal_app" LOGIN NOREPLICATION NOBYPASSRLS NOCREATEDB NOCREATEROLE;'
+    assert sql[1].startswith("ALTER ROLE \"portal_app\" PASSWORD 'SCRAM-SHA-256$")
+    assert sql[2:] == ["ALTER ROLE \"portal_app\" SET statement_timeout = '30s';", 'ALTER ROLE "portal_app" RESET work_mem;',
+                       'REVOKE "pg_monitor" FROM "portal_app";']
+
+
+def test_a_group_role_has_no_password():
+    assert statements("portal_owner", {}, live_role(login=False, password=None, settings=[]), None) == []
+
+
+def test_shipped_roles_are_valid():
+    validate(DEFAULTS["postgres_roles"], "deploys/roles.py")
+
+
+@pytest.mark.parametrize("roles, message", [
+    ({"Portal": {}}, "postgres_roles.Portal: a role name"),
+    ({"pg_evil": {}}, "not starting with pg_"),
+    ({"x": {"superuser": True}}, "known attributes are"),
+    ({"x": {"login": "yes"}}, "postgres_roles.x.login must be true or false"),
+    ({"x": {"settings": {"statement_timout": "1s"}}}, "postgres_roles.x.settings.statement_timout is not a PostgreSQL 17 parameter"),
+])
+def test_bad_roles_are_one_line(roles, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(roles, "group_data/all.py")
