@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # Debian packages the control machine needs (the hosts get theirs from the deploy).
 DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv
 
-.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet
+.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet bench-deploy
 
 ## make local: virtualenv, fleet up, deploy to the fleet, post-deploy checks
 local: deps venv up deploy check
@@ -59,3 +59,6 @@ test-down: venv
 
 bench-fleet: venv deps
 	$(BIN)/python bench/fleet_up.py
+
+bench-deploy: venv deps
+	$(BIN)/python bench/deploy.py

@@ -7,17 +7,25 @@ live in deploys/, their knobs in group_data/.
 from pyinfra import config, host
 
 from deploys.base import baseline
+from deploys.ordering import barrier
 from deploys.postgres import configuration, server_packages
+from deploys.replication import slots, standby, standby_settings
 from deploys.roles import roles
 from deploys.tls import certificates
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 
 DATABASE_GROUPS = {"primary", "replicas"}
+replica = "replicas" in host.groups
 
 baseline()
 if DATABASE_GROUPS & set(host.groups):
     server_packages()
-    configuration(reload_when=certificates(owner="postgres"))
+    configuration(reload_when=certificates(owner="postgres"), extra_settings=standby_settings() if replica else None)
 if "primary" in host.groups:
     roles()
+    slots()
+if DATABASE_GROUPS & set(host.groups):
+    barrier(name="The primary's roles and slots exist before a replica clones")
+if replica:
+    standby()

@@ -55,10 +55,10 @@ class PostgresJsonQuery(FactBase):
 
 
 class PostgresSettings(PostgresJsonQuery):
-    """The running cluster's pg_settings: {name: {"setting", "context", "pending_restart"}}."""
+    """The running cluster's pg_settings: {name: {"setting", "boot_val", "context", "source", "pending_restart"}}."""
 
-    query = ("select json_object_agg(name, json_build_object('setting', setting, 'context', context, "
-             "'pending_restart', pending_restart)) from pg_settings")
+    query = ("select json_object_agg(name, json_build_object('setting', setting, 'boot_val', boot_val, "
+             "'context', context, 'source', source, 'pending_restart', pending_restart)) from pg_settings")
 
 
 class PostgresRoles(PostgresJsonQuery):
@@ -72,3 +72,25 @@ class PostgresRoles(PostgresJsonQuery):
              "where m.member = r.oid order by 1), "
              "'settings', coalesce((select s.setconfig from pg_db_role_setting s where s.setrole = r.oid "
              "and s.setdatabase = 0), '{}'))) from pg_authid r where r.rolname !~ '^pg_' and r.rolname <> 'postgres'")
+
+
+# True when a cluster holds anything initdb did not make: a database beyond template0, template1 and postgres,
+# or an object in `postgres` (object ids from 16384 up are users').
+HOLDS_DATA_SQL = "select (select count(*) from pg_database) > 3 or exists (select 1 from pg_class where oid >= 16384)"
+
+
+class PostgresNode(PostgresJsonQuery):
+    """Where this cluster stands: {in_recovery, system_identifier, timeline, lsn, holds_data (HOLDS_DATA_SQL)}."""
+
+    query = ("select json_build_object('in_recovery', pg_is_in_recovery(), "
+             "'system_identifier', (select system_identifier::text from pg_control_system()), "
+             "'timeline', (select timeline_id from pg_control_checkpoint()), "
+             "'lsn', (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text, "
+             f"'holds_data', ({HOLDS_DATA_SQL}))")
+
+
+class PostgresSlots(PostgresJsonQuery):
+    """Physical replication slots: {name: {"active": bool}}."""
+
+    query = ("select json_object_agg(slot_name, json_build_object('active', active)) "
+             "from pg_replication_slots where slot_type = 'physical'")

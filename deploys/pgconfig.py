@@ -139,10 +139,13 @@ def settings(data, source_of):
 
 
 def changes(desired, live, known=None):
-    """{name: context} of the parameters whose live value differs from the desired one."""
+    """{name: context} of the parameters whose live value differs from the desired one, and of those the
+    configuration file set before but no longer sets (they go back to their defaults)."""
     known = known or catalogue()
     live = {name.lower(): value for name, value in live.items()}
-    changed = {}
+    wanted = {name.lower() for name in desired} | OWNED
+    changed = {name: value["context"] for name, value in live.items()
+               if value.get("source") == "configuration file" and name not in wanted}
     for name, value in desired.items():
         meta = known.get(name.lower()) or {"vartype": "string", "context": "sighup"}  # an extension's parameter
         want = normalize(name, value, meta, "desired")

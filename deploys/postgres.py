@@ -9,6 +9,7 @@ from pyinfra.operations import apt, files, server, systemd
 from deploys import pgconfig
 from deploys.datasource import source_of
 from deploys.facts import AptHolds, PostgresClusters, PostgresSettings
+from deploys.ordering import barrier
 from deploys.tls import DEFAULTS as TLS_DEFAULTS
 
 DEFAULTS = {
@@ -23,6 +24,8 @@ DEFAULTS = {
     # Per-host memory budget: containers and VMs can see more RAM than they may use.
     "postgres_memory_budget_mb": 1024,
     "postgres_max_connections": 100,
+    # How long a (re)start may take before systemd fails it; Debian's unit would wait forever.
+    "postgres_start_timeout_s": 600,
     # The tier's settings; group_data's postgres_settings adds to or overrides them (validated either way).
     "postgres_base_settings": {
         "listen_addresses": "localhost",
@@ -66,8 +69,16 @@ DEFAULTS = {
 }
 # Lowering one of these on the primary while a replica still has the higher value stops the replica:
 # the primary restarts first in that case (replicas must have values >= the primary's).
-HOT_STANDBY_SENSITIVE = ("max_connections", "max_worker_processes", "max_wal_senders",
-                         "max_prepared_transactions", "max_locks_per_transaction")
+# Each with its line in pg_controldata, where a standby records the primary's value when it replays it.
+HOT_STANDBY_SENSITIVE = {
+    "max_connections": "max_connections setting",
+    "max_worker_processes": "max_worker_processes setting",
+    "max_wal_senders": "max_wal_senders setting",
+    "max_prepared_transactions": "max_prepared_xacts setting",
+    "max_locks_per_transaction": "max_locks_per_xact setting",
+}
+# A replica waits this long for the primary's lowered values to reach it before it restarts with them.
+REPLAY_WAIT_S = 120
 # A fresh cluster holds template0, template1 and postgres.
 EMPTY_CLUSTER_DATABASES = 3
 
@@ -85,6 +96,14 @@ def server_packages():
         replace="initdb_options = '--data-checksums'",
     )
     apt.packages(name=f"Install PostgreSQL {major}", packages=packages[:2])
+    unit_override = files.template(
+        name="Bound how long PostgreSQL may take to start",
+        src="templates/postgresql-unit-override.conf.j2",
+        dest="/etc/systemd/system/postgresql@.service.d/mcp-portal.conf",
+        create_remote_dir=True, mode="644", start_timeout_s=host.data.postgres_start_timeout_s,
+    )
+    if unit_override.will_change:
+        systemd.daemon_reload(name="Reload systemd units")
     held = host.get_fact(AptHolds)
     unheld = [p for p in packages if p not in held]
     if unheld:
@@ -118,16 +137,17 @@ def _checksums(major):
 
 
 @deploy("PostgreSQL configuration", data_defaults={**DEFAULTS, **TLS_DEFAULTS})
-def configuration(reload_when=None):
+def configuration(reload_when=None, extra_settings=None):
     """Render postgresql.conf and pg_hba.conf; reload, or restart only for postmaster-level changes, decided
-    from pg_settings at plan time. `reload_when`: {label: operation} (e.g. a renewed certificate) needing a reload."""
+    from pg_settings at plan time. `reload_when`: {label: operation} (e.g. a renewed certificate) needing a
+    reload; `extra_settings`: parameters another component adds (a replica's standby settings)."""
     major, cluster = host.data.postgres_major, host.data.postgres_cluster
     address = host.data.postgres_listen_address or host.data.get("ssh_hostname", host.name)
     tls = host.data.tls_remote_dir
     try:
         desired = pgconfig.settings(host.data, source_of)
         desired.update(listen_addresses=f"localhost,{address}", ssl_cert_file=f"{tls}/server.crt",
-                       ssl_key_file=f"{tls}/server.key", ssl_ca_file=f"{tls}/ca.crt")
+                       ssl_key_file=f"{tls}/server.key", ssl_ca_file=f"{tls}/ca.crt", **(extra_settings or {}))
         rules = pgconfig.hba_rules(
             [_address(h) for h in inventory.get_group("replicas", [])],
             [_address(h) for h in inventory.get_group("pgbouncer", [])],
@@ -156,18 +176,26 @@ def configuration(reload_when=None):
     restart_for = sorted(name for name, context in changed.items() if context == "postmaster") + pending
     unit = f"postgresql@{major}-{cluster}"
     primary = "primary" in host.groups
-    decreased = [n for n in HOT_STANDBY_SENSITIVE if n in changed and n in live
-                 and float(pgconfig.normalize(n, desired[n], pgconfig.catalogue()[n], "desired")) < float(live[n]["setting"])]
-    if restart_for:
-        # One call site per turn: pyinfra orders operations by where they are called, so these run
-        # primary-first (a hot-standby-sensitive value went down), then replicas one at a time, then primary.
-        if primary and decreased:
-            _restart(unit, f"primary first, {', '.join(decreased)} decreased", restart_for)
-        if not primary:
-            _restart(unit, "replica", restart_for, _serial=True)
-        if primary and not decreased:
-            _restart(unit, "primary, after the replicas", restart_for)
-    else:
+    known = pgconfig.catalogue()
+    # What each hot-standby-sensitive parameter becomes: the desired value, or its default when unset.
+    target = {n: pgconfig.normalize(n, desired[n], known[n], "desired") if n in desired else live[n]["boot_val"]
+              for n in HOT_STANDBY_SENSITIVE if n in changed and n in live}
+    decreased = [n for n, value in target.items() if float(value) < float(live[n]["setting"])]
+    # Restarts go in turns: the primary first when a hot-standby-sensitive value went down, then the
+    # replicas one at a time, then the primary. Every database host passes each barrier, so a turn
+    # starts only when the one before it has finished on every host.
+    if restart_for and primary and decreased:
+        _restart(unit, f"primary first, {', '.join(decreased)} decreased", restart_for)
+    barrier(name="Restart turn: replicas")
+    if restart_for and not primary:
+        # A standby refuses to start with a value below the one it last replayed from the primary: wait
+        # until the primary's lowered values have reached it.
+        wait = [_replayed(major, f"/var/lib/postgresql/{major}/{cluster}", n, target[n]) for n in decreased]
+        _restart(unit, "replica", restart_for, before=wait, _serial=True)
+    barrier(name="Restart turn: primary")
+    if restart_for and primary and not decreased:
+        _restart(unit, "primary, after the replicas", restart_for)
+    if not restart_for:
         triggers = {"pg_hba.conf": hba, **(reload_when or {})}
         reasons = sorted(changed) + [label for label, op in triggers.items() if op.will_change]
         if reasons:
@@ -178,7 +206,17 @@ def _address(other):
     return other.data.get("ssh_hostname", other.name)
 
 
-def _restart(unit, turn, parameters, **global_arguments):
+def _restart(unit, turn, parameters, before=(), **global_arguments):
     shown = ", ".join(parameters[:4]) + (f" and {len(parameters) - 4} more" if len(parameters) > 4 else "")
-    systemd.service(name=f"Restart PostgreSQL ({turn}; {shown} need a restart)", service=unit, restarted=True,
-                    **global_arguments)
+    server.shell(name=f"Restart PostgreSQL ({turn}; {shown} need a restart)",
+                 commands=[*before, f"systemctl restart {unit}"], **global_arguments)
+
+
+def _replayed(major, datadir, name, wanted):
+    """A command that waits until pg_controldata shows the primary's new `name`, or fails saying so."""
+    check = f"/usr/lib/postgresql/{major}/bin/pg_controldata {datadir} | grep -Eq '^{HOT_STANDBY_SENSITIVE[name]}: +{wanted}$'"
+    return (f"for i in $(seq {REPLAY_WAIT_S}); do {check} && break; sleep 1; done; {check} || "
+            f"{{ echo 'the primary lowered {name} to {wanted} but this replica has not replayed it within "
+            f"{REPLAY_WAIT_S}s: is it streaming?' >&2; exit 1; }}")
+
+

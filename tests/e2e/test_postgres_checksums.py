@@ -1,5 +1,7 @@
-"""A host that already has PostgreSQL without data checksums: the deploy converts an empty cluster in place
-(keeping what is in it) and refuses, before touching any host, when the cluster holds a database."""
+"""A host that already has PostgreSQL without data checksums: the deploy converts an empty cluster in place and
+refuses, before touching any host, a cluster that holds anything (it is neither converted nor cloned over)."""
+
+import pytest
 
 from tests.e2e.test_deploy import deploy, pyinfra_run
 from tests.fleet_helpers import fleet, on
@@ -8,7 +10,7 @@ HOST = "pg-replica-2"
 
 
 def psql(sql):
-    return on(HOST, f"runuser -u postgres -- psql -tAc \"{sql}\"").stdout.strip()
+    return on(HOST, f"runuser -u postgres -- psql -XtAc \"{sql}\"").stdout.strip()
 
 
 def host_with_debian_default_cluster():
@@ -18,23 +20,27 @@ def host_with_debian_default_cluster():
     assert psql("show data_checksums") == "off"
 
 
-def test_empty_cluster_gets_checksums_and_keeps_its_rows():
+def test_empty_cluster_gets_checksums_then_becomes_a_replica():
     host_with_debian_default_cluster()
-    psql("create table kept(x int); insert into kept values (42)")
-    deploy()
-    assert psql("show data_checksums") == "on"
-    assert psql("select x from kept") == "42"
+    output = deploy()
+    assert "Enable data checksums on the empty cluster 17/main" in output
+    assert psql("show data_checksums") == "on" and psql("select pg_is_in_recovery()") == "t"
 
 
-def test_cluster_with_a_database_is_refused_before_any_change():
+@pytest.mark.parametrize("content", ["create database portal_data", "create table kept(x int)"])
+def test_cluster_holding_anything_is_refused_before_any_change(content):
     host_with_debian_default_cluster()
-    psql("create database portal_data")
+    psql(content)
     result = pyinfra_run("-y")
     assert result.returncode != 0
-    assert f"{HOST}: cluster 17/main holds data and has no data checksums" in result.stderr + result.stdout
+    # Refused by the checksum check or the inventory-versus-reality check, whichever looks first.
+    last_line = (result.stderr + result.stdout).strip().splitlines()[-1]
+    assert f"{HOST}" in last_line and "holds data" in last_line
     assert on(HOST, "test -e /etc/mcp-portal/roles", check=False).returncode == 1  # no operation ran
-    assert psql("show data_checksums") == "off"
-    # Leave the fleet converged for the tiers after this one.
-    psql("drop database portal_data")
+    assert psql("show data_checksums") == "off" and psql("select pg_is_in_recovery()") == "f"
+
+
+def test_fleet_converges_again_after_the_refusals():
+    fleet("reset", HOST)
     deploy()
-    assert psql("show data_checksums") == "on"
+    assert psql("select pg_is_in_recovery()") == "t"

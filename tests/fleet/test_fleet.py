@@ -64,6 +64,8 @@ def test_packages_install_through_the_caching_proxy_and_are_fetched_once(fleet_u
     def count(direction):
         return sum(1 for line in log.read_text().splitlines() if f"|{direction}|" in line and "/hello_" in line)
 
+    for host in ("pg-replica-1", "pg-replica-2"):  # a fleet left up by an earlier run may have it already
+        on(host, "apt-get purge -y -qq hello >/dev/null; apt-get clean; rm -f /tmp/hello_*.deb")
     upstream, delivered = count("I"), count("O")
     on("pg-replica-1", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hello", timeout=300)
     assert on("pg-replica-1", "hello").stdout.strip() == "Hello, world!"

@@ -51,7 +51,8 @@ def load_targets(inventory_file):
 
 
 # Fixture name -> the inventory groups whose hosts it runs on (None: every host).
-TARGET_FIXTURES = {"target": None, "db_target": {"primary", "replicas"}, "primary_target": {"primary"}}
+TARGET_FIXTURES = {"target": None, "db_target": {"primary", "replicas"}, "primary_target": {"primary"},
+                   "replica_target": {"replicas"}}
 
 
 def pytest_generate_tests(metafunc):
@@ -59,3 +60,9 @@ def pytest_generate_tests(metafunc):
         if fixture in metafunc.fixturenames:
             targets = [t for t in load_targets(metafunc.config.getoption("inventory")) if groups is None or groups & t.groups]
             metafunc.parametrize(fixture, targets, ids=[t.name for t in targets], scope="module")
+
+
+@pytest.fixture(scope="session")
+def targets(request):
+    """Every host of the inventory by name, for checks that read one host about another."""
+    return {t.name: t for t in load_targets(request.config.getoption("inventory"))}

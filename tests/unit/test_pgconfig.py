@@ -102,14 +102,14 @@ def test_settings_name_where_the_bad_key_came_from():
 
 
 def live(**values):
-    return {name: {"setting": setting, "context": KNOWN[name.lower()]["context"], "pending_restart": False}
-            for name, setting in values.items()}
+    return {name: {"setting": setting, "context": KNOWN[name.lower()]["context"], "source": "configuration file",
+                   "pending_restart": False} for name, setting in values.items()}
 
 
 def test_changes_compare_in_pg_settings_units_and_report_contexts():
     on_host = live(shared_buffers="16384", work_mem="4096", TimeZone="Etc/UTC")
     assert changes({"shared_buffers": "128MB", "work_mem": "4MB", "timezone": "Etc/UTC"}, on_host) == {}
-    assert changes({"shared_buffers": "256MB", "work_mem": "8MB"}, on_host) == {"shared_buffers": "postmaster", "work_mem": "user"}
+    assert changes({"shared_buffers": "256MB", "work_mem": "8MB", "TimeZone": "Etc/UTC"}, on_host) == {"shared_buffers": "postmaster", "work_mem": "user"}
 
 
 def test_a_parameter_missing_on_the_host_is_a_change():
@@ -139,3 +139,10 @@ def test_bad_hba_rules_are_refused(extra, message):
 def test_an_extra_admin_network_rule_is_kept():
     rule = {"database": "all", "user": "dba", "address": "10.20.0.0/24", "method": "cert"}
     assert hba_rules([], [], "replicator", [rule], "t") == [("hostssl", "all", "dba", "10.20.0.0/24", "cert")]
+
+
+def test_a_parameter_the_file_no_longer_sets_is_a_change_back_to_its_default():
+    on_host = live(work_mem="4096", max_locks_per_transaction="128") | {
+        "port": {"setting": "5432", "context": "postmaster", "source": "configuration file", "pending_restart": False},
+        "shared_buffers": {"setting": "16384", "context": "postmaster", "source": "default", "pending_restart": False}}
+    assert changes({"work_mem": "4MB"}, on_host) == {"max_locks_per_transaction": "postmaster"}

@@ -1,0 +1,168 @@
+"""Streaming replicas: one physical slot each on the primary, cloned with pg_basebackup over verified TLS,
+settings from each replica's purpose. Before changing anything the deploy checks that the inventory's primary
+is the live one; it never clones over a cluster that holds data.
+"""
+
+import io
+import json
+
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.operations import files, server
+
+from deploys import secrets
+from deploys.facts import HOLDS_DATA_SQL, PostgresNode, PostgresSlots
+from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
+
+# Per purpose: the standby settings it implies, and the lag an SRE is alerted at (the assessment's section 8).
+PURPOSES = {
+    # Long queries must finish: queries may delay replay, and they do not hold back the primary's vacuum.
+    "reporting": {"settings": {"hot_standby_feedback": "off", "max_standby_streaming_delay": "15min"}, "lag_threshold_mb": 100},
+    # Fresh reads: replay is delayed at most 30 s, and feedback avoids query cancellations.
+    "realtime": {"settings": {"hot_standby_feedback": "on", "max_standby_streaming_delay": "30s"}, "lag_threshold_mb": 10},
+}
+DEFAULTS = {
+    **secrets.DEFAULTS,
+    "postgres_major": POSTGRES_DEFAULTS["postgres_major"],
+    "postgres_cluster": POSTGRES_DEFAULTS["postgres_cluster"],
+    "postgres_port": POSTGRES_DEFAULTS["postgres_port"],
+    "postgres_replication_user": POSTGRES_DEFAULTS["postgres_replication_user"],
+    "tls_remote_dir": "/etc/mcp-portal/tls",
+    # {replica host name: purpose}; a replica not named here is "realtime".
+    "replica_purposes": {},
+    "replica_lag_threshold_mb": {},  # {replica host name: MB}, overriding its purpose's threshold
+}
+SLOT_PREFIX = "replica_"
+PASSFILE = "/var/lib/postgresql/.pgpass-replication"
+
+
+def slot_name(replica_name):
+    return SLOT_PREFIX + replica_name.replace("-", "_").replace(".", "_")
+
+
+def address(other):
+    return other.data.get("ssh_hostname", other.name)
+
+
+def _data(key):
+    """Host data with this module's default: standby_settings() also runs outside this module's deploys."""
+    return host.data.get(key, DEFAULTS[key])
+
+
+def purpose_of(name):
+    purpose = _data("replica_purposes").get(name, "realtime")
+    if purpose not in PURPOSES:
+        raise DeployError(f"{name}: replica_purposes says {purpose!r}; purposes are {', '.join(PURPOSES)}")
+    return purpose
+
+
+def standby_settings():
+    """The postgresql.conf lines a replica adds: how it follows the primary, and its purpose's settings."""
+    primary = the_primary()
+    conninfo = (f"host={address(primary)} port={_data('postgres_port')} user={_data('postgres_replication_user')} "
+                f"passfile={PASSFILE} sslmode=verify-full sslrootcert={_data('tls_remote_dir')}/ca.crt "
+                f"application_name={slot_name(host.name)}")
+    return {"primary_conninfo": conninfo, "primary_slot_name": slot_name(host.name),
+            **PURPOSES[purpose_of(host.name)]["settings"]}
+
+
+def the_primary():
+    primaries = inventory.get_group("primary", [])
+    if len(primaries) != 1:
+        raise DeployError(f"the inventory needs exactly one host in group primary, has {len(primaries)} "
+                          f"({', '.join(h.name for h in primaries) or 'none'})")
+    return primaries[0]
+
+
+def check_reality():
+    """Refuse, naming both hosts, when the live cluster disagrees with the inventory: the inventory's primary
+    is in recovery, or a replica is a primary of its own that holds data or runs on a newer timeline."""
+    primary = the_primary()
+    major, cluster = host.data.postgres_major, host.data.postgres_cluster
+    primary_state = primary.get_fact(PostgresNode, major=major, cluster=cluster)
+    if primary_state.get("in_recovery"):
+        raise DeployError(f"the inventory names {primary.name} the primary, but it is in recovery (a standby); "
+                          f"find the live primary and fix the inventory (docs/replication.md)")
+    replicas = inventory.get_group("replicas", [])
+    for replica in replicas:
+        state = replica.get_fact(PostgresNode, major=major, cluster=cluster)
+        if not state or not primary_state:
+            continue
+        ours = state["system_identifier"] == primary_state["system_identifier"]
+        if not state["in_recovery"] and state["holds_data"]:
+            raise DeployError(f"{replica.name} is a primary that holds data, not a standby of {primary.name} as the "
+                              f"inventory says; fix the inventory or rebuild {replica.name} (docs/replication.md)")
+        if ours and state["timeline"] > primary_state["timeline"]:
+            raise DeployError(f"{replica.name} is on timeline {state['timeline']}, newer than {primary.name}'s "
+                              f"{primary_state['timeline']}: {replica.name} was promoted; fix the inventory (docs/replication.md)")
+
+
+@deploy("Replication slots", data_defaults=DEFAULTS)
+def slots():
+    """On the primary: a physical slot per replica of the inventory; slots of replicas that left it dropped."""
+    check_reality()
+    major, cluster = host.data.postgres_major, host.data.postgres_cluster
+    live = host.get_fact(PostgresSlots, major=major, cluster=cluster)
+    wanted = {slot_name(r.name) for r in inventory.get_group("replicas", [])}
+    for name in sorted(wanted - set(live)):
+        server.shell(name=f"Create replication slot {name}",
+                     commands=[_psql(major, cluster, f"select pg_create_physical_replication_slot('{name}', true)")])
+    for name in sorted(n for n in set(live) - wanted if n.startswith(SLOT_PREFIX)):
+        if live[name]["active"]:
+            raise DeployError(f"{host.name}: slot {name} is in use but its replica left the inventory; stop that "
+                              f"replica first, then deploy again")
+        server.shell(name=f"Drop replication slot {name} (its replica left the inventory)",
+                     commands=[_psql(major, cluster, f"select pg_drop_replication_slot('{name}')")])
+
+
+@deploy("Streaming replica", data_defaults=DEFAULTS)
+def standby():
+    """On a replica: the replication password file, then, unless it already follows the primary, a clone."""
+    check_reality()
+    primary = the_primary()
+    major, cluster = host.data.postgres_major, host.data.postgres_cluster
+    user = host.data.postgres_replication_user
+    files.put(
+        name="Replication password file",
+        src=io.StringIO(f"{address(primary)}:{host.data.postgres_port}:replication:{user}:{secrets.password(user)}\n"),
+        dest=PASSFILE, user="postgres", group="postgres", mode="600",
+    )
+    purpose = purpose_of(host.name)
+    threshold = host.data.replica_lag_threshold_mb.get(host.name, PURPOSES[purpose]["lag_threshold_mb"])
+    files.put(
+        name="Record this replica's purpose and lag threshold (read by tests/infra and monitoring)",
+        src=io.StringIO(json.dumps({"purpose": purpose, "lag_threshold_mb": threshold, "slot": slot_name(host.name),
+                                    "primary": primary.name}, sort_keys=True) + "\n"),
+        dest="/etc/mcp-portal/replica.json", mode="644",
+    )
+    state = host.get_fact(PostgresNode, major=major, cluster=cluster)
+    primary_state = primary.get_fact(PostgresNode, major=major, cluster=cluster)
+    if state.get("in_recovery") and state.get("system_identifier") == primary_state.get("system_identifier"):
+        return
+    datadir = f"/var/lib/postgresql/{major}/{cluster}"
+    unit = f"postgresql@{major}-{cluster}"
+    conninfo = (f"host={address(primary)} port={host.data.postgres_port} user={user} passfile={PASSFILE} "
+                f"sslmode=verify-full sslrootcert={host.data.tls_remote_dir}/ca.crt")
+    cloning = f"{datadir}.cloning"
+    server.shell(
+        name=f"Clone from {primary.name} (pg_basebackup over TLS, slot {slot_name(host.name)})",
+        commands=[
+            # Checked again on the host at run time: only a running cluster that holds nothing is replaced.
+            f"holds=$(runuser -u postgres -- psql --cluster {major}/{cluster} -XtAc \"{HOLDS_DATA_SQL}\") "
+            f"|| {{ echo 'cannot tell whether {datadir} holds data (is the cluster running?): not replaced' >&2; exit 1; }}; "
+            f"[ \"$holds\" = f ] || {{ echo '{datadir} holds data: not replaced' >&2; exit 1; }}",
+            f"systemctl stop {unit}",
+            f"rm -rf {cloning} && install -d -o postgres -g postgres -m 700 {cloning}",
+            # A failed copy leaves the old (empty) cluster running, so the next deploy can check and try again.
+            f"runuser -u postgres -- pg_basebackup --pgdata={cloning} --dbname='{conninfo}' --wal-method=stream "
+            f"--slot={slot_name(host.name)} --checkpoint=fast --no-password || {{ rm -rf {cloning}; systemctl start {unit}; exit 1; }}",
+            f"touch {cloning}/standby.signal && chown postgres:postgres {cloning}/standby.signal",
+            f"rm -rf {datadir} && mv {cloning} {datadir}",
+            f"systemctl start {unit}",
+        ],
+    )
+
+
+def _psql(major, cluster, sql):
+    return f"runuser -u postgres -- psql --cluster {major}/{cluster} -XqAt -v ON_ERROR_STOP=1 -c \"{sql}\""

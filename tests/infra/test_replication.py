@@ -1,0 +1,42 @@
+"""Replication, checked from both ends: each replica streams over verified TLS through its own slot, and its
+lag is under the threshold its purpose sets (/etc/mcp-portal/replica.json, written by the deploy)."""
+
+import json
+
+from tests.infra.test_postgres import psql
+
+
+def replica_record(replica_target):
+    return json.loads(replica_target.host.file("/etc/mcp-portal/replica.json").content_string)
+
+
+def test_replica_is_in_recovery_and_streaming_over_verified_tls(replica_target, targets):
+    host = replica_target.host
+    assert psql(host, "select pg_is_in_recovery()") == "t"
+    status, conninfo = psql(host, "select status || '|' || conninfo from pg_stat_wal_receiver").split("|", 1)
+    assert status == "streaming" and "sslmode=verify-full" in conninfo
+    record = replica_record(replica_target)
+    assert psql(targets[record["primary"]].host, "select s.ssl from pg_stat_ssl s join pg_stat_replication r using (pid) "
+                f"where r.application_name = '{record['slot']}'") == "t"
+
+
+def test_replica_uses_its_own_slot_and_it_is_active_on_the_primary(replica_target, targets):
+    record = replica_record(replica_target)
+    assert psql(replica_target.host, "show primary_slot_name") == record["slot"]
+    primary = targets[record["primary"]]
+    assert psql(primary.host, f"select active from pg_replication_slots where slot_name = '{record['slot']}'") == "t"
+
+
+def test_replica_lag_is_under_its_threshold(replica_target, targets):
+    record = replica_record(replica_target)
+    primary = targets[record["primary"]]
+    lag = psql(primary.host, "select coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), -1) "
+               f"from pg_stat_replication where application_name = '{record['slot']}'")
+    assert lag and 0 <= float(lag) < record["lag_threshold_mb"] * 1024 * 1024, f"lag {lag} bytes"
+
+
+def test_primary_is_not_in_recovery_and_has_a_slot_per_replica(primary_target, targets):
+    replicas = [t for t in targets.values() if "replicas" in t.groups]
+    assert psql(primary_target.host, "select pg_is_in_recovery()") == "f"
+    slots = psql(primary_target.host, "select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots").split(",")
+    assert sorted(slots) == sorted(replica_record(r)["slot"] for r in replicas)
