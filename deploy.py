@@ -14,6 +14,9 @@ from deploys.roles import roles
 from deploys.tls import certificates
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
+# One unreachable host stops the run before any operation: a tier half-deployed around a missing host is
+# worse than no change (the primary's slots and the replicas' clones depend on each other).
+config.FAIL_PERCENT = 0
 
 DATABASE_GROUPS = {"primary", "replicas"}
 replica = "replicas" in host.groups

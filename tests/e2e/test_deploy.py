@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fleet_helpers import on
+from tests.fleet_helpers import fleet, on
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 REPO = Path(__file__).resolve().parents[2]
@@ -53,3 +53,17 @@ def test_dry_run_tells_the_truth_about_drift():
     assert list(drifted.values()) == [("1 (pg-replica-1)", "-")]
     deploy()
     assert on("pg-replica-1", "test -f /etc/mcp-portal/roles").returncode == 0
+
+
+def test_an_unreachable_host_stops_the_run_before_any_change():
+    on("pg-primary", "rm /etc/mcp-portal/roles")  # a change the run would make
+    fleet("cut", "pg-replica-2")
+    try:
+        result = pyinfra_run("-y")
+    finally:
+        fleet("heal", "pg-replica-2")
+    assert result.returncode != 0
+    assert "[pg-replica-2] Could not connect" in result.stdout + result.stderr
+    assert on("pg-primary", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
+    deploy()
+    assert on("pg-primary", "test -e /etc/mcp-portal/roles").returncode == 0
