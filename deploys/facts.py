@@ -94,3 +94,13 @@ class PostgresSlots(PostgresJsonQuery):
 
     query = ("select json_object_agg(slot_name, json_build_object('active', active)) "
              "from pg_replication_slots where slot_type = 'physical'")
+
+
+class FreeBytes(FactBase):
+    """Bytes available to unprivileged writers on the filesystem holding `path` (its nearest existing parent)."""
+
+    def command(self, path):
+        return f"p={path}; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); done; df -B1 --output=avail \"$p\" | tail -1"
+
+    def process(self, output):
+        return int(output[0].strip())

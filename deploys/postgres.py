@@ -8,7 +8,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from deploys import pgconfig
 from deploys.datasource import source_of
-from deploys.facts import AptHolds, PostgresClusters, PostgresSettings
+from deploys.facts import AptHolds, FreeBytes, PostgresClusters, PostgresSettings
 from deploys.ordering import barrier
 from deploys.tls import DEFAULTS as TLS_DEFAULTS
 
@@ -24,6 +24,8 @@ DEFAULTS = {
     # Per-host memory budget: containers and VMs can see more RAM than they may use.
     "postgres_memory_budget_mb": 1024,
     "postgres_max_connections": 100,
+    # Free space the WAL volume must keep beyond what max_slot_wal_keep_size lets slots retain.
+    "postgres_wal_headroom_mb": 2048,
     # How long a (re)start may take before systemd fails it; Debian's unit would wait forever.
     "postgres_start_timeout_s": 600,
     # The tier's settings; group_data's postgres_settings adds to or overrides them (validated either way).
@@ -155,6 +157,7 @@ def configuration(reload_when=None, extra_settings=None):
         )
     except pgconfig.ConfigError as exc:
         raise DeployError(f"{host.name}: {exc}") from None
+    _check_wal_headroom(desired, f"/var/lib/postgresql/{major}/{cluster}/pg_wal")
     files.template(
         name="Render postgresql.conf",
         src="templates/postgresql.conf.j2",
@@ -200,6 +203,22 @@ def configuration(reload_when=None, extra_settings=None):
         reasons = sorted(changed) + [label for label, op in triggers.items() if op.will_change]
         if reasons:
             systemd.service(name=f"Reload PostgreSQL ({', '.join(reasons)} changed)", service=unit, reloaded=True)
+
+
+def _check_wal_headroom(desired, wal_dir):
+    """Refuse settings that let replication slots fill the WAL volume: a dead replica or a long archive outage
+    may retain up to max_slot_wal_keep_size of WAL, and the volume must hold that plus headroom."""
+    limit_mb = int(pgconfig.normalize("max_slot_wal_keep_size", desired["max_slot_wal_keep_size"],
+                                      pgconfig.catalogue()["max_slot_wal_keep_size"], "desired"))
+    needed_mb = (limit_mb if limit_mb >= 0 else float("inf")) + host.data.postgres_wal_headroom_mb
+    free_mb = host.get_fact(FreeBytes, path=wal_dir) // (1024 * 1024)
+    if free_mb < needed_mb:
+        shown = "unlimited (-1)" if limit_mb < 0 else f"{limit_mb} MB"
+        raise DeployError(
+            f"{host.name}: the WAL volume ({wal_dir}) has {free_mb} MB free, less than max_slot_wal_keep_size "
+            f"{shown} + postgres_wal_headroom_mb {host.data.postgres_wal_headroom_mb} MB; lower "
+            f"max_slot_wal_keep_size (postgres_settings) or grow the volume"
+        )
 
 
 def _address(other):

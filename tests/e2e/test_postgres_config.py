@@ -66,3 +66,12 @@ def test_bad_value_is_refused_before_any_host_changes(overrides):
     assert result.returncode != 0
     assert "group_data/local.py: postgres_settings.work_mem = '12XB': unit 'XB'" in result.stderr + result.stdout
     assert {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS} == before
+
+
+def test_slot_retention_the_wal_volume_cannot_hold_is_refused(overrides):
+    before = {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS}
+    result = pyinfra_run("-y", *overrides('postgres_settings = {"max_slot_wal_keep_size": "100TB"}'))
+    assert result.returncode != 0
+    assert "the WAL volume (/var/lib/postgresql/17/main/pg_wal) has" in result.stdout + result.stderr
+    assert "lower max_slot_wal_keep_size" in result.stdout + result.stderr
+    assert {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS} == before
