@@ -8,6 +8,7 @@ from pyinfra import config, host
 
 from deploys.base import baseline
 from deploys.ordering import barrier
+from deploys.pgbouncer import databases, pooler
 from deploys.postgres import configuration, server_packages
 from deploys.replication import slots, standby, standby_settings
 from deploys.roles import roles
@@ -28,7 +29,10 @@ if DATABASE_GROUPS & set(host.groups):
 if "primary" in host.groups:
     roles()
     slots()
+    databases()
 if DATABASE_GROUPS & set(host.groups):
     barrier(name="The primary's roles and slots exist before a replica clones")
 if replica:
     standby()
+if "pgbouncer" in host.groups:
+    pooler()

@@ -104,3 +104,21 @@ class FreeBytes(FactBase):
 
     def process(self, output):
         return int(output[0].strip())
+
+
+class PostgresDatabases(PostgresJsonQuery):
+    """{database: owner}."""
+
+    query = "select json_object_agg(datname, pg_get_userbyid(datdba)) from pg_database"
+
+
+class FunctionComment(FactBase):
+    """The comment on function `signature` in `database` ('' when the database or function is missing)."""
+
+    def command(self, major, cluster, database, signature):
+        psql = f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster}"
+        return (f"if {psql} -c \"select 1 from pg_database where datname = '{database}'\" 2>/dev/null | grep -q 1; then "
+                f"{psql} -d {database} -c \"select coalesce(obj_description(to_regprocedure('{signature}')), '')\"; fi")
+
+    def process(self, output):
+        return "".join(output).strip()

@@ -52,7 +52,7 @@ def load_targets(inventory_file):
 
 # Fixture name -> the inventory groups whose hosts it runs on (None: every host).
 TARGET_FIXTURES = {"target": None, "db_target": {"primary", "replicas"}, "primary_target": {"primary"},
-                   "replica_target": {"replicas"}}
+                   "replica_target": {"replicas"}, "pgbouncer_target": {"pgbouncer"}}
 
 
 def pytest_generate_tests(metafunc):
