@@ -1,4 +1,4 @@
-"""Where a host's data key was set, so a bad value's error names the file to fix."""
+"""Host data helpers: where a key was set (so a bad value's error names the file to fix), and a host's address."""
 
 from pyinfra import host, inventory
 
@@ -14,3 +14,8 @@ def source_of(key):
     if key in inventory.get_data():
         return "group_data/all.py"
     return "the deploy's DEFAULTS"
+
+
+def address_of(other):
+    """The address a host is reached at: its inventory ssh_hostname, else its name."""
+    return other.data.get("ssh_hostname", other.name)

@@ -13,9 +13,11 @@ from pyinfra.facts.files import FindInFile
 from pyinfra.operations import apt, files, server, systemd
 
 from deploys import secrets
+from deploys.datasource import address_of
 from deploys.facts import FunctionComment, PostgresDatabases
 from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
-from deploys.replication import address, the_primary
+from deploys.replication import the_primary
+from deploys.tls import DEFAULTS as TLS_DEFAULTS
 from deploys.tls import certificates
 
 DEFAULTS = {
@@ -23,7 +25,7 @@ DEFAULTS = {
     "postgres_major": POSTGRES_DEFAULTS["postgres_major"],
     "postgres_cluster": POSTGRES_DEFAULTS["postgres_cluster"],
     "postgres_port": POSTGRES_DEFAULTS["postgres_port"],
-    "tls_remote_dir": "/etc/mcp-portal/tls",
+    "tls_remote_dir": TLS_DEFAULTS["tls_remote_dir"],
     "portal_database": "portal",
     "portal_database_owner": "portal_owner",
     "pgbouncer_port": 6432,
@@ -82,14 +84,14 @@ def pooler():
         src=io.StringIO(f'"{auth_user}" "{secrets.password(auth_user)}"\n'),
         dest="/etc/pgbouncer/userlist.txt", user="postgres", group="postgres", mode="600",
     )
-    listen_addr = host.data.pgbouncer_listen_address or address(host)
+    listen_addr = host.data.pgbouncer_listen_address or address_of(host)
     listening = host.get_fact(FindInFile, path="/etc/pgbouncer/pgbouncer.ini", pattern=r"^listen_[a-z]* = ") or []
     restart = sorted(listening) != [f"listen_addr = {listen_addr}", f"listen_port = {host.data.pgbouncer_port}"]
     ini = files.template(
         name="Render pgbouncer.ini",
         src="templates/pgbouncer.ini.j2", dest="/etc/pgbouncer/pgbouncer.ini", user="postgres", group="postgres", mode="640",
         rw_name=host.data.pgbouncer_rw_entry, ro_name=host.data.pgbouncer_ro_entry, database=host.data.portal_database,
-        primary=address(primary), replicas=[address(r) for r in replicas], port=host.data.postgres_port,
+        primary=address_of(primary), replicas=[address_of(r) for r in replicas], port=host.data.postgres_port,
         auth_database=host.data.pgbouncer_auth_database, auth_user=auth_user,
         listen_addr=listen_addr, listen_port=host.data.pgbouncer_port,
         admin_users=host.data.pgbouncer_admin_users, stats_users=host.data.pgbouncer_stats_users,

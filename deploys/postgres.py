@@ -7,7 +7,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import apt, files, server, systemd
 
 from deploys import pgconfig
-from deploys.datasource import source_of
+from deploys.datasource import address_of, source_of
 from deploys.facts import AptHolds, FreeBytes, PostgresClusters, PostgresSettings
 from deploys.ordering import barrier
 from deploys.tls import DEFAULTS as TLS_DEFAULTS
@@ -144,15 +144,15 @@ def configuration(reload_when=None, extra_settings=None):
     from pg_settings at plan time. `reload_when`: {label: operation} (e.g. a renewed certificate) needing a
     reload; `extra_settings`: parameters another component adds (a replica's standby settings)."""
     major, cluster = host.data.postgres_major, host.data.postgres_cluster
-    address = host.data.postgres_listen_address or host.data.get("ssh_hostname", host.name)
+    address = host.data.postgres_listen_address or address_of(host)
     tls = host.data.tls_remote_dir
     try:
         desired = pgconfig.settings(host.data, source_of)
         desired.update(listen_addresses=f"localhost,{address}", ssl_cert_file=f"{tls}/server.crt",
                        ssl_key_file=f"{tls}/server.key", ssl_ca_file=f"{tls}/ca.crt", **(extra_settings or {}))
         rules = pgconfig.hba_rules(
-            [_address(h) for h in inventory.get_group("replicas", [])],
-            [_address(h) for h in inventory.get_group("pgbouncer", [])],
+            [address_of(h) for h in inventory.get_group("replicas", [])],
+            [address_of(h) for h in inventory.get_group("pgbouncer", [])],
             host.data.postgres_replication_user, host.data.postgres_hba_extra, source_of("postgres_hba_extra"),
         )
     except pgconfig.ConfigError as exc:
@@ -219,10 +219,6 @@ def _check_wal_headroom(desired, wal_dir):
             f"{shown} + postgres_wal_headroom_mb {host.data.postgres_wal_headroom_mb} MB; lower "
             f"max_slot_wal_keep_size (postgres_settings) or grow the volume"
         )
-
-
-def _address(other):
-    return other.data.get("ssh_hostname", other.name)
 
 
 def _restart(unit, turn, parameters, before=(), **global_arguments):

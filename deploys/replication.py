@@ -12,8 +12,10 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server
 
 from deploys import secrets
+from deploys.datasource import address_of
 from deploys.facts import HOLDS_DATA_SQL, PostgresNode, PostgresSlots
 from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
+from deploys.tls import DEFAULTS as TLS_DEFAULTS
 
 # Per purpose: the standby settings it implies, and the lag an SRE is alerted at (the assessment's section 8).
 PURPOSES = {
@@ -28,7 +30,7 @@ DEFAULTS = {
     "postgres_cluster": POSTGRES_DEFAULTS["postgres_cluster"],
     "postgres_port": POSTGRES_DEFAULTS["postgres_port"],
     "postgres_replication_user": POSTGRES_DEFAULTS["postgres_replication_user"],
-    "tls_remote_dir": "/etc/mcp-portal/tls",
+    "tls_remote_dir": TLS_DEFAULTS["tls_remote_dir"],
     # {replica host name: purpose}; a replica not named here is "realtime".
     "replica_purposes": {},
     "replica_lag_threshold_mb": {},  # {replica host name: MB}, overriding its purpose's threshold
@@ -39,10 +41,6 @@ PASSFILE = "/var/lib/postgresql/.pgpass-replication"
 
 def slot_name(replica_name):
     return SLOT_PREFIX + replica_name.replace("-", "_").replace(".", "_")
-
-
-def address(other):
-    return other.data.get("ssh_hostname", other.name)
 
 
 def _data(key):
@@ -60,7 +58,7 @@ def purpose_of(name):
 def standby_settings():
     """The postgresql.conf lines a replica adds: how it follows the primary, and its purpose's settings."""
     primary = the_primary()
-    conninfo = (f"host={address(primary)} port={_data('postgres_port')} user={_data('postgres_replication_user')} "
+    conninfo = (f"host={address_of(primary)} port={_data('postgres_port')} user={_data('postgres_replication_user')} "
                 f"passfile={PASSFILE} sslmode=verify-full sslrootcert={_data('tls_remote_dir')}/ca.crt "
                 f"application_name={slot_name(host.name)}")
     return {"primary_conninfo": conninfo, "primary_slot_name": slot_name(host.name),
@@ -125,7 +123,7 @@ def standby():
     user = host.data.postgres_replication_user
     files.put(
         name="Replication password file",
-        src=io.StringIO(f"{address(primary)}:{host.data.postgres_port}:replication:{user}:{secrets.password(user)}\n"),
+        src=io.StringIO(f"{address_of(primary)}:{host.data.postgres_port}:replication:{user}:{secrets.password(user)}\n"),
         dest=PASSFILE, user="postgres", group="postgres", mode="600",
     )
     purpose = purpose_of(host.name)
@@ -142,7 +140,7 @@ def standby():
         return
     datadir = f"/var/lib/postgresql/{major}/{cluster}"
     unit = f"postgresql@{major}-{cluster}"
-    conninfo = (f"host={address(primary)} port={host.data.postgres_port} user={user} passfile={PASSFILE} "
+    conninfo = (f"host={address_of(primary)} port={host.data.postgres_port} user={user} passfile={PASSFILE} "
                 f"sslmode=verify-full sslrootcert={host.data.tls_remote_dir}/ca.crt")
     cloning = f"{datadir}.cloning"
     server.shell(

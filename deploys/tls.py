@@ -18,6 +18,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from deploys import secrets
+from deploys.datasource import address_of
 
 DEFAULTS = {
     **secrets.DEFAULTS,
@@ -113,7 +114,7 @@ def local_files():
     """(ca.crt, host.crt, host.key) on the control machine for this host; makes them in generated environments."""
     tls_dir = secrets.directory() / "tls"
     if secrets.generated():
-        sans = names_of(host.name, host.data.get("ssh_hostname", host.name))
+        sans = names_of(host.name, address_of(host))
         cert_path, key_path = issue(tls_dir, host.name, sans, host.data.tls_days, host.data.tls_renew_days)
         return tls_dir / "ca.crt", cert_path, key_path
     wanted = [tls_dir / "ca.crt", tls_dir / f"{host.name}.crt", tls_dir / f"{host.name}.key"]
