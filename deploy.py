@@ -7,8 +7,9 @@ live in deploys/, their knobs in group_data/.
 from pyinfra import config, host
 
 from deploys.base import baseline
+from deploys.heartbeat import heartbeat_table, heartbeat_writer
 from deploys.ordering import barrier
-from deploys.pgbouncer import databases, pooler
+from deploys.pgbouncer import databases, pooled_connections, pooler
 from deploys.postgres import configuration, server_packages
 from deploys.replication import slots, standby, standby_settings
 from deploys.roles import roles
@@ -25,14 +26,17 @@ replica = "replicas" in host.groups
 baseline()
 if DATABASE_GROUPS & set(host.groups):
     server_packages()
-    configuration(reload_when=certificates(owner="postgres"), extra_settings=standby_settings() if replica else None)
+    configuration(reload_when=certificates(owner="postgres"), extra_settings=standby_settings() if replica else None,
+                  pooled=pooled_connections())
 if "primary" in host.groups:
     roles()
     slots()
     databases()
+    heartbeat_table()
 if DATABASE_GROUPS & set(host.groups):
     barrier(name="The primary's roles and slots exist before a replica clones")
 if replica:
     standby()
 if "pgbouncer" in host.groups:
     pooler()
+    heartbeat_writer()

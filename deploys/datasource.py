@@ -3,12 +3,14 @@
 from pyinfra import host, inventory
 
 
-def source_of(key):
+def source_of(key, of=None):
+    """Where `key` is set for host `of` (default: the host being planned)."""
+    of = of or host
     if key in inventory.get_override_data():
         return "--data on the command line"
-    if key in inventory.get_host_data(host.name):
-        return f"inventory host {host.name}"
-    for group in host.groups:
+    if key in inventory.get_host_data(of.name):
+        return f"inventory host {of.name}"
+    for group in of.groups:
         if key in inventory.get_group_data(group):
             return f"group_data/{group}.py"
     if key in inventory.get_data():

@@ -15,6 +15,25 @@ class AptHolds(FactBase):
         return sorted(line.strip() for line in output if line.strip())
 
 
+class AptVersions(FactBase):
+    """{package: {"installed", "candidate"}} from the host's current package index ("(none)" when not installed)."""
+
+    default = dict
+
+    def command(self, packages):
+        return f"apt-cache policy {' '.join(packages)}"
+
+    def process(self, output):
+        versions, package = {}, None
+        for line in output:
+            if line and not line.startswith(" ") and line.endswith(":"):
+                package = versions.setdefault(line[:-1], {})
+            elif package is not None and line.strip().startswith(("Installed:", "Candidate:")):
+                key, value = line.strip().split(":", 1)
+                package[key.lower()] = value.strip()
+        return versions
+
+
 class PostgresClusters(FactBase):
     """Debian's PostgreSQL clusters: {"17/main": {"status", "datadir", "checksums", "databases"}}.
 
@@ -107,18 +126,25 @@ class FreeBytes(FactBase):
 
 
 class PostgresDatabases(PostgresJsonQuery):
-    """{database: owner}."""
+    """{database: {"owner", "connect": roles with CONNECT on it, "PUBLIC" for everyone}}."""
 
-    query = "select json_object_agg(datname, pg_get_userbyid(datdba)) from pg_database"
+    query = ("select json_object_agg(d.datname, json_build_object('owner', pg_get_userbyid(d.datdba), "
+             "'connect', array(select case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end "
+             "from aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a "
+             "where a.privilege_type = 'CONNECT' order by 1))) from pg_database d")
 
 
-class FunctionComment(FactBase):
-    """The comment on function `signature` in `database` ('' when the database or function is missing)."""
+class ObjectComment(FactBase):
+    """The comment on `signature` (a function's, or a table name) in `database`; '' when it or the database is
+    missing. The deploy marks objects it makes from SQL with a hash of that SQL."""
 
-    def command(self, major, cluster, database, signature):
+    LOOKUP = {"function": ("to_regprocedure", "pg_proc"), "table": ("to_regclass", "pg_class")}
+
+    def command(self, major, cluster, database, kind, signature):
         psql = f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster}"
+        resolve, catalog = self.LOOKUP[kind]
         return (f"if {psql} -c \"select 1 from pg_database where datname = '{database}'\" 2>/dev/null | grep -q 1; then "
-                f"{psql} -d {database} -c \"select coalesce(obj_description(to_regprocedure('{signature}')), '')\"; fi")
+                f"{psql} -d {database} -c \"select coalesce(obj_description({resolve}('{signature}'), '{catalog}'), '')\"; fi")
 
     def process(self, output):
         return "".join(output).strip()

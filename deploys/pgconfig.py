@@ -189,3 +189,40 @@ def _host_cidr(address, source):
         return f"{ipaddress.ip_address(address)}/{32 if ipaddress.ip_address(address).version == 4 else 128}"
     except ValueError:
         raise ConfigError(f"{source}: host address {address!r} is not an IP address; set ssh_hostname to the host's address") from None
+
+
+def connection_budget(desired, pooled, direct, standbys, backup_streams, source_of, known=None):
+    """Refuse settings the tier's connections do not fit into.
+
+    Client backends: every PgBouncer's capped server connections to this host (`pooled`, {pooler: n}), the
+    connections made around the pooler (`direct`, {purpose: n}: monitoring, jobs, migrations), and the slots
+    PostgreSQL keeps for superusers and pg_use_reserved_connections must fit max_connections.
+    WAL senders (not counted in max_connections): one per other database host (any of them may stream from
+    this one after a failover) and two per concurrent `pg_basebackup -X stream`, within max_wal_senders; each
+    of those also holds a slot (the replica's, or the backup's temporary one) within max_replication_slots.
+    """
+    known = known or catalogue()
+
+    def value(name):
+        return int(normalize(name, desired.get(name, known[name]["boot_val"]), known[name], "desired"))
+
+    source = source_of("postgres_direct_connections")
+    if not isinstance(direct, dict):
+        raise ConfigError(f"{source}: postgres_direct_connections must be a mapping of purpose to connections")
+    for label, count in direct.items():
+        if not isinstance(count, int) or count < 0:
+            raise ConfigError(f"{source}: postgres_direct_connections.{label} = {count!r} must be a whole number >= 0")
+    parts = {f"PgBouncer {name}": n for name, n in pooled.items()}
+    parts.update({f"{label} (direct)": n for label, n in direct.items()})
+    parts.update({name: value(name) for name in ("superuser_reserved_connections", "reserved_connections")})
+    needed, limit = sum(parts.values()), value("max_connections")
+    if needed > limit:
+        shown = " + ".join(f"{label} {n}" for label, n in parts.items())
+        raise ConfigError(f"{source_of('postgres_max_connections')}: max_connections {limit} is below the connection budget {needed} ({shown}); "
+                          "raise postgres_max_connections or lower pgbouncer_pool.max_db_connections")
+    senders, slots = standbys + 2 * backup_streams, standbys + backup_streams
+    for name, need in (("max_wal_senders", senders), ("max_replication_slots", slots)):
+        if need > value(name):
+            raise ConfigError(f"{source_of('postgres_settings')}: {name} {value(name)} is below the {need} that {standbys} standby(s) and "
+                              f"{backup_streams} concurrent pg_basebackup stream(s) (postgres_basebackup_streams) "
+                              f"need; raise {name} in postgres_settings")

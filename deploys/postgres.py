@@ -4,16 +4,21 @@ with data checksums. A cluster that holds data is never dropped or re-initialise
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 
 from deploys import pgconfig
 from deploys.datasource import address_of, source_of
-from deploys.facts import AptHolds, FreeBytes, PostgresClusters, PostgresSettings
+from deploys.facts import AptHolds, AptVersions, FreeBytes, PostgresClusters, PostgresSettings
 from deploys.ordering import barrier
 from deploys.tls import DEFAULTS as TLS_DEFAULTS
 
 DEFAULTS = {
     "postgres_major": 17,
+    # Where PostgreSQL comes from: "debian" (the release's archive) or "pgdg" (apt.postgresql.org, or the mirror
+    # of it at postgres_pgdg_uri), for prod when minor releases must land before Debian's point release.
+    "postgres_apt_repository": "debian",
+    "postgres_pgdg_uri": "https://apt.postgresql.org/pub/repos/apt",
     "postgres_cluster": "main",
     "postgres_port": 5432,
     # Where PostgreSQL listens besides localhost; empty: the host's inventory address (ssh_hostname).
@@ -24,6 +29,12 @@ DEFAULTS = {
     # Per-host memory budget: containers and VMs can see more RAM than they may use.
     "postgres_memory_budget_mb": 1024,
     "postgres_max_connections": 100,
+    # Connections made around PgBouncer, by purpose; with PgBouncer's capped pools and the superuser reserve
+    # they must fit max_connections (checked before any change).
+    "postgres_direct_connections": {"monitoring": 5, "jobs": 5, "operators": 5},
+    # pg_basebackup -X stream runs that may overlap (a scheduled backup and a replica's clone): each takes two
+    # WAL senders and a replication slot.
+    "postgres_basebackup_streams": 2,
     # Free space the WAL volume must keep beyond what max_slot_wal_keep_size lets slots retain.
     "postgres_wal_headroom_mb": 2048,
     # How long a (re)start may take before systemd fails it; Debian's unit would wait forever.
@@ -81,15 +92,22 @@ HOT_STANDBY_SENSITIVE = {
 }
 # A replica waits this long for the primary's lowered values to reach it before it restarts with them.
 REPLAY_WAIT_S = 120
+APT_REPOSITORIES = ("debian", "pgdg")
 # A fresh cluster holds template0, template1 and postgres.
 EMPTY_CLUSTER_DATABASES = 3
+
+
+def _packages(major):
+    """The PostgreSQL packages the deploy installs and holds."""
+    return [f"postgresql-{major}", f"postgresql-client-{major}", "postgresql-common", "postgresql-client-common"]
 
 
 @deploy("PostgreSQL server", data_defaults=DEFAULTS)
 def server_packages():
     major = host.data.postgres_major
-    packages = [f"postgresql-{major}", f"postgresql-client-{major}", "postgresql-common", "postgresql-client-common"]
+    packages = _packages(major)
     apt.packages(name="Install postgresql-common", packages=["postgresql-common"], update=True, cache_time=3600)
+    _apt_repository()
     # Debian's package creates its first cluster during install: make that cluster with checksums.
     files.line(
         name="New clusters get data checksums",
@@ -116,6 +134,22 @@ def server_packages():
     _checksums(major)
 
 
+def _apt_repository():
+    repository = host.data.postgres_apt_repository
+    if repository not in APT_REPOSITORIES:
+        raise DeployError(f"{host.name}: {source_of('postgres_apt_repository')}: postgres_apt_repository = {repository!r}; "
+                          f"use one of {', '.join(APT_REPOSITORIES)}")
+    if repository == "pgdg":
+        codename = host.get_fact(LinuxDistribution)["release_meta"]["VERSION_CODENAME"]
+        sources = files.template(name="PGDG apt repository", src="templates/pgdg.sources.j2",
+                                 dest="/etc/apt/sources.list.d/pgdg.sources", mode="644",
+                                 uri=host.data.postgres_pgdg_uri, suite=f"{codename}-pgdg")
+        if sources.will_change:
+            apt.update(name="Refresh the package index (PGDG added)")
+    else:
+        files.file(name="No PGDG apt repository", path="/etc/apt/sources.list.d/pgdg.sources", present=False)
+
+
 def _checksums(major):
     """Turn checksums on, offline, for an empty cluster that lacks them; refuse for one with data."""
     key = f"{major}/{host.data.postgres_cluster}"
@@ -139,10 +173,11 @@ def _checksums(major):
 
 
 @deploy("PostgreSQL configuration", data_defaults={**DEFAULTS, **TLS_DEFAULTS})
-def configuration(reload_when=None, extra_settings=None):
+def configuration(reload_when=None, extra_settings=None, pooled=None):
     """Render postgresql.conf and pg_hba.conf; reload, or restart only for postmaster-level changes, decided
     from pg_settings at plan time. `reload_when`: {label: operation} (e.g. a renewed certificate) needing a
-    reload; `extra_settings`: parameters another component adds (a replica's standby settings)."""
+    reload; `extra_settings`: parameters another component adds (a replica's standby settings); `pooled`:
+    {PgBouncer host: server connections it may open}, counted in the connection budget."""
     major, cluster = host.data.postgres_major, host.data.postgres_cluster
     address = host.data.postgres_listen_address or address_of(host)
     tls = host.data.tls_remote_dir
@@ -155,6 +190,9 @@ def configuration(reload_when=None, extra_settings=None):
             [address_of(h) for h in inventory.get_group("pgbouncer", [])],
             host.data.postgres_replication_user, host.data.postgres_hba_extra, source_of("postgres_hba_extra"),
         )
+        database_hosts = inventory.get_group("primary", []) + inventory.get_group("replicas", [])
+        pgconfig.connection_budget(desired, pooled or {}, host.data.postgres_direct_connections,
+                                   len(database_hosts) - 1, host.data.postgres_basebackup_streams, source_of)
     except pgconfig.ConfigError as exc:
         raise DeployError(f"{host.name}: {exc}") from None
     _check_wal_headroom(desired, f"/var/lib/postgresql/{major}/{cluster}/pg_wal")
@@ -229,9 +267,50 @@ def _restart(unit, turn, parameters, before=(), **global_arguments):
 
 def _replayed(major, datadir, name, wanted):
     """A command that waits until pg_controldata shows the primary's new `name`, or fails saying so."""
-    check = f"/usr/lib/postgresql/{major}/bin/pg_controldata {datadir} | grep -Eq '^{HOT_STANDBY_SENSITIVE[name]}: +{wanted}$'"
-    return (f"for i in $(seq {REPLAY_WAIT_S}); do {check} && break; sleep 1; done; {check} || "
-            f"{{ echo 'the primary lowered {name} to {wanted} but this replica has not replayed it within "
-            f"{REPLAY_WAIT_S}s: is it streaming?' >&2; exit 1; }}")
+    return _wait_for(f"/usr/lib/postgresql/{major}/bin/pg_controldata {datadir} | "
+                     f"grep -Eq '^{HOT_STANDBY_SENSITIVE[name]}: +{wanted}$'",
+                     f"the primary lowered {name} to {wanted} but this replica has not replayed it (is it streaming?)")
 
 
+@deploy("PostgreSQL minor update", data_defaults=DEFAULTS)
+def minor_update():
+    """The held PostgreSQL packages updated to the candidate in each host's package index, replicas one at a time,
+    then the primary; each host restarts on the new binaries and must be ready (a replica: streaming again)
+    before the next one starts. Hosts already on their candidate change nothing."""
+    major, cluster = host.data.postgres_major, host.data.postgres_cluster
+    versions = host.get_fact(AptVersions, packages=_packages(major))
+    outdated = {p: v for p, v in versions.items() if v.get("installed") not in (None, "(none)", v.get("candidate"))}
+    primary = "primary" in host.groups
+    barrier(name="Update turn: replicas")
+    if outdated and not primary:
+        _update(major, cluster, outdated, replica=True, _serial=True)
+    barrier(name="Update turn: primary")
+    if outdated and primary:
+        _update(major, cluster, outdated, replica=False)
+
+
+def _update(major, cluster, outdated, replica, **global_arguments):
+    names = " ".join(outdated)
+    shown = ", ".join(f"{p} {v['installed']} -> {v['candidate']}" for p, v in outdated.items())
+    ready = [_wait_for(f"pg_isready --cluster {major}/{cluster} -q", "PostgreSQL is not accepting connections")]
+    if replica:
+        ready.append(_wait_for(f"runuser -u postgres -- psql --cluster {major}/{cluster} -XtAc "
+                               "'select status from pg_stat_wal_receiver' | grep -qx streaming",
+                               "the replica is not streaming from the primary"))
+    server.shell(
+        name=f"Update {shown}; restart",
+        commands=[
+            # Held again whatever apt does: no later unattended upgrade restarts the cluster.
+            f"apt-mark unhold {names} && {{ DEBIAN_FRONTEND=noninteractive apt-get install -y --only-upgrade "
+            f"-o Dpkg::Options::=--force-confold {names}; rc=$?; apt-mark hold {names}; exit $rc; }}",
+            f"systemctl restart postgresql@{major}-{cluster}",
+            *ready,
+        ],
+        **global_arguments,
+    )
+
+
+def _wait_for(check, failure, seconds=REPLAY_WAIT_S):
+    """A command that waits until `check` succeeds, or fails saying `failure`."""
+    return (f"for i in $(seq {seconds}); do {check} && break; sleep 1; done; {check} || "
+            f"{{ echo '{failure} after {seconds}s' >&2; exit 1; }}")

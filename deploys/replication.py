@@ -15,6 +15,7 @@ from deploys import secrets
 from deploys.datasource import address_of
 from deploys.facts import HOLDS_DATA_SQL, PostgresNode, PostgresSlots
 from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
+from deploys.sqlscript import psql
 from deploys.tls import DEFAULTS as TLS_DEFAULTS
 
 # Per purpose: the standby settings it implies, and the lag an SRE is alerted at (the assessment's section 8).
@@ -66,18 +67,14 @@ def standby_settings():
 
 
 def the_primary():
-    primaries = inventory.get_group("primary", [])
-    if len(primaries) != 1:
-        raise DeployError(f"the inventory needs exactly one host in group primary, has {len(primaries)} "
-                          f"({', '.join(h.name for h in primaries) or 'none'})")
-    return primaries[0]
+    return inventory.get_group("primary")[0]  # baseline() refused any inventory without exactly one
 
 
 def check_reality():
     """Refuse, naming both hosts, when the live cluster disagrees with the inventory: the inventory's primary
     is in recovery, or a replica is a primary of its own that holds data or runs on a newer timeline."""
     primary = the_primary()
-    major, cluster = host.data.postgres_major, host.data.postgres_cluster
+    major, cluster = _data("postgres_major"), _data("postgres_cluster")  # also called outside this module's deploys
     primary_state = primary.get_fact(PostgresNode, major=major, cluster=cluster)
     if primary_state.get("in_recovery"):
         raise DeployError(f"the inventory names {primary.name} the primary, but it is in recovery (a standby); "
@@ -105,13 +102,13 @@ def slots():
     wanted = {slot_name(r.name) for r in inventory.get_group("replicas", [])}
     for name in sorted(wanted - set(live)):
         server.shell(name=f"Create replication slot {name}",
-                     commands=[_psql(major, cluster, f"select pg_create_physical_replication_slot('{name}', true)")])
+                     commands=[f"{psql()} -c \"select pg_create_physical_replication_slot('{name}', true)\""])
     for name in sorted(n for n in set(live) - wanted if n.startswith(SLOT_PREFIX)):
         if live[name]["active"]:
             raise DeployError(f"{host.name}: slot {name} is in use but its replica left the inventory; stop that "
                               f"replica first, then deploy again")
         server.shell(name=f"Drop replication slot {name} (its replica left the inventory)",
-                     commands=[_psql(major, cluster, f"select pg_drop_replication_slot('{name}')")])
+                     commands=[f"{psql()} -c \"select pg_drop_replication_slot('{name}')\""])
 
 
 @deploy("Streaming replica", data_defaults=DEFAULTS)
@@ -161,6 +158,3 @@ def standby():
         ],
     )
 
-
-def _psql(major, cluster, sql):
-    return f"runuser -u postgres -- psql --cluster {major}/{cluster} -XqAt -v ON_ERROR_STOP=1 -c \"{sql}\""

@@ -20,6 +20,7 @@ from deploys import pgconfig, secrets
 from deploys.datasource import source_of
 from deploys.facts import PostgresRoles
 from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
+from deploys.sqlscript import psql
 
 DEFAULTS = {
     **secrets.DEFAULTS,
@@ -38,6 +39,8 @@ DEFAULTS = {
         "replicator": {"login": True, "replication": True},
         "pgbouncer_auth": {"login": True},
         "monitoring": {"login": True, "member_of": ["pg_monitor"]},
+        # Writes the tier's heartbeat row through PgBouncer (deploys/heartbeat.py); nothing else.
+        "heartbeat": {"login": True, "settings": {"statement_timeout": "5s", "lock_timeout": "1s"}},
     },
 }
 ATTRIBUTES = ("login", "replication", "bypassrls", "createdb", "createrole")
@@ -132,6 +135,5 @@ def roles():
             changed = "create" if name not in live else "update"
             server.shell(
                 name=f"Role {name}: {changed}",
-                commands=[f"runuser -u postgres -- psql --cluster {major}/{cluster} -XqAt -v ON_ERROR_STOP=1 <<'SQL'\n"
-                          + "\n".join(sql) + "\nSQL"],
+                commands=[f"{psql()} --single-transaction <<'SQL'\n" + "\n".join(sql) + "\nSQL"],
             )

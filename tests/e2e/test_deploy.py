@@ -26,11 +26,18 @@ def deploy(*extra):
     return pyinfra("-y", *extra)
 
 
-def planned_changes():
+def planned_changes(*extra):
     """{operation: (change, conditional change)} from `--dry`'s "Detected changes" table."""
-    table = pyinfra("--dry").split("--> Detected changes:")[1].split("Detected changes may not")[0]
+    table = pyinfra("--dry", *extra).split("--> Detected changes:")[1].split("Detected changes may not")[0]
     rows = [line.strip() for line in table.strip().splitlines()[1:] if line.strip()]
     return {re.split(r"\s{3,}", row)[0]: tuple(re.split(r"\s{3,}", row)[1:]) for row in rows}
+
+
+def changed_operations(output):
+    """{operation: hosts it changed} from a real run's results table."""
+    table = output.split("--> Results:")[1].split("Grand total")[0]
+    rows = [re.split(r"\s{3,}", line.strip()) for line in table.strip().splitlines()[1:] if line.strip()]
+    return {row[0]: int(row[2]) for row in rows if row[2] != "-"}
 
 
 def grand_total(output):
@@ -67,3 +74,23 @@ def test_an_unreachable_host_stops_the_run_before_any_change():
     assert on("pg-primary", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
     deploy()
     assert on("pg-primary", "test -e /etc/mcp-portal/roles").returncode == 0
+
+
+def test_the_pgdg_repository_option_plans_a_signed_source_and_a_refresh():
+    # Not applied: apt.postgresql.org is out of this machine's reach. The plan shows what prod would get.
+    planned = planned_changes("--data", "postgres_apt_repository=pgdg")
+    database_hosts = "3 (pg-primary, pg-replica-1, pg-replica-2)"
+    assert planned["PostgreSQL server | PGDG apt repository"][0] == database_hosts
+    assert planned["PostgreSQL server | Refresh the package index (PGDG added)"][0] == database_hosts
+    refused = pyinfra_run("--dry", "--data", "postgres_apt_repository=ubuntu")
+    assert refused.returncode != 0
+    assert "--data on the command line: postgres_apt_repository = 'ubuntu'; use one of debian, pgdg" in refused.stderr
+
+
+def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
+    result = subprocess.run([PYINFRA, "-y", "inventory/local.py", "minor_update.py"], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert grand_total(result.stderr)[1:3] == (0, 0)
+    versions = on("pg-replica-1", "dpkg-query -W -f '${Version}' postgresql-17").stdout
+    assert versions == on("pg-replica-1", "apt-cache policy postgresql-17 | sed -n 's/ *Candidate: //p'").stdout.strip()

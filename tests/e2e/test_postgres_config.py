@@ -3,7 +3,7 @@ bad values refused before any host changes. Overrides go in an extra group data 
 
 import pytest
 
-from tests.e2e.test_deploy import deploy, grand_total, pyinfra_run
+from tests.e2e.test_deploy import changed_operations, deploy, grand_total, planned_changes, pyinfra_run
 from tests.fleet_helpers import TOPOLOGY, on
 
 DATABASE_HOSTS = [h.name for h in TOPOLOGY.group("primary") + TOPOLOGY.group("replicas")]
@@ -74,4 +74,28 @@ def test_slot_retention_the_wal_volume_cannot_hold_is_refused(overrides):
     assert result.returncode != 0
     assert "the WAL volume (/var/lib/postgresql/17/main/pg_wal) has" in result.stdout + result.stderr
     assert "lower max_slot_wal_keep_size" in result.stdout + result.stderr
+    assert {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS} == before
+
+
+def test_dry_run_after_a_group_data_edit_lists_what_the_real_run_then_changes(overrides):
+    edit = overrides('postgres_settings = {"log_min_duration_statement": "300ms"}\nheartbeat_interval_s = 15')
+    planned = {op: int(change.split()[0]) for op, (change, _) in planned_changes(*edit).items() if change != "-"}
+    assert planned == {
+        "PostgreSQL configuration | Render postgresql.conf": 3,
+        "PostgreSQL configuration | Reload PostgreSQL (log_min_duration_statement changed)": 3,
+        "Heartbeat writer | Heartbeat timer": 1,
+        "Heartbeat writer | Reload systemd units": 1,
+        "Heartbeat writer | Heartbeat timer runs and starts at boot": 1,
+    }
+    assert changed_operations(deploy(*edit)) == planned
+    assert "OnCalendar=*:*:0/15" in on("pgbouncer-1", "systemctl cat mcp-heartbeat.timer").stdout
+
+
+def test_a_connection_budget_max_connections_cannot_hold_is_refused(overrides):
+    before = {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS}
+    result = pyinfra_run("-y", *overrides("postgres_max_connections = 40"))
+    assert result.returncode != 0
+    assert ("group_data/local.py: max_connections 40 is below the connection budget 50 (PgBouncer pgbouncer-1 32 + "
+            "monitoring (direct) 5 + jobs (direct) 5 + operators (direct) 5 + superuser_reserved_connections 3 + "
+            "reserved_connections 0)") in result.stdout + result.stderr
     assert {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS} == before

@@ -77,3 +77,17 @@ def test_a_replica_leaves_the_inventory_then_joins_again_without_restarting_the_
     assert {h: started(h) for h in ("pg-primary", "pg-replica-1")} == before
     eventually(lambda: psql("pg-primary", "select count(*) from pg_stat_replication where state = 'streaming'") == "2")
     assert grand_total(deploy())[1] == 0
+
+
+@pytest.mark.parametrize("body, message", [
+    ("primary = _g['primary'] + _g['replicas'][:1]\nreplicas = _g['replicas'][1:]\npgbouncer = _g['pgbouncer']\n",
+     "the inventory needs exactly one host in group primary, has 2 (pg-primary, pg-replica-1)"),
+    ("replicas = _g['replicas']\npgbouncer = _g['pgbouncer']\n", "has 0 (none); a replica with no primary"),
+    ("primary = _g['primary']\nreplicas = _g['replicas']\npgbouncer = []\n", "group pgbouncer is empty or missing"),
+], ids=["two primaries", "no primary", "empty pgbouncer group"])
+def test_a_bad_inventory_is_refused_before_any_change(tmp_path, body, message):
+    on("pg-replica-2", "rm /etc/mcp-portal/roles")  # a change any run would make
+    result = run_with(inventory_file(tmp_path, body))
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+    assert on("pg-replica-2", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
+    deploy()

@@ -10,8 +10,8 @@ def db(db_target):
     return db_target.host
 
 
-def psql(host, sql):
-    return host.check_output("runuser -u postgres -- psql -XtAc %s", sql)
+def psql(host, sql, database="postgres"):
+    return host.check_output("runuser -u postgres -- psql -d %s -XtAc %s", database, sql)
 
 
 def test_postgresql_17_runs_and_starts_at_boot(db):

@@ -2,7 +2,7 @@
 
 from tests.infra.test_postgres import psql
 
-LOGIN_ROLES = ["monitoring", "pgbouncer_auth", "portal_admin", "portal_app", "portal_maintenance",
+LOGIN_ROLES = ["heartbeat", "monitoring", "pgbouncer_auth", "portal_admin", "portal_app", "portal_maintenance",
                "portal_reporting", "replicator"]
 
 

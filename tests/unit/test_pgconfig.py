@@ -1,8 +1,11 @@
 """postgresql.conf as data: sizing, validation against PostgreSQL 17's catalogue, change detection."""
 
+import re
+
 import pytest
 
-from deploys.pgconfig import ConfigError, catalogue, changes, hba_rules, memory_sizing, normalize, settings, validate
+from deploys.pgconfig import (ConfigError, catalogue, changes, connection_budget, hba_rules, memory_sizing, normalize,
+                               settings, validate)
 from deploys.postgres import DEFAULTS
 
 KNOWN = catalogue()
@@ -146,3 +149,48 @@ def test_a_parameter_the_file_no_longer_sets_is_a_change_back_to_its_default():
         "port": {"setting": "5432", "context": "postmaster", "source": "configuration file", "pending_restart": False},
         "shared_buffers": {"setting": "16384", "context": "postmaster", "source": "default", "pending_restart": False}}
     assert changes({"work_mem": "4MB"}, on_host) == {"max_locks_per_transaction": "postmaster"}
+
+
+BUDGET_SOURCES = {"postgres_max_connections": "group_data/primary.py", "postgres_settings": "group_data/all.py",
+                  "postgres_direct_connections": "group_data/local.py"}
+
+
+def budget(desired=None, pooled=None, direct=None, standbys=2, streams=2):
+    desired = {"max_connections": 100, "max_wal_senders": 10, "max_replication_slots": 10, **(desired or {})}
+    connection_budget(desired, {"pgbouncer-1": 32} if pooled is None else pooled,
+                      {"monitoring": 5, "jobs": 5, "operators": 5} if direct is None else direct,
+                      standbys, streams, BUDGET_SOURCES.get)
+
+
+def test_the_defaults_fit_with_room_for_a_second_pooler():
+    budget()  # 32 + 15 + superuser_reserved_connections 3 = 50 of 100
+    budget(pooled={"pgbouncer-1": 32, "pgbouncer-2": 32})  # 82
+    budget(desired={"max_connections": 50})  # exactly full
+
+
+def test_an_over_budget_host_is_refused_with_every_term_named():
+    with pytest.raises(ConfigError) as raised:
+        budget(desired={"max_connections": 49, "reserved_connections": 2})
+    message = str(raised.value)
+    assert message.startswith("group_data/primary.py: max_connections 49 is below the connection budget 52 ")
+    assert ("(PgBouncer pgbouncer-1 32 + monitoring (direct) 5 + jobs (direct) 5 + operators (direct) 5 + "
+            "superuser_reserved_connections 3 + reserved_connections 2)") in message
+    assert "pgbouncer_pool.max_db_connections" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "desired, standbys, streams, message",
+    [
+        ({"max_wal_senders": 5}, 2, 2, "group_data/all.py: max_wal_senders 5 is below the 6 that 2 standby(s) and 2 concurrent"),
+        ({"max_wal_senders": 10}, 9, 1, "max_wal_senders 10 is below the 11 that 9 standby(s)"),
+        ({"max_replication_slots": 3}, 2, 2, "max_replication_slots 3 is below the 4 that"),
+    ],
+)
+def test_wal_senders_and_slots_count_two_per_streaming_backup(desired, standbys, streams, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        budget(desired=desired, standbys=standbys, streams=streams)
+
+
+def test_direct_connections_must_be_counts():
+    with pytest.raises(ConfigError, match=r"^group_data/local.py: postgres_direct_connections.jobs = 'five' must be"):
+        budget(direct={"jobs": "five"})
