@@ -50,6 +50,11 @@ AUTH_FUNCTION = "pgbouncer.get_auth(text)"
 AUTH_LOOKUP_CONNECTIONS = 2
 
 
+def pool_settings(pooler):
+    """A PgBouncer host's pool settings: group_data's pgbouncer_pool keys over the defaults, key by key."""
+    return {**DEFAULTS["pgbouncer_pool"], **(pooler.data.get("pgbouncer_pool") or {})}
+
+
 def pooled_connections():
     """{PgBouncer host: the most server connections it opens to one database host}, for the connection budget.
 
@@ -58,7 +63,7 @@ def pooled_connections():
     """
     caps = {}
     for pooler in inventory.get_group("pgbouncer", []):
-        cap = (pooler.data.get("pgbouncer_pool") or DEFAULTS["pgbouncer_pool"]).get("max_db_connections")
+        cap = pool_settings(pooler)["max_db_connections"]
         if not isinstance(cap, int) or cap <= 0:
             raise DeployError(f"{pooler.name}: {source_of('pgbouncer_pool', pooler)}: pgbouncer_pool.max_db_connections "
                               f"= {cap!r}; set a whole number > 0 (the database hosts' connection budget counts it)")
@@ -100,7 +105,8 @@ def pooler():
     primary = the_primary()
     replicas = inventory.get_group("replicas", []) or [primary]
     auth_user = host.data.pgbouncer_auth_user
-    max_client_conn = host.data.pgbouncer_pool["max_client_conn"]
+    pool = pool_settings(host)
+    max_client_conn = pool["max_client_conn"]
     limits = files.template(
         name="Let PgBouncer open a descriptor per client and server connection",
         src="templates/pgbouncer-unit-override.conf.j2", dest="/etc/systemd/system/pgbouncer.service.d/mcp-portal.conf",
@@ -126,7 +132,7 @@ def pooler():
         auth_database=host.data.pgbouncer_auth_database, auth_user=auth_user,
         listen_addr=listen_addr, listen_port=host.data.pgbouncer_port,
         admin_users=host.data.pgbouncer_admin_users, stats_users=host.data.pgbouncer_stats_users,
-        pool=host.data.pgbouncer_pool, tls=host.data.tls_remote_dir, auth_connections=AUTH_LOOKUP_CONNECTIONS,
+        pool=pool, tls=host.data.tls_remote_dir, auth_connections=AUTH_LOOKUP_CONNECTIONS,
     )
     systemd.service(name="PgBouncer runs and starts at boot", service="pgbouncer", running=True, enabled=True)
     if moved or limits.will_change:  # clients are disconnected: say why in the plan

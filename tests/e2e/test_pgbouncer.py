@@ -53,13 +53,14 @@ def test_wrong_password_and_plaintext_are_refused():
 def test_a_pool_change_reloads_and_the_connected_client_stays(tmp_path):
     pid = on("pgbouncer-1", "systemctl show --property=MainPID --value pgbouncer").stdout.strip()
     with connect("portal") as conn:
-        (tmp_path / "local.py").write_text(
-            'pgbouncer_pool = {"pool_mode": "transaction", "max_client_conn": 1000, "default_pool_size": 20,'
-            ' "min_pool_size": 10, "reserve_pool_size": 5, "server_idle_timeout": 600}\n')
+        # Only the key that changes: the others keep their defaults.
+        (tmp_path / "local.py").write_text('pgbouncer_pool = {"default_pool_size": 20}\n')
         try:
             output = deploy("--group-data", str(tmp_path))
             assert "Reload PgBouncer (clients stay connected)" in output and "Restart PgBouncer" not in output
             assert conn.execute("select 1").fetchone() == (1,)
+            ini = on("pgbouncer-1", "cat /etc/pgbouncer/pgbouncer.ini").stdout
+            assert "default_pool_size = 20" in ini and "max_db_connections = 30" in ini
         finally:
             deploy()
     assert on("pgbouncer-1", "systemctl show --property=MainPID --value pgbouncer").stdout.strip() == pid
