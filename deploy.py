@@ -6,6 +6,7 @@ live in deploys/, their knobs in group_data/.
 
 from pyinfra import config, host
 
+from deploys.archive import wal_archiver
 from deploys.base import baseline
 from deploys.heartbeat import heartbeat_table, heartbeat_writer
 from deploys.ordering import barrier
@@ -26,8 +27,9 @@ replica = "replicas" in host.groups
 baseline()
 if DATABASE_GROUPS & set(host.groups):
     server_packages()
-    configuration(reload_when=certificates(owner="postgres"), extra_settings=standby_settings() if replica else None,
-                  pooled=pooled_connections())
+    archiving = wal_archiver()
+    configuration(reload_when=certificates(owner="postgres"), pooled=pooled_connections(),
+                  extra_settings={**archiving, **(standby_settings() if replica else {})})
 if "primary" in host.groups:
     roles()
     slots()

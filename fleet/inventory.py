@@ -1,5 +1,7 @@
 """pyinfra host lists for the local fleet, from the topology and the ssh files `fleet up` writes."""
 
+import json
+
 from fleet.access import Access
 from fleet.layout import Layout
 from fleet.topology import GROUPS, load
@@ -21,3 +23,9 @@ def pyinfra_groups(topology=None, layout=None):
         group: [(h.name, dict(common, ssh_hostname=str(h.address))) for h in topology.group(group)]
         for group in GROUPS
     }
+
+
+def s3_archive(layout=None):
+    """The tier's bucket, endpoint and KMS key on the fleet's S3 endpoint ({} before `fleet up` made them)."""
+    path = (layout or Layout()).local / "s3" / "tier.json"
+    return json.loads(path.read_text()) if path.exists() else {}

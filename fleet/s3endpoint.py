@@ -35,6 +35,17 @@ Restart=on-failure
 WantedBy=multi-user.target
 """
 ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+# What an environment's cloud account provides the tier (in prod: the operator, docs/backups.md): a versioned
+# bucket, a KMS key, and two users. Database hosts may put, get and list, never delete; only retention deletes.
+BUCKET = "mcp-portal-archive"
+KMS_ALIAS = "alias/mcp-portal-archive"
+# moto authorizes HeadBucket as an action of its own ("s3:HeadBucket"); AWS counts it as s3:ListBucket.
+READ_WRITE = ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation", "s3:HeadBucket",
+              "kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"]
+TIER_USERS = {
+    "wal-archiver": READ_WRITE,
+    "backup-retention": READ_WRITE + ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:ListBucketVersions"],
+}
 
 
 def endpoint_url(host):
@@ -76,7 +87,10 @@ class S3Endpoint:
         # Keys made for this run of the endpoint are still good; any other run has forgotten them. Asking
         # the endpoint instead would spend one of its unauthenticated actions.
         invocation = self._invocation()
+        if (self.credentials() or {}).get("invocation") == invocation and self._tier_file("tier").exists():
+            return
         if (self.credentials() or {}).get("invocation") == invocation:
+            self._provision_tier()
             return
         if not self._bootstrap(invocation):
             say(f"{self.host.name}: the endpoint answered unauthenticated calls before ours; restarting it (it held nothing we can read)")
@@ -84,6 +98,7 @@ class S3Endpoint:
             self._wait_port()
             if not self._bootstrap(self._invocation()):
                 raise FleetError(f"could not create the fleet's S3 user on {self.host.name}; see `fleet ssh {self.host.name} journalctl -u moto`")
+        self._provision_tier()
         say(f"{self.host.name}: S3/KMS endpoint up at {endpoint_url(self.host)}, authentication enforced")
 
     def _invocation(self):
@@ -123,5 +138,39 @@ class S3Endpoint:
             json.dump(credentials, out, indent=2)
         return True
 
+    def _tier_file(self, name):
+        return self.credentials_file.parent / "s3" / f"{name}.json"
+
+    def _provision_tier(self):
+        """The bucket (versioned), KMS key and users the tier's archive and backups use; their keys and the
+        bucket's coordinates go to .fleet/s3/ (0600), where group_data/local.py points the deploy."""
+        admin = self.credentials()
+        s3, iam, kms = client("s3", admin), client("iam", admin), client("kms", admin)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        key_id = kms.create_key(Description="the MCP Portal tier's archive key")["KeyMetadata"]["KeyId"]
+        try:
+            kms.create_alias(AliasName=KMS_ALIAS, TargetKeyId=key_id)
+        except kms.exceptions.AlreadyExistsException:  # made by an earlier checkout on this endpoint run
+            kms.update_alias(AliasName=KMS_ALIAS, TargetKeyId=key_id)
+        written = {"tier": {"endpoint_url": admin["endpoint"], "region": admin["region"], "bucket": BUCKET,
+                            "kms_key_id": key_id}}
+        for user, actions in TIER_USERS.items():
+            try:
+                iam.create_user(UserName=user)
+            except iam.exceptions.EntityAlreadyExistsException:
+                pass
+            policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+            iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(policy))
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            written[user] = {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+        self._tier_file("tier").parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name, content in written.items():
+            fd = os.open(self._tier_file(name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(content, out, indent=2)
+
     def forget(self):
         self.credentials_file.unlink(missing_ok=True)
+        for name in ("tier", *TIER_USERS):
+            self._tier_file(name).unlink(missing_ok=True)

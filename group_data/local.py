@@ -1,5 +1,7 @@
 """The local fleet (inventory/local.py): connects as root with the key `fleet up` made."""
 
+from fleet.inventory import s3_archive
+
 # Three database hosts share one 24 GiB machine with everything else.
 postgres_memory_budget_mb = 512
 
@@ -11,3 +13,12 @@ replica_purposes = {"pg-replica-1": "realtime", "pg-replica-2": "reporting"}
 
 # A start that has not finished in 2 minutes on the fleet has failed: say so instead of waiting 10.
 postgres_start_timeout_s = 120
+
+# The WAL archive on the fleet's S3/KMS endpoint: `fleet up` makes the bucket (versioned), the KMS key and the
+# archive's credentials (put, get, list; no delete) in .fleet/s3/, as a cloud account would for prod.
+wal_archive_endpoint_url = s3_archive().get("endpoint_url", "")
+wal_archive_bucket = s3_archive().get("bucket", "")
+wal_archive_kms_key_id = s3_archive().get("kms_key_id", "")
+wal_archive_sse = "aws:kms"
+wal_archive_prefix = "local"
+wal_archive_credentials = ".fleet/s3/wal-archiver.json"

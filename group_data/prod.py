@@ -6,3 +6,10 @@ _sudo = True
 # before touching any host when one is missing.
 secrets_source = "operator"
 secrets_dir = "/etc/mcp-portal-secrets/prod"
+
+# The WAL archive: your bucket (versioning on; S3 Object Lock recommended, docs/backups.md), your KMS key, and
+# the archive user's keys in <secrets_dir>/s3/wal-archiver.json (put, get, list; no delete).
+wal_archive_bucket = "mcp-portal-prod-archive"
+wal_archive_prefix = "prod"
+wal_archive_sse = "aws:kms"
+wal_archive_kms_key_id = "alias/mcp-portal-prod-archive"

@@ -103,6 +103,29 @@ def test_s3_refuses_wrong_keys(s3_credentials, wrong):
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
+def tier_client(service, user, s3_credentials):
+    keys = json.loads((Layout().local / "s3" / f"{user}.json").read_text())
+    return client(service, dict(s3_credentials, **keys))
+
+
+def test_the_tiers_bucket_is_versioned_and_its_keys_are_private(s3_credentials):
+    tier = json.loads((Layout().local / "s3" / "tier.json").read_text())
+    assert client("s3", s3_credentials).get_bucket_versioning(Bucket=tier["bucket"])["Status"] == "Enabled"
+    for name in ("tier", "wal-archiver", "backup-retention"):
+        assert oct((Layout().local / "s3" / f"{name}.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_archive_user_cannot_delete_and_the_retention_user_can(s3_credentials):
+    bucket = json.loads((Layout().local / "s3" / "tier.json").read_text())["bucket"]
+    archiver = tier_client("s3", "wal-archiver", s3_credentials)
+    archiver.put_object(Bucket=bucket, Key="fleet-probe/object", Body=b"x")
+    assert archiver.get_object(Bucket=bucket, Key="fleet-probe/object")["Body"].read() == b"x"
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        archiver.delete_object(Bucket=bucket, Key="fleet-probe/object")
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    tier_client("s3", "backup-retention", s3_credentials).delete_object(Bucket=bucket, Key="fleet-probe/object")
+
+
 def test_kms_serves_data_keys(s3_credentials):
     kms = client("kms", s3_credentials)
     key_id = kms.create_key(Description="fleet probe")["KeyMetadata"]["KeyId"]

@@ -1,0 +1,324 @@
+#!/usr/bin/python3
+"""PostgreSQL's WAL archive on S3: archive_command, restore_command, a resident uploader and a preflight check.
+
+    wal_archive.py push PATH NAME    archive_command = '... push %p %f'
+    wal_archive.py fetch NAME DEST   restore_command = '... fetch %f %p'
+    wal_archive.py serve             the resident uploader (mcp-wal-archive.service) push hands off to
+    wal_archive.py check             can this host archive? (bucket, credentials, KMS key, clock, prefix owner)
+
+Safety model (pgBackRest's): a put is conditional (If-None-Match), the SHA-256 of the raw segment is stored with
+the object and compared on every collision and every restore; success is reported only once S3 holds an
+object with this segment's checksum. The prefix belongs to one cluster (cluster.json, its system identifier),
+and a segment on a timeline older than the archive's newest .history file is refused: it comes from a primary
+that a failover replaced. Configuration: /etc/mcp-portal/wal-archive.json, written by the deploy.
+Plain Python 3 with Debian's python3-boto3, imported only where S3 is used, so `push` starts fast.
+"""
+
+import email.utils
+import gzip
+import hashlib
+import json
+import os
+import re
+import socket
+import socketserver
+import struct
+import sys
+import time
+
+CONFIG = "/etc/mcp-portal/wal-archive.json"
+COMPRESSIONS = {"none": (lambda data: data, lambda data: data), "gzip": (lambda data: gzip.compress(data, 1), gzip.decompress)}
+HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
+WAL_FILE = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$")
+HANDOFF_TIMEOUT_S = 600  # the uploader answers within this, or the push fails (PostgreSQL retries)
+MAX_CLOCK_SKEW_S = 300  # S3 refuses signatures beyond 15 min; warn well before
+
+
+class ArchiveError(Exception):
+    """One line for PostgreSQL's log: what failed, and what to do."""
+
+
+def load_config(path=CONFIG):
+    with open(path) as f:
+        return json.load(f)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def timeline_of(name):
+    return int(name[:8], 16)
+
+
+class Archive:
+    """The archive prefix of one cluster in one bucket."""
+
+    def __init__(self, config, s3=None):
+        self.config = config
+        self.prefix = config["prefix"].strip("/")
+        self.bucket = config["bucket"]
+        self._s3 = s3
+
+    @property
+    def s3(self):
+        if self._s3 is None:
+            self._s3 = client(self.config, "s3")
+        return self._s3
+
+    def key(self, name):
+        return f"{self.prefix}/{'history' if HISTORY.match(name) else 'wal'}/{name}"
+
+    def _sse(self):
+        sse = self.config.get("sse") or ""
+        if sse == "aws:kms":
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.config["kms_key_id"]}
+        return {"ServerSideEncryption": sse} if sse else {}
+
+    def _put_if_absent(self, key, body, metadata):
+        """True if this put created the object, False if one was already there."""
+        from botocore.exceptions import ClientError
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", Metadata=metadata,
+                               ChecksumAlgorithm="SHA256", **self._sse())
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                return False
+            raise
+
+    def _head(self, key):
+        from botocore.exceptions import ClientError
+        try:
+            return self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def system_identifier(self):
+        """The cluster's system identifier: the first 8 bytes of pg_control, read on every call (a replica's
+        clone replaces the cluster under a running uploader); the config may name it instead."""
+        if "system_identifier" in self.config:
+            return str(self.config["system_identifier"])
+        with open(os.path.join(self.config["data_directory"], "global", "pg_control"), "rb") as f:
+            return str(struct.unpack("<Q", f.read(8))[0])
+
+    def check_owner(self):
+        """The prefix is this cluster's: the primary claims it if nobody has; any other cluster is refused."""
+        ours = self.system_identifier()
+        key = f"{self.prefix}/cluster.json"
+        claim = json.dumps({"system_identifier": ours}).encode()
+        # Only the deploy's primary may claim: a replica's cluster before its clone is a primary of its own.
+        if self.config.get("claim_prefix") and self._put_if_absent(key, claim, {"system-identifier": ours}):
+            return
+        theirs = (self._head(key) or {}).get("Metadata", {}).get("system-identifier")
+        if theirs != ours:
+            whose = f"cluster {theirs}" if theirs else "no cluster yet (the primary claims it)"
+            raise ArchiveError(f"s3://{self.bucket}/{self.prefix} belongs to {whose}, not to this cluster ({ours}): "
+                               "not archived; a new cluster needs its own wal_archive_prefix")
+
+    def superseded(self, timeline):
+        """True when the archive has a timeline after `timeline`. PostgreSQL numbers a new timeline one past the
+        newest history file it finds probing upwards, so history files are contiguous: one probe is enough."""
+        return self._head(self.key(f"{timeline + 1:08X}.history")) is not None
+
+    def push(self, path, name):
+        if not (WAL_FILE.match(name) or HISTORY.match(name)):
+            raise ArchiveError(f"{name} is not a WAL segment, partial segment, backup label or timeline history file")
+        with open(path, "rb") as f:
+            data = f.read()
+        digest = sha256(data)
+        self.check_owner()
+        # An old primary that comes back after a failover writes names the new one never writes: only its
+        # timeline gives it away. A promotion archives the old timeline's last segment as .partial: allowed.
+        if WAL_FILE.match(name) and not name.endswith(".partial") and self.superseded(timeline_of(name)):
+            raise ArchiveError(f"{name} is on timeline {timeline_of(name)}, but the archive has timeline "
+                               f"{timeline_of(name) + 1}: "
+                               "this server was replaced by a promoted replica and must not archive; rejoin it "
+                               "as a replica (docs/failover.md)")
+        compression = self.config.get("compression", "gzip")
+        key = self.key(name)
+        created = self._put_if_absent(key, COMPRESSIONS[compression][0](data),
+                                      {"sha256": digest, "compression": compression})
+        stored = ((self._head(key) or {}).get("Metadata") or {}).get("sha256")
+        if stored != digest:
+            if not created:
+                raise ArchiveError(f"SPLIT BRAIN? s3://{self.bucket}/{key} already holds a different {name} "
+                                   f"(sha256 {stored}, this one {digest}); two servers archive into one prefix: stop "
+                                   "the one that is not the primary, keep both files, and investigate")
+            raise ArchiveError(f"s3://{self.bucket}/{key} does not show this segment's checksum after the upload")
+        return "archived" if created else "already archived, same checksum"
+
+    def fetch(self, name, dest):
+        """Write `name` to `dest`, checked against its stored checksum; False when the archive lacks it."""
+        from botocore.exceptions import ClientError
+        try:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=self.key(name))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        metadata = obj.get("Metadata") or {}
+        data = COMPRESSIONS[metadata.get("compression", "none")][1](obj["Body"].read())
+        if sha256(data) != metadata.get("sha256"):
+            raise ArchiveError(f"s3://{self.bucket}/{self.key(name)} does not match its stored sha256: not restored")
+        partial = f"{dest}.fetching"
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(partial, dest)
+        return True
+
+
+def session(config):
+    """A boto3 session with the keys of `credentials_file` (JSON: access_key_id, secret_access_key), or boto3's
+    default chain (an instance role) when the config names none."""
+    import boto3
+    keys = {}
+    if config.get("credentials_file"):
+        with open(config["credentials_file"]) as f:
+            stored = json.load(f)
+        keys = {"aws_access_key_id": stored["access_key_id"], "aws_secret_access_key": stored["secret_access_key"]}
+    return boto3.session.Session(region_name=config.get("region") or "us-east-1", **keys)
+
+
+def client(config, service):
+    import botocore.config
+    return session(config).client(service, endpoint_url=config.get("endpoint_url") or None, config=botocore.config.Config(
+        connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}))
+
+
+def clock_skew_problem(endpoint_date, host_epoch, limit_s=MAX_CLOCK_SKEW_S):
+    """A one-line problem if the host's clock is more than `limit_s` from the endpoint's Date header, else None."""
+    endpoint_epoch = email.utils.parsedate_to_datetime(endpoint_date).timestamp()
+    skew = host_epoch - endpoint_epoch
+    if abs(skew) > limit_s:
+        return (f"this host's clock is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} the S3 endpoint's "
+                f"(limit {limit_s} s): S3 refuses requests signed with a skewed clock; fix NTP on the host")
+    return None
+
+
+def preflight(config, host_epoch, system_identifier, s3=None, kms=None):
+    """Problems that would leave archive_command failing silently, one line each ([] when none).
+    `system_identifier`: the cluster that will archive (None: no cluster yet, the prefix is not checked)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    archive = Archive(config, s3)
+    where = f"s3://{config['bucket']}/{archive.prefix}"
+    try:
+        head = archive.s3.head_bucket(Bucket=config["bucket"])
+    except ClientError as exc:
+        code = exc.response["Error"]["Code"]
+        if code in ("404", "NoSuchBucket"):
+            return [f"bucket {config['bucket']} does not exist at {config.get('endpoint_url') or 'AWS'}; create it (versioning on)"]
+        return [f"the archive credentials are refused for bucket {config['bucket']} ({code}); check the credentials file"]
+    except BotoCoreError as exc:
+        return [f"cannot reach the S3 endpoint {config.get('endpoint_url') or 'AWS'}: {exc}"]
+    problems = []
+    skew = clock_skew_problem(head["ResponseMetadata"]["HTTPHeaders"]["date"], host_epoch)
+    if skew:
+        problems.append(skew)
+    try:
+        owner = (archive._head(f"{archive.prefix}/cluster.json") or {}).get("Metadata", {}).get("system-identifier")
+    except ClientError as exc:
+        return problems + [f"the archive credentials cannot read {where} ({exc.response['Error']['Code']})"]
+    if owner and system_identifier and owner != str(system_identifier):
+        problems.append(f"{where} belongs to cluster {owner}, not to this one ({system_identifier}); "
+                        "give this cluster its own archive prefix (wal_archive_prefix)")
+    if config.get("sse") == "aws:kms":
+        try:
+            kms = kms or client(config, "kms")
+            kms.generate_data_key(KeyId=config["kms_key_id"], KeySpec="AES_256")
+        except ClientError as exc:
+            problems.append(f"the KMS key {config['kms_key_id']} cannot be used ({exc.response['Error']['Code']}); "
+                            "check wal_archive_kms_key_id and the credentials' kms:GenerateDataKey permission")
+    return problems
+
+
+class Uploader(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Keeps one boto3 client warm; `push` hands each segment over a Unix socket and waits for the verdict."""
+
+    daemon_threads = True
+
+    def __init__(self, path, archive):
+        self.archive = archive
+        if os.path.exists(path):
+            os.unlink(path)
+        super().__init__(path, Handler)
+        os.chmod(path, 0o600)
+
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        request = json.loads(self.rfile.readline())
+        started = time.monotonic()
+        try:
+            verdict = self.server.archive.push(request["path"], request["name"])
+            reply = f"ok {verdict}"
+        except Exception as exc:  # the verdict goes back to archive_command, which logs it
+            reply = f"error {exc}".replace("\n", " ")
+        print(f"{request['name']}: {reply} ({time.monotonic() - started:.2f}s)", flush=True)
+        self.wfile.write(reply.encode() + b"\n")
+
+
+def handoff(socket_path, path, name):
+    """The uploader's verdict for one segment: (ok, message); None when no uploader is listening."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(socket_path)
+    except OSError:
+        return None
+    client.settimeout(HANDOFF_TIMEOUT_S)
+    with client:
+        client.sendall(json.dumps({"path": os.path.abspath(path), "name": name}).encode() + b"\n")
+        reply = b""
+        try:
+            while not reply.endswith(b"\n"):
+                chunk = client.recv(4096)
+                if not chunk:  # the uploader died mid-upload: never success
+                    return False, "the uploader closed the connection before confirming the upload"
+                reply += chunk
+        except socket.timeout:
+            return False, f"no verdict from the uploader within {HANDOFF_TIMEOUT_S}s"
+    verdict, _, message = reply.decode().strip().partition(" ")
+    return verdict == "ok", message
+
+
+def main(argv):
+    command, args = (argv[1], argv[2:]) if len(argv) > 1 else ("", [])
+    usage = {"push": 2, "fetch": 2, "serve": 0, "check": 0}
+    if usage.get(command) != len(args):
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    config = load_config(os.environ.get("MCP_WAL_ARCHIVE_CONFIG", CONFIG))
+    try:
+        if command == "push":
+            verdict = handoff(config["socket"], *args)
+            if verdict is None:  # no uploader: do it here, slower but just as safe
+                ok, message = True, Archive(config).push(*args)
+            else:
+                ok, message = verdict
+            if not ok:
+                raise ArchiveError(message)
+            return 0
+        if command == "fetch":
+            return 0 if Archive(config).fetch(*args) else 1
+        if command == "serve":
+            Uploader(config["socket"], Archive(config)).serve_forever()
+        if command == "check":
+            problems = preflight(config, time.time(), Archive(config).system_identifier())
+            for problem in problems:
+                print(f"wal_archive check: {problem}", file=sys.stderr)
+            return 1 if problems else 0
+    except ArchiveError as exc:
+        print(f"wal_archive {command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # S3 unreachable, credentials refused: never success, the WAL stays
+        print(f"wal_archive {command}: {type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
