@@ -7,6 +7,7 @@ live in deploys/, their knobs in group_data/.
 from pyinfra import config, host
 
 from deploys.archive import wal_archiver
+from deploys.backups import base_backups
 from deploys.base import baseline
 from deploys.heartbeat import heartbeat_table, heartbeat_writer
 from deploys.ordering import barrier
@@ -30,6 +31,7 @@ if DATABASE_GROUPS & set(host.groups):
     archiving = wal_archiver()
     configuration(reload_when=certificates(owner="postgres"), pooled=pooled_connections(),
                   extra_settings={**archiving, **(standby_settings() if replica else {})})
+    base_backups()
 if "primary" in host.groups:
     roles()
     slots()

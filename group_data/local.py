@@ -22,3 +22,5 @@ wal_archive_kms_key_id = s3_archive().get("kms_key_id", "")
 wal_archive_sse = "aws:kms"
 wal_archive_prefix = "local"
 wal_archive_credentials = ".fleet/s3/wal-archiver.json"
+# Retention's own keys, the only ones that may delete.
+backup_retention_credentials = ".fleet/s3/backup-retention.json"

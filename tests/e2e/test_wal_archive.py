@@ -125,10 +125,12 @@ def test_an_s3_outage_keeps_the_wal_and_the_archive_catches_up_without_a_gap(s3)
 
 
 def test_an_uploader_killed_mid_upload_never_acknowledges():
+    # A segment-sized file under a name this fleet never reaches (log 0xA: 160 GB of WAL), so nothing real collides.
+    fake = "000000010000000A00000000"
+    on(PRIMARY, f"head -c 16777216 /dev/urandom > /tmp/{fake} && chown postgres /tmp/{fake}")
     fleet("cut", "s3")  # the upload hangs on the network, so the kill lands mid-upload
     try:
-        started = on(PRIMARY, f"cd /var/lib/postgresql/17/main && (runuser -u postgres -- {PROGRAM} push "
-                              "pg_wal/000000010000000000000001 000000010000000000000001 > /tmp/push.out 2>&1; "
+        started = on(PRIMARY, f"(runuser -u postgres -- {PROGRAM} push /tmp/{fake} {fake} > /tmp/push.out 2>&1; "
                               "echo $? > /tmp/push.rc) & sleep 2; "
                               "systemctl kill -s KILL mcp-wal-archive.service; sleep 1; cat /tmp/push.rc; cat /tmp/push.out",
                      timeout=60)
@@ -136,6 +138,7 @@ def test_an_uploader_killed_mid_upload_never_acknowledges():
         assert rc.strip() == "1" and "closed the connection before confirming the upload" in "".join(output)
     finally:
         fleet("heal", "s3")
+        on(PRIMARY, f"rm -f /tmp/{fake}")
     eventually(lambda: on(PRIMARY, "systemctl is-active mcp-wal-archive.service", check=False).stdout.strip() == "active",
                what="the uploader restarted")
 

@@ -1,0 +1,118 @@
+"""Base backups on a timer (verified, uploaded next to the WAL archive, on the primary only) and point-in-time
+restores from them (restore.py). hostside/base_backup.py does the work on the host; docs/backups.md."""
+
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.operations import files, server, systemd
+
+from deploys import secrets
+from deploys.archive import UNIT as ARCHIVE_UNIT
+from deploys.datasource import source_of
+from deploys.facts import PostgresClusters
+from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
+
+DEFAULTS = {
+    **secrets.DEFAULTS,
+    "postgres_major": POSTGRES_DEFAULTS["postgres_major"],
+    # systemd OnCalendar syntax; a run missed while the host was down runs at boot (Persistent=true).
+    "backup_schedule": "*-*-* 02:00:00",
+    "backup_work_dir": "/var/lib/postgresql/backup-work",
+    "backup_timeout_s": 6 * 3600,
+    # A restore to any moment of this many days stays possible (the assessment's 30 days).
+    "backup_retention_days": 30,
+    "backup_retention_schedule": "*-*-* 04:00:00",
+    # Keys that may delete (JSON like wal_archive_credentials); empty: <secrets_dir>/s3/backup-retention.json.
+    "backup_retention_credentials": "",
+    # restore.py: which host, into which new cluster, to which target (one of the restore_target_* keys).
+    "restore_host": "",
+    "restore_cluster": "restore",
+    "restore_port": 5433,
+    "restore_target_time": "",
+    "restore_target_lsn": "",
+    "restore_target_xid": "",
+    "restore_target_name": "",
+    "restore_wait_s": 1800,
+}
+PROGRAM = "/usr/local/lib/mcp-portal/base_backup.py"
+UNIT = "mcp-base-backup"
+RETENTION_UNIT = "mcp-backup-retention"
+RETENTION_CREDENTIALS = "/etc/mcp-portal/backup-retention.json"
+TARGETS = ("time", "lsn", "xid", "name")
+
+
+def _retention_credentials():
+    return Path(host.data.backup_retention_credentials or Path(host.data.secrets_dir) / "s3" / "backup-retention.json")
+
+
+@deploy("Base backups", data_defaults=DEFAULTS)
+def base_backups():
+    days = host.data.backup_retention_days
+    if not isinstance(days, (int, float)) or days <= 0:
+        raise DeployError(f"{host.name}: {source_of('backup_retention_days')}: backup_retention_days = {days!r}; "
+                          "set the recovery window in days (> 0)")
+    if not _retention_credentials().is_file():
+        raise DeployError(f"{host.name}: the retention's S3 credentials file {_retention_credentials()} is missing; "
+                          "put the retention user's keys there (docs/backups.md) or set backup_retention_credentials")
+    files.put(name="The retention's S3 credentials (may delete; root only)", src=str(_retention_credentials()),
+              dest=RETENTION_CREDENTIALS, mode="600")
+    program = files.put(name="The base backup program", src="hostside/base_backup.py", dest=PROGRAM, mode="755",
+                        create_remote_dir=True)
+    units = [
+        files.template(name="Base backup service", src="templates/base-backup.service.j2",
+                       dest=f"/etc/systemd/system/{UNIT}.service", mode="644", program=PROGRAM,
+                       work_dir=host.data.backup_work_dir, timeout_s=host.data.backup_timeout_s),
+        files.template(name="Base backup timer", src="templates/base-backup.timer.j2",
+                       dest=f"/etc/systemd/system/{UNIT}.timer", mode="644", schedule=host.data.backup_schedule),
+        files.template(name="Retention service", src="templates/backup-retention.service.j2",
+                       dest=f"/etc/systemd/system/{RETENTION_UNIT}.service", mode="644", program=PROGRAM,
+                       window_days=days, credentials=RETENTION_CREDENTIALS),
+        files.template(name="Retention timer", src="templates/backup-retention.timer.j2",
+                       dest=f"/etc/systemd/system/{RETENTION_UNIT}.timer", mode="644",
+                       schedule=host.data.backup_retention_schedule),
+        files.template(name="Failure recorder for scheduled units", src="templates/unit-failed@.service.j2",
+                       dest="/etc/systemd/system/mcp-unit-failed@.service", mode="644"),
+    ]
+    if any(op.will_change for op in units):
+        systemd.daemon_reload(name="Reload systemd units")
+    systemd.service(name="Base backup timer runs and starts at boot", service=f"{UNIT}.timer", running=True,
+                    enabled=True, restarted=units[1].will_change)
+    systemd.service(name="Retention timer runs and starts at boot", service=f"{RETENTION_UNIT}.timer", running=True,
+                    enabled=True, restarted=units[3].will_change)
+
+
+@deploy("Point-in-time restore", data_defaults=DEFAULTS)
+def restore():
+    """On restore_host: a new cluster restored from the newest verified backup before the target, replayed from
+    the archive to the target and promoted, with archiving off. Never touches an existing cluster."""
+    major, cluster = host.data.postgres_major, host.data.restore_cluster
+    targets = {t: host.data.get(f"restore_target_{t}") for t in TARGETS if host.data.get(f"restore_target_{t}")}
+    if len(targets) > 1:
+        raise DeployError(f"{host.name}: {source_of('restore_target_time')}: set one restore_target_* key, not "
+                          f"{', '.join('restore_target_' + t for t in targets)}")
+    if f"{major}/{cluster}" in host.get_fact(PostgresClusters):
+        raise DeployError(f"{host.name}: cluster {major}/{cluster} exists; restore into a new cluster "
+                          f"(restore_cluster) or drop it first: pg_dropcluster --stop {major} {cluster}")
+    datadir = f"/var/lib/postgresql/{major}/{cluster}"
+    flags = " ".join(f"--target-{t} '{v}'" for t, v in targets.items())
+    wait = (f"for i in $(seq {host.data.restore_wait_s}); do [ \"$(runuser -u postgres -- psql -p {host.data.restore_port} "
+            "-XtAc 'select pg_is_in_recovery()' 2>/dev/null)\" = f ] && break; sleep 1; done; "
+            f"[ \"$(runuser -u postgres -- psql -p {host.data.restore_port} -XtAc 'select pg_is_in_recovery()')\" = f ] || "
+            f"{{ echo 'recovery has not finished within {host.data.restore_wait_s}s: see "
+            f"/var/log/postgresql/postgresql-{major}-{cluster}.log' >&2; exit 1; }}")
+    server.shell(
+        name=f"Restore into cluster {major}/{cluster} (port {host.data.restore_port}) to "
+             + (", ".join(f"{t} {v}" for t, v in targets.items()) or "the end of the archive"),
+        commands=[
+            f"systemctl is-active -q {ARCHIVE_UNIT}.service",  # the archiver's configuration is on this host
+            # A failure before the cluster starts removes what this run made (the cluster did not exist before).
+            f"{{ runuser -u postgres -- {PROGRAM} restore {datadir} {flags} && pg_createcluster {major} {cluster} "
+            f"-d {datadir} -p {host.data.restore_port} --start-conf=manual; }} || {{ rc=$?; "
+            f"rm -rf {datadir} /etc/postgresql/{major}/{cluster}; exit $rc; }}",
+            f"systemctl start postgresql@{major}-{cluster} || {{ echo 'the restored cluster did not start: see "
+            f"/var/log/postgresql/postgresql-{major}-{cluster}.log; drop it with pg_dropcluster --stop {major} {cluster}' >&2; exit 1; }}",
+            wait,
+        ],
+    )

@@ -1,0 +1,172 @@
+"""Base backups and point-in-time restore on the fleet, checked from S3 with the fleet's admin keys and from
+the restored cluster itself: a backup is verified, packed, uploaded with its checksum and recorded; it runs on
+the primary only; a failed run is recorded where monitoring reads it; a restore to a noted time has what was
+written before it and not what came after; a backup corrupted inside (outer checksums valid) is refused."""
+
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+import time
+
+import pytest
+
+from fleet.layout import Layout
+from fleet.s3endpoint import client
+from tests.e2e.test_deploy import PYINFRA, REPO
+from tests.e2e.test_wal_archive import BUCKET, PREFIX, eventually, psql
+from tests.fleet_helpers import fleet, on
+
+PRIMARY, RESTORE_HOST = "pg-primary", "pg-replica-2"
+UNIT = "mcp-base-backup.service"
+FAILURE = f"/var/lib/mcp-portal/failures/{UNIT}.json"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    return client("s3", json.loads((Layout().local / "s3.json").read_text()))
+
+
+def records(s3):
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX).get("Contents", [])
+            if o["Key"].startswith(f"{PREFIX}/backups/") and o["Key"].endswith("/backup.json")]
+    return sorted((json.load(s3.get_object(Bucket=BUCKET, Key=k)["Body"]) for k in keys), key=lambda r: r["id"])
+
+
+@pytest.fixture(scope="module")
+def backup(s3):
+    on(PRIMARY, f"systemctl start {UNIT}", timeout=600)
+    return records(s3)[-1]
+
+
+def restore(**targets):
+    data = [arg for name, value in {"restore_host": RESTORE_HOST, **targets}.items() for arg in ("--data", f"{name}={value}")]
+    return subprocess.run([PYINFRA, "-y", "inventory/local.py", "restore.py", *data], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture
+def restored_cluster():
+    yield lambda sql: on(RESTORE_HOST, f"runuser -u postgres -- psql -p 5433 -XtAc \"{sql}\"").stdout.strip()
+    on(RESTORE_HOST, "pg_dropcluster --stop 17 restore", check=False)
+
+
+def test_a_backup_is_verified_uploaded_with_its_checksum_and_recorded(s3, backup):
+    assert backup["verified"] and backup["system_identifier"] == psql("select system_identifier from pg_control_system()")
+    assert backup["timeline"] == 1 and backup["start_lsn"] <= backup["end_lsn"]
+    obj = s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{backup['id']}/base.tar.gz")
+    body = obj["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == backup["sha256"] == obj["Metadata"]["sha256"]
+    assert obj["ServerSideEncryption"] == "aws:kms"
+    names = tarfile.open(fileobj=io.BytesIO(body), mode="r:gz").getnames()
+    assert "data/backup_manifest" in names and "data/PG_VERSION" in names
+    journal = on(PRIMARY, f"journalctl -u {UNIT} --no-pager -o cat").stdout
+    assert f"{backup['id']}: pg_verifybackup" in journal and f"{backup['id']}: done in" in journal
+
+
+def test_the_timer_is_persistent_and_a_failure_is_recorded_until_the_next_success():
+    assert on(PRIMARY, "systemctl show -P Persistent mcp-base-backup.timer").stdout.strip() == "yes"
+    assert on(PRIMARY, "systemctl is-enabled mcp-base-backup.timer").stdout.strip() == "enabled"
+    fleet("cut", "s3")
+    try:
+        assert on(PRIMARY, f"systemctl start {UNIT}", check=False, timeout=600).returncode != 0
+        eventually(lambda: on(PRIMARY, f"test -f {FAILURE}", check=False).returncode == 0, what="the failure record")
+    finally:
+        fleet("heal", "s3")
+    on(PRIMARY, f"systemctl start {UNIT}", timeout=600)
+    assert on(PRIMARY, f"test -f {FAILURE}", check=False).returncode == 1
+
+
+def test_on_a_replica_the_backup_does_nothing_and_says_why(s3, backup):
+    on("pg-replica-1", f"systemctl start {UNIT}")
+    journal = on("pg-replica-1", f"journalctl -u {UNIT} --no-pager -o cat").stdout
+    assert "base backups run on the primary only; nothing to do" in journal
+    assert records(s3)[-1]["id"] >= backup["id"]  # and nothing newer came from the replica
+    assert all(r["system_identifier"] == backup["system_identifier"] for r in records(s3))
+
+
+def test_point_in_time_restore_has_what_came_before_the_target_and_not_after(backup, restored_cluster):
+    run = f"{time.time():.0f}"  # this run's rows: the table may hold earlier runs' too
+    psql("create table if not exists pitr_probe (label text, at timestamptz default now())")
+    psql(f"insert into pitr_probe (label) values ('A{run}')")
+    target = psql("select now()")
+    time.sleep(1.5)
+    psql(f"insert into pitr_probe (label) values ('B{run}')")
+    closed = psql("select pg_walfile_name(pg_switch_wal())")
+    eventually(lambda: psql("select last_archived_wal from pg_stat_archiver") >= closed, what=f"{closed} archived")
+    result = restore(restore_target_time=target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert restored_cluster(f"select string_agg(label, ',') from pitr_probe where label like '_{run}'") == f"A{run}"
+    assert restored_cluster("show archive_mode") == "off"
+    assert restored_cluster("select pg_is_in_recovery()") == "f"
+
+
+def test_a_backup_corrupted_inside_is_refused_by_pg_verifybackup(s3, backup, restored_cluster):
+    """One byte flipped inside a data file, re-packed, with a record and outer checksum that match the new
+    archive: only pg_verifybackup's manifest check can catch it."""
+    body = s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{backup['id']}/base.tar.gz")["Body"].read()
+    original = tarfile.open(fileobj=io.BytesIO(body), mode="r:gz")
+    repacked = io.BytesIO()
+    with tarfile.open(fileobj=repacked, mode="w:gz") as tar:
+        for member in original.getmembers():
+            content = original.extractfile(member).read() if member.isfile() else None
+            if member.name.startswith("data/base/1/") and member.size > 8192 and content and not getattr(tar, "flipped", False):
+                content = content[:100] + bytes([content[100] ^ 0xFF]) + content[101:]
+                tar.flipped = member.name
+            tar.addfile(member, io.BytesIO(content) if content is not None else None)
+    forged_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() + 1))
+    digest = hashlib.sha256(repacked.getvalue()).hexdigest()
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{forged_id}/base.tar.gz", Body=repacked.getvalue(),
+                  Metadata={"sha256": digest})
+    forged = dict(backup, id=forged_id, sha256=digest, finished_at=time.time())
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{forged_id}/backup.json", Body=json.dumps(forged).encode())
+    try:
+        result = restore()
+        assert result.returncode != 0
+        assert "pg_verifybackup" in result.stderr and "checksum mismatch" in result.stderr
+        assert on(RESTORE_HOST, "test -e /var/lib/postgresql/17/restore", check=False).returncode == 1
+    finally:
+        for name in ("base.tar.gz", "backup.json"):
+            s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{forged_id}/{name}")
+
+
+def versions(s3, key):
+    listed = s3.list_object_versions(Bucket=BUCKET, Prefix=PREFIX)
+    return [v for v in listed.get("Versions", []) + listed.get("DeleteMarkers", []) if v["Key"] == key]
+
+
+def test_retention_keeps_a_restore_to_any_time_in_the_window_and_the_newest_backup(s3, backup, restored_cluster):
+    on(PRIMARY, f"systemctl start {UNIT}", timeout=600)
+    kept = records(s3)[-1]
+    run = f"{time.time():.0f}"
+    psql("create table if not exists retention_probe (label text, at timestamptz default now())")
+    psql(f"insert into retention_probe (label) values ('inside{run}')")
+    inside = float(psql("select extract(epoch from now())"))
+    inside_text = psql("select now()")
+    time.sleep(1.5)
+    psql(f"insert into retention_probe (label) values ('later{run}')")
+    on(PRIMARY, f"systemctl start {UNIT}", timeout=600)
+    newest = records(s3)[-1]
+    older = [r for r in records(s3) if r["id"] < kept["id"]]
+    assert older, "the earlier tests' backups are there to delete"
+    old_segment = f"{PREFIX}/wal/" + psql(f"select pg_walfile_name('{backup['start_lsn']}')")
+    assert versions(s3, old_segment)
+    opens = (kept["finished_at"] + inside) / 2  # the window opens after `kept` finished and before 'inside'
+    window_days = (time.time() - opens) / 86400
+    retention = "/usr/local/lib/mcp-portal/base_backup.py retain --credentials /etc/mcp-portal/backup-retention.json"
+    on(PRIMARY, f"{retention} --window-days {window_days:.10f}")
+    left = records(s3)
+    assert [r["id"] for r in left] == [kept["id"], newest["id"]]
+    assert all(versions(s3, f"{PREFIX}/backups/{r['id']}/base.tar.gz") == [] for r in older)  # every version gone
+    assert versions(s3, old_segment) == []
+    assert restore(restore_target_time=inside_text).returncode == 0
+    assert restored_cluster(f"select string_agg(label, ',') from retention_probe where label like '%{run}'") == f"inside{run}"
+    on(PRIMARY, f"{retention} --window-days 0.000001")  # a window smaller than any backup's age
+    assert [r["id"] for r in records(s3)] == [newest["id"]]
+
+
+def test_the_archive_keys_cannot_run_retention():
+    attempt = on(PRIMARY, "runuser -u postgres -- /usr/local/lib/mcp-portal/base_backup.py retain --window-days 0.000001 "
+                          "--credentials /etc/mcp-portal/wal-archiver.json", check=False)
+    assert attempt.returncode != 0 and "AccessDenied" in attempt.stdout + attempt.stderr
