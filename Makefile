@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # Debian packages the control machine needs (the hosts get theirs from the deploy).
 DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv
 
-.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet bench-deploy
+.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet bench-deploy bench-archive
 
 ## make local: virtualenv, fleet up, deploy to the fleet, post-deploy checks
 local: deps venv up deploy check
@@ -62,3 +62,6 @@ bench-fleet: venv deps
 
 bench-deploy: venv deps
 	$(BIN)/python bench/deploy.py
+
+bench-archive: venv deps
+	$(BIN)/python bench/archive.py

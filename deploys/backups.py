@@ -3,7 +3,7 @@ restores from them (restore.py). hostside/base_backup.py does the work on the ho
 
 from pathlib import Path
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server, systemd
@@ -26,6 +26,13 @@ DEFAULTS = {
     "backup_retention_schedule": "*-*-* 04:00:00",
     # Keys that may delete (JSON like wal_archive_credentials); empty: <secrets_dir>/s3/backup-retention.json.
     "backup_retention_credentials": "",
+    # The restore drill: on this host (empty: the first replica, else the primary), into scratch space.
+    "drill_host": "",
+    "drill_schedule": "Sun *-*-* 05:00:00",
+    "drill_scratch_dir": "/var/lib/postgresql/restore-drill",
+    "drill_port": 5434,
+    # How long the drill waits for the canary's WAL to be archived (archive_timeout is 300 s) and for recovery.
+    "drill_wait_s": 900,
     # restore.py: which host, into which new cluster, to which target (one of the restore_target_* keys).
     "restore_host": "",
     "restore_cluster": "restore",
@@ -40,11 +47,22 @@ PROGRAM = "/usr/local/lib/mcp-portal/base_backup.py"
 UNIT = "mcp-base-backup"
 RETENTION_UNIT = "mcp-backup-retention"
 RETENTION_CREDENTIALS = "/etc/mcp-portal/backup-retention.json"
+DRILL_PROGRAM = "/usr/local/lib/mcp-portal/restore_drill.py"
+DRILL_UNIT = "mcp-restore-drill"
 TARGETS = ("time", "lsn", "xid", "name")
 
 
 def _retention_credentials():
     return Path(host.data.backup_retention_credentials or Path(host.data.secrets_dir) / "s3" / "backup-retention.json")
+
+
+def _drill_host():
+    names = [h.name for h in inventory.get_group("replicas", []) + inventory.get_group("primary", [])]
+    chosen = host.data.drill_host or names[0]
+    if chosen not in names:
+        raise DeployError(f"{host.name}: {source_of('drill_host')}: drill_host = {chosen!r} is not a database host "
+                          f"of the inventory ({', '.join(names)})")
+    return chosen
 
 
 @deploy("Base backups", data_defaults=DEFAULTS)
@@ -58,8 +76,9 @@ def base_backups():
                           "put the retention user's keys there (docs/backups.md) or set backup_retention_credentials")
     files.put(name="The retention's S3 credentials (may delete; root only)", src=str(_retention_credentials()),
               dest=RETENTION_CREDENTIALS, mode="600")
-    program = files.put(name="The base backup program", src="hostside/base_backup.py", dest=PROGRAM, mode="755",
-                        create_remote_dir=True)
+    for name, src, dest in (("The base backup program", "hostside/base_backup.py", PROGRAM),
+                            ("The restore drill", "hostside/restore_drill.py", DRILL_PROGRAM)):
+        files.put(name=name, src=src, dest=dest, mode="755", create_remote_dir=True)
     units = [
         files.template(name="Base backup service", src="templates/base-backup.service.j2",
                        dest=f"/etc/systemd/system/{UNIT}.service", mode="644", program=PROGRAM,
@@ -72,6 +91,12 @@ def base_backups():
         files.template(name="Retention timer", src="templates/backup-retention.timer.j2",
                        dest=f"/etc/systemd/system/{RETENTION_UNIT}.timer", mode="644",
                        schedule=host.data.backup_retention_schedule),
+        files.template(name="Restore drill service", src="templates/restore-drill.service.j2",
+                       dest=f"/etc/systemd/system/{DRILL_UNIT}.service", mode="644", program=DRILL_PROGRAM,
+                       scratch=host.data.drill_scratch_dir, port=host.data.drill_port, wait_s=host.data.drill_wait_s,
+                       timeout_s=host.data.backup_timeout_s),
+        files.template(name="Restore drill timer", src="templates/restore-drill.timer.j2",
+                       dest=f"/etc/systemd/system/{DRILL_UNIT}.timer", mode="644", schedule=host.data.drill_schedule),
         files.template(name="Failure recorder for scheduled units", src="templates/unit-failed@.service.j2",
                        dest="/etc/systemd/system/mcp-unit-failed@.service", mode="644"),
     ]
@@ -81,6 +106,9 @@ def base_backups():
                     enabled=True, restarted=units[1].will_change)
     systemd.service(name="Retention timer runs and starts at boot", service=f"{RETENTION_UNIT}.timer", running=True,
                     enabled=True, restarted=units[3].will_change)
+    drills = host.name == _drill_host()
+    systemd.service(name=f"Restore drill timer {'runs' if drills else 'is off'} (drill host: {_drill_host()})",
+                    service=f"{DRILL_UNIT}.timer", running=drills, enabled=drills, restarted=drills and units[5].will_change)
 
 
 @deploy("Point-in-time restore", data_defaults=DEFAULTS)

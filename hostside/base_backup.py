@@ -39,10 +39,15 @@ def say(message):
     print(message, flush=True)  # the journal, via systemd
 
 
-def psql(sql, port=5432):
+def psql(sql):
+    return psql_db("postgres", sql)
+
+
+def psql_db(database, sql):
+    """A query on this host's cluster over the local socket, as postgres."""
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    return subprocess.run([*as_postgres, "psql", "-XtAq", "-p", str(port), "-c", sql], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run([*as_postgres, "psql", "-XtAq", "-d", database, "-c", sql], check=True,
+                          capture_output=True, text=True).stdout.strip()
 
 
 def on_standby(what):

@@ -102,25 +102,30 @@ def test_point_in_time_restore_has_what_came_before_the_target_and_not_after(bac
     assert restored_cluster("select pg_is_in_recovery()") == "f"
 
 
-def test_a_backup_corrupted_inside_is_refused_by_pg_verifybackup(s3, backup, restored_cluster):
-    """One byte flipped inside a data file, re-packed, with a record and outer checksum that match the new
-    archive: only pg_verifybackup's manifest check can catch it."""
+def forge_corrupted_backup(s3, backup):
+    """A copy of `backup` with one byte flipped inside a data file, re-packed, with a record and outer checksum
+    that match the new archive, as the newest backup: only pg_verifybackup's manifest check can catch it."""
     body = s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{backup['id']}/base.tar.gz")["Body"].read()
     original = tarfile.open(fileobj=io.BytesIO(body), mode="r:gz")
-    repacked = io.BytesIO()
+    repacked, flipped = io.BytesIO(), None
     with tarfile.open(fileobj=repacked, mode="w:gz") as tar:
         for member in original.getmembers():
             content = original.extractfile(member).read() if member.isfile() else None
-            if member.name.startswith("data/base/1/") and member.size > 8192 and content and not getattr(tar, "flipped", False):
-                content = content[:100] + bytes([content[100] ^ 0xFF]) + content[101:]
-                tar.flipped = member.name
+            if flipped is None and member.name.startswith("data/base/1/") and member.size > 8192:
+                content, flipped = content[:100] + bytes([content[100] ^ 0xFF]) + content[101:], member.name
             tar.addfile(member, io.BytesIO(content) if content is not None else None)
+    assert flipped
     forged_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() + 1))
     digest = hashlib.sha256(repacked.getvalue()).hexdigest()
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{forged_id}/base.tar.gz", Body=repacked.getvalue(),
                   Metadata={"sha256": digest})
     forged = dict(backup, id=forged_id, sha256=digest, finished_at=time.time())
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{forged_id}/backup.json", Body=json.dumps(forged).encode())
+    return forged_id
+
+
+def test_a_backup_corrupted_inside_is_refused_by_pg_verifybackup(s3, backup, restored_cluster):
+    forged_id = forge_corrupted_backup(s3, backup)
     try:
         result = restore()
         assert result.returncode != 0
@@ -170,3 +175,42 @@ def test_the_archive_keys_cannot_run_retention():
     attempt = on(PRIMARY, "runuser -u postgres -- /usr/local/lib/mcp-portal/base_backup.py retain --window-days 0.000001 "
                           "--credentials /etc/mcp-portal/wal-archiver.json", check=False)
     assert attempt.returncode != 0 and "AccessDenied" in attempt.stdout + attempt.stderr
+
+
+DRILL_HOST, DRILL = "pg-replica-1", "mcp-restore-drill.service"
+
+
+def run_drill():
+    """Start the drill on its host, let the primary close the canary's segment, wait for the verdict."""
+    on(DRILL_HOST, f"systemctl reset-failed {DRILL}; systemctl start --no-block {DRILL}")
+    time.sleep(3)
+    psql("select pg_switch_wal()")
+    eventually(lambda: on(DRILL_HOST, f"systemctl is-active {DRILL}", check=False).stdout.strip() not in
+               ("activating", "active"), timeout=600, what="the drill finished")
+    result = json.loads(on(DRILL_HOST, "cat /var/lib/mcp-portal/drill/last.json").stdout)
+    assert on(DRILL_HOST, "test -e /var/lib/postgresql/restore-drill", check=False).returncode == 1  # cleaned up
+    return result, on(DRILL_HOST, f"systemctl show -P Result {DRILL}").stdout.strip()
+
+
+def test_the_drill_restores_the_newest_backup_and_finds_the_canary(backup):
+    # `backup` makes sure there is one; the drill restores whichever is newest.
+    assert on(DRILL_HOST, "systemctl is-enabled mcp-restore-drill.timer").stdout.strip() == "enabled"
+    assert on(PRIMARY, "systemctl is-enabled mcp-restore-drill.timer", check=False).stdout.strip() == "disabled"
+    result, outcome = run_drill()
+    assert outcome == "success" and result["ok"], result
+    assert result["checks"] == {"replay_reached_backup_end": True, "canary_present": True, "amcheck_clean": True}
+    assert result["canary"]["writer"] == "pgbouncer-1"
+
+
+def test_a_drill_on_a_backup_corrupted_inside_fails_loudly_and_is_recorded(s3):
+    forged_id = forge_corrupted_backup(s3, records(s3)[-1])  # retention may have removed older ones
+    try:
+        result, outcome = run_drill()
+        assert outcome != "success" and not result["ok"] and "pg_verifybackup" in result["error"]
+        assert on(DRILL_HOST, f"test -f /var/lib/mcp-portal/failures/{DRILL}.json").returncode == 0
+    finally:
+        for name in ("base.tar.gz", "backup.json"):
+            s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{forged_id}/{name}")
+    result, outcome = run_drill()
+    assert outcome == "success" and result["ok"]
+    assert on(DRILL_HOST, f"test -f /var/lib/mcp-portal/failures/{DRILL}.json", check=False).returncode == 1
