@@ -1,6 +1,6 @@
 """WAL archiving throughput on the fleet. Writes bench/results/archive.md.
 
-The same real segments (made by `pgbench -i` on the primary), pushed one after another as PostgreSQL's archiver
+The same real segments (written by `pgbench -i` on the primary), pushed one after another as PostgreSQL's archiver
 does, to the fleet's S3 endpoint with the archive's keys and KMS encryption, by:
   - `aws s3 cp` per segment: the assessment's archive_command (the baseline),
   - `barman-cloud-wal-archive` per segment (Debian's barman-cli-cloud),
@@ -14,14 +14,16 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.fleet_helpers import on
+from fleet.access import Access
+from fleet.layout import Layout
 
 HOST = "pg-primary"
-SEGMENTS = 24
+SEGMENTS = 20
 RESULTS = Path(__file__).resolve().parent / "results" / "archive.md"
 
 # Runs on the primary as root: times each method over the same files, prints one JSON line.
@@ -52,7 +54,8 @@ methods = {
     "ours, resident uploader": ours("uploader", "/var/tmp/bench-uploader.sock"),
 }
 uploader = subprocess.Popen(["runuser", "-u", "postgres", "--", "env", "MCP_WAL_ARCHIVE_CONFIG=/var/tmp/bench-uploader.json",
-                             "python3", program, "serve"], stdout=subprocess.DEVNULL)
+                             "python3", program, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 while not os.path.exists("/var/tmp/bench-uploader.sock"):
     time.sleep(0.1)
 results = {}
@@ -63,7 +66,7 @@ try:
             subprocess.run(command(f), env=env, check=True, stdout=subprocess.DEVNULL)
         results[name] = time.monotonic() - started
 finally:
-    uploader.kill()
+    os.killpg(uploader.pid, 9)  # runuser and the uploader it started
 print(json.dumps({"segments": len(files), "bytes": sum(os.path.getsize(f"/var/tmp/bench-wal/{f}") for f in files),
                   "seconds": results}))
 '''
@@ -71,14 +74,23 @@ print(json.dumps({"segments": len(files), "bytes": sum(os.path.getsize(f"/var/tm
 PREPARE = f"""set -e
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq awscli barman-cli-cloud >/dev/null
 runuser -u postgres -- psql -qX -c 'drop database if exists bench_wal' -c 'create database bench_wal'
-runuser -u postgres -- pgbench -i -s 20 -q bench_wal 2>/dev/null
+runuser -u postgres -- pgbench -i -s 30 -q bench_wal 2>/dev/null
 rm -rf /var/tmp/bench-wal && mkdir /var/tmp/bench-wal
 cd /var/lib/postgresql/17/main/pg_wal
 current=$(runuser -u postgres -- psql -XtAc 'select pg_walfile_name(pg_current_wal_lsn())')
-ls | grep -E '^[0-9A-F]{{24}}$' | awk -v c="$current" '$0 < c' | tail -n {SEGMENTS} | xargs -I{{}} cp {{}} /var/tmp/bench-wal/
+# The most recently written segments but the current one (recycled ones hold earlier WAL: real bytes too).
+ls -t | grep -E '^[0-9A-F]{{24}}$' | grep -v "$current" | head -n {SEGMENTS} | xargs -I{{}} cp {{}} /var/tmp/bench-wal/
+chown -R postgres: /var/tmp/bench-wal
 runuser -u postgres -- psql -qX -c 'drop database bench_wal'
 ls /var/tmp/bench-wal | wc -l
 """
+
+
+def on(host, command, timeout):
+    result = subprocess.run(Access(Layout()).ssh_argv(host, command), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        sys.exit(f"bench/archive.py: {host}: {result.stderr.strip()[-2000:]}")
+    return result
 
 
 def main():
@@ -89,7 +101,7 @@ def main():
         sys.exit(f"bench/archive.py: only {copied} closed segments in pg_wal; expected {SEGMENTS}")
     run = time.strftime("%Y%m%dT%H%M%S")
     measured = json.loads(on(HOST, f"python3 - {run} <<'PY'\n{RUNNER}\nPY", timeout=3600).stdout.strip().splitlines()[-1])
-    on(HOST, "rm -rf /var/tmp/bench-wal /var/tmp/bench-*.json")
+    on(HOST, "rm -rf /var/tmp/bench-wal /var/tmp/bench-*.json", timeout=60)
     baseline = measured["seconds"]["aws s3 cp"]
     rows = "\n".join(f"| {name} | {seconds:.1f} | {measured['segments'] / seconds:.2f} | {baseline / seconds:.2f}x |"
                      for name, seconds in measured["seconds"].items())
@@ -98,7 +110,7 @@ def main():
 Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `make bench-archive` on
 {platform.node()}: {os.cpu_count()} cores, kernel {platform.release()}. On `{HOST}` (a fleet host sharing the
 machine's cores), to the fleet's S3 endpoint (moto on `s3`), with the archive's keys and SSE-KMS for every
-method. The same {measured['segments']} real segments from `pgbench -i -s 20` ({measured['bytes'] / 2**20:.0f} MiB),
+method. The same {measured['segments']} real segments, the most recently written after `pgbench -i -s 30` ({measured['bytes'] / 2**20:.0f} MiB),
 one after another, as PostgreSQL's archiver calls archive_command. Ours compresses (gzip level 1, its
 default); barman and `aws s3 cp` upload as is (their defaults).
 
