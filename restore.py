@@ -13,7 +13,9 @@ from deploys.backups import restore
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 
 target = host.data.get("restore_host")
-if not target or target not in [h.name for h in inventory]:
-    raise DeployError(f"restore.py needs --data restore_host=HOST, one of the inventory's database hosts (got {target!r})")
+database_hosts = [h.name for h in inventory.get_group("primary", []) + inventory.get_group("replicas", [])]
+if target not in database_hosts:
+    raise DeployError(f"restore.py needs --data restore_host=HOST, one of the inventory's database hosts "
+                      f"({', '.join(database_hosts)}); got {target!r}")
 if host.name == target:
     restore()

@@ -34,6 +34,9 @@ DEFAULTS = {
     # The archive's S3 keys (JSON: access_key_id, secret_access_key; put, get and list only); empty:
     # <secrets_dir>/s3/wal-archiver.json. Never generated: the cloud account's owner issues them.
     "wal_archive_credentials": "",
+    # Off only to ship an urgent change during an S3 outage (`--data wal_archive_preflight=false`): the archive
+    # then fails until S3 is back, as it would anyway.
+    "wal_archive_preflight": True,
 }
 SSE_MODES = ("AES256", "aws:kms")
 PROGRAM = "/usr/local/lib/mcp-portal/wal_archive.py"
@@ -88,7 +91,8 @@ def _preflight(config):
 def wal_archiver():
     """Install the archiver and its uploader; returns the postgresql.conf settings that use them."""
     config = _config()
-    _preflight(config)
+    if host.data.wal_archive_preflight:
+        _preflight(config)
     apt.packages(name="Install python3-boto3 (the archiver's S3 client)", packages=["python3-boto3"])
     program = files.put(name="The WAL archiver", src="hostside/wal_archive.py", dest=PROGRAM, mode="755",
                         create_remote_dir=True)

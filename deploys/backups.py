@@ -107,7 +107,7 @@ def base_backups():
     systemd.service(name="Retention timer runs and starts at boot", service=f"{RETENTION_UNIT}.timer", running=True,
                     enabled=True, restarted=units[3].will_change)
     drills = host.name == _drill_host()
-    systemd.service(name=f"Restore drill timer {'runs' if drills else 'is off'} (drill host: {_drill_host()})",
+    systemd.service(name="Restore drill timer runs on the drill host only",
                     service=f"{DRILL_UNIT}.timer", running=drills, enabled=drills, restarted=drills and units[5].will_change)
 
 

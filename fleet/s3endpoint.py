@@ -78,7 +78,7 @@ class S3Endpoint:
             )
         self.access.run(
             self.host.name,
-            f"cat > /etc/systemd/system/moto.service.new && if ! cmp -s /etc/systemd/system/moto.service.new /etc/systemd/system/moto.service; "
+            "cat > /etc/systemd/system/moto.service.new && if ! cmp -s /etc/systemd/system/moto.service.new /etc/systemd/system/moto.service; "
             "then mv /etc/systemd/system/moto.service.new /etc/systemd/system/moto.service && systemctl daemon-reload && systemctl enable --quiet moto "
             "&& systemctl restart moto; else rm /etc/systemd/system/moto.service.new; systemctl start moto; fi",
             input_text=UNIT,

@@ -32,7 +32,6 @@ import wal_archive  # noqa: E402  (installed side by side)
 BIN = "/usr/lib/postgresql/17/bin"
 RECORD = "backup.json"
 ARCHIVE = "base.tar.gz"
-STATE_DIR = "/var/lib/mcp-portal"
 
 
 def say(message):

@@ -40,8 +40,8 @@ def backup(s3):
     return records(s3)[-1]
 
 
-def restore(**targets):
-    data = [arg for name, value in {"restore_host": RESTORE_HOST, **targets}.items() for arg in ("--data", f"{name}={value}")]
+def restore(**data):
+    data = [arg for name, value in {"restore_host": RESTORE_HOST, **data}.items() for arg in ("--data", f"{name}={value}")]
     return subprocess.run([PYINFRA, "-y", "inventory/local.py", "restore.py", *data], cwd=REPO, capture_output=True,
                           text=True, timeout=900)
 
@@ -214,3 +214,14 @@ def test_a_drill_on_a_backup_corrupted_inside_fails_loudly_and_is_recorded(s3):
     result, outcome = run_drill()
     assert outcome == "success" and result["ok"]
     assert on(DRILL_HOST, f"test -f /var/lib/mcp-portal/failures/{DRILL}.json", check=False).returncode == 1
+
+
+@pytest.mark.parametrize("targets, message", [
+    ({"restore_host": "pgbouncer-1"}, "restore.py needs --data restore_host=HOST, one of the inventory's database hosts"),
+    ({"restore_target_time": "2026-11-25 16:00:00+00", "restore_target_lsn": "0/3000000"},
+     "set one restore_target_* key, not restore_target_time, restore_target_lsn"),
+])
+def test_a_restore_with_bad_input_is_refused_before_any_change(targets, message):
+    result = restore(**targets)
+    assert result.returncode != 0 and message in result.stderr
+    assert on(RESTORE_HOST, "test -e /var/lib/postgresql/17/restore", check=False).returncode == 1

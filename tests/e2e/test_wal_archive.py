@@ -158,9 +158,10 @@ def test_restore_command_refuses_an_object_that_does_not_match_its_checksum(s3):
 
 
 def test_the_database_hosts_keys_cannot_delete_from_the_archive():
-    attempt = on(PRIMARY, "python3 -c \"import json, sys; sys.path.insert(0, '/usr/local/lib/mcp-portal'); "
+    attempt = on(PRIMARY, "python3 -c \"import sys; sys.path.insert(0, '/usr/local/lib/mcp-portal'); "
                           "import wal_archive as w; c = w.load_config(); "
-                          f"w.client(c, 's3').delete_object(Bucket=c['bucket'], Key='local/cluster.json')\"", check=False)
+                          f"w.client(c, 's3').delete_object(Bucket=c['bucket'], Key='{PREFIX}/cluster.json')\"",
+                 check=False)
     assert attempt.returncode != 0 and "AccessDenied" in attempt.stderr
 
 
@@ -188,3 +189,16 @@ def test_wrong_credentials_are_refused_before_any_change(tmp_path):
 def test_a_second_deploy_leaves_the_archiver_alone():
     output = deploy()
     assert "The resident uploader runs" in output and "Restart PostgreSQL" not in output
+
+
+def test_during_an_s3_outage_the_preflight_stops_the_deploy_unless_switched_off():
+    fleet("cut", "s3")
+    try:
+        refused = pyinfra_run("-y")
+        assert refused.returncode != 0 and "cannot reach the S3 endpoint" in refused.stderr
+        # --limit: on the fleet the endpoint is an inventory host, and a cut host is unreachable by ssh as well.
+        shipped = pyinfra_run("-y", "--data", "wal_archive_preflight=false",
+                              "--limit", "primary", "--limit", "replicas", "--limit", "pgbouncer")
+        assert shipped.returncode == 0, shipped.stderr[-2000:]
+    finally:
+        fleet("heal", "s3")
