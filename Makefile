@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # Debian packages the control machine needs (the hosts get theirs from the deploy).
 DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv
 
-.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet bench-deploy bench-archive
+.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet bench-deploy bench-archive bench-backup
 
 ## make local: virtualenv, fleet up, deploy to the fleet, post-deploy checks
 local: deps venv up deploy check
@@ -65,3 +65,6 @@ bench-deploy: venv deps
 
 bench-archive: venv deps
 	$(BIN)/python bench/archive.py
+
+bench-backup: venv deps
+	$(BIN)/python bench/backup.py

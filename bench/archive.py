@@ -14,13 +14,11 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from fleet.access import Access
-from fleet.layout import Layout
+from remote import on
 
 HOST = "pg-primary"
 SEGMENTS = 20
@@ -84,13 +82,6 @@ chown -R postgres: /var/tmp/bench-wal
 runuser -u postgres -- psql -qX -c 'drop database bench_wal'
 ls /var/tmp/bench-wal | wc -l
 """
-
-
-def on(host, command, timeout):
-    result = subprocess.run(Access(Layout()).ssh_argv(host, command), capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        sys.exit(f"bench/archive.py: {host}: {result.stderr.strip()[-2000:]}")
-    return result
 
 
 def main():

@@ -1,0 +1,91 @@
+"""Base backup and restore against the naive way, on the fleet. Writes bench/results/backup.md.
+
+On the primary, with a `pgbench -i -s 30` database added:
+  - backup, ours: mcp-base-backup.service (pg_basebackup, pg_verifybackup, pack, multipart upload with checksums,
+    read back, completion record); the baseline: `tar | gzip -1 | aws s3 cp -` of the live data directory
+    (what a cron script does; not even a consistent copy);
+  - restore, ours: `base_backup.py restore` (download, SHA-256 check, unpack, pg_verifybackup, recovery
+    settings); the baseline: `aws s3 cp - | tar -xz` of the same backup.
+Same host, endpoint, keys and SSE-KMS. Needs the fleet up and deployed (`make local`). Run as root:
+`make bench-backup`.
+"""
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from remote import on
+
+HOST = "pg-primary"
+RESULTS = Path(__file__).resolve().parent / "results" / "backup.md"
+
+RUNNER = r'''
+import json, os, subprocess, sys, time
+config = json.load(open("/etc/mcp-portal/wal-archive.json"))
+keys = json.load(open(config["credentials_file"]))
+env = dict(os.environ, AWS_ACCESS_KEY_ID=keys["access_key_id"], AWS_SECRET_ACCESS_KEY=keys["secret_access_key"],
+           AWS_DEFAULT_REGION=config["region"])
+aws = f"aws --endpoint-url {config['endpoint_url']} s3 cp --only-show-errors"
+raw = f"s3://{config['bucket']}/bench-{sys.argv[1]}/raw.tar.gz"
+sse = f"--sse aws:kms --sse-kms-key-id {config['kms_key_id']}"
+
+def timed(command, **kwargs):
+    started = time.monotonic()
+    subprocess.run(command, shell=True, check=True, env=env, stdout=subprocess.DEVNULL, **kwargs)
+    return time.monotonic() - started
+
+seconds = {}
+seconds["backup, ours"] = timed("systemctl start mcp-base-backup.service")
+seconds["backup, naive: tar, gzip -1, aws s3 cp"] = timed(
+    f"tar -cf - -C /var/lib/postgresql/17/main . 2>/dev/null | gzip -1 | {aws} {sse} - {raw}")
+subprocess.run("rm -rf /var/tmp/bench-restore && install -d -o postgres -m 700 /var/tmp/bench-restore", shell=True, check=True)
+seconds["restore, ours"] = timed("runuser -u postgres -- /usr/local/lib/mcp-portal/base_backup.py restore /var/tmp/bench-restore/ours")
+os.makedirs("/var/tmp/bench-restore/raw")
+seconds["restore, naive: aws s3 cp, tar -xz"] = timed(f"{aws} {raw} - | tar -xzf - -C /var/tmp/bench-restore/raw")
+size = int(subprocess.run("du -sb /var/tmp/bench-restore/ours | cut -f1", shell=True, capture_output=True, text=True).stdout)
+subprocess.run("rm -rf /var/tmp/bench-restore", shell=True, check=True)
+print(json.dumps({"seconds": seconds, "data_bytes": size}))
+'''
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("bench/backup.py: run as root (it uses the fleet): make bench-backup")
+    on(HOST, "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq awscli >/dev/null && "
+             "runuser -u postgres -- psql -qX -c 'drop database if exists bench_backup' -c 'create database bench_backup' && "
+             "runuser -u postgres -- pgbench -i -s 30 -q bench_backup 2>/dev/null", timeout=1200)
+    run = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    try:
+        measured = json.loads(on(HOST, f"python3 - {run} <<'PY'\n{RUNNER}\nPY", timeout=3600).stdout.strip().splitlines()[-1])
+    finally:
+        on(HOST, "runuser -u postgres -- psql -qX -c 'drop database if exists bench_backup'", timeout=120)
+    seconds = measured["seconds"]
+    rows = []
+    for kind, baseline in (("backup", "backup, naive: tar, gzip -1, aws s3 cp"), ("restore", "restore, naive: aws s3 cp, tar -xz")):
+        for name, value in seconds.items():
+            if name.startswith(kind):
+                rows.append(f"| {name} | {value:.1f} | {value / seconds[baseline]:.2f}x |")
+    RESULTS.write_text(f"""# Base backup and restore
+
+Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `make bench-backup` on
+{platform.node()}: {os.cpu_count()} cores, kernel {platform.release()}. On `{HOST}` (a fleet host sharing the
+machine's cores), to the fleet's S3 endpoint (moto on `s3`) with the archive's keys and SSE-KMS; a data directory
+of {measured['data_bytes'] / 2**20:.0f} MiB (a `pgbench -i -s 30` database added). One run each; ratios against
+the naive way in the same run.
+
+| what | seconds | vs naive |
+|---|---|---|
+{chr(10).join(rows)}
+
+Ours does more than the naive way: a consistent copy (pg_basebackup with its WAL), pg_verifybackup, a SHA-256
+read back from S3 and a completion record; the restore checks the SHA-256 and runs pg_verifybackup before the
+copy becomes a data directory. The naive backup copies a live data directory, which may not restore at all.
+""")
+    print(RESULTS.read_text())
+
+
+if __name__ == "__main__":
+    main()
