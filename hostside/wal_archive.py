@@ -136,7 +136,7 @@ class Archive:
             raise ArchiveError(f"{name} is on timeline {timeline_of(name)}, but the archive has timeline "
                                f"{timeline_of(name) + 1}: "
                                "this server was replaced by a promoted replica and must not archive; rejoin it "
-                               "as a replica (docs/failover.md)")
+                               "as a replica (docs/replication.md)")
         compression = self.config.get("compression", "gzip")
         key = self.key(name)
         created = self._put_if_absent(key, COMPRESSIONS[compression][0](data),
