@@ -103,14 +103,9 @@ class Backups:
 
     def records(self):
         """Completion records, oldest first: only backups that finished (upload, verify, record) count."""
-        s3, records, folder = self.archive.s3, [], f"{self.archive.prefix}/backups/"
-        # Listed by the cluster's prefix without its trailing '/', filtered here: the fleet's S3 endpoint (moto)
-        # rejects the signature of a listing whose prefix holds a '/'. In prod this also pages over the WAL keys.
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.archive.bucket, Prefix=self.archive.prefix)
-        for page in pages:
-            for obj in page.get("Contents", []):
-                if obj["Key"].startswith(folder) and obj["Key"].endswith("/" + RECORD):
-                    records.append(json.load(s3.get_object(Bucket=self.archive.bucket, Key=obj["Key"])["Body"]))
+        folder, s3 = f"{self.archive.prefix}/backups/", self.archive.s3
+        records = [json.load(s3.get_object(Bucket=self.archive.bucket, Key=key)["Body"]) for key in self.keys()
+                   if key.startswith(folder) and key.endswith("/" + RECORD)]
         return sorted(records, key=lambda r: r["id"])
 
     def run(self, work_root):
@@ -187,7 +182,9 @@ class Backups:
         return doomed
 
     def keys(self):
-        """Every key under the cluster's prefix (see records() on why the listing prefix has no '/')."""
+        """Every key under the cluster's prefix. Listed by the prefix without its trailing '/' and filtered here:
+        the fleet's S3 endpoint (moto) rejects the signature of a listing whose prefix holds a '/'. In prod this
+        pages over the WAL keys too."""
         pages = self.archive.s3.get_paginator("list_objects_v2").paginate(Bucket=self.archive.bucket,
                                                                           Prefix=self.archive.prefix)
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])
