@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.fleet_helpers import fleet, on
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -94,3 +96,21 @@ def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
     assert grand_total(result.stderr)[1:3] == (0, 0)
     versions = on("pg-replica-1", "dpkg-query -W -f '${Version}' postgresql-17").stdout
     assert versions == on("pg-replica-1", "apt-cache policy postgresql-17 | sed -n 's/ *Candidate: //p'").stdout.strip()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("heartbeat_interval_s=7", "heartbeat_interval_s = 7; use a divisor of 60"),
+    ("wal_archive_sse=rot13", "wal_archive_sse = 'rot13'; use one of AES256, aws:kms"),
+    ("wal_archive_compression=zip", "wal_archive_compression = 'zip'; use one of none, gzip"),
+    ("wal_archive_credentials=/nonexistent.json", "the WAL archive's S3 credentials file /nonexistent.json is missing"),
+    ("backup_retention_days=0", "backup_retention_days = 0; set the recovery window in days (> 0)"),
+    ("drill_host=pgbouncer-1", "drill_host = 'pgbouncer-1' is not a database host of the inventory"),
+    ('portal_database_users=["portal_app","nobody"]', "portal_database_users names nobody, not in postgres_roles"),
+])
+def test_bad_group_data_is_one_line_before_any_change(override, message):
+    on("pg-primary", "rm /etc/mcp-portal/roles")  # a change any run would make
+    result = pyinfra_run("-y", "--data", override)
+    assert result.returncode != 0 and message in result.stderr
+    assert f"--data on the command line: {override.split('=')[0]}" in result.stderr or "credentials file" in message
+    assert on("pg-primary", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
+    deploy()
