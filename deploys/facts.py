@@ -148,3 +148,36 @@ class ObjectComment(FactBase):
 
     def process(self, output):
         return "".join(output).strip()
+
+
+def _in_database(major, cluster, database, relation, sql):
+    """Shell: run `sql` in `database` when the database and `relation` exist; print nothing otherwise."""
+    psql = f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster}"
+    return (f"if {psql} -c \"select 1 from pg_database where datname = '{database}'\" 2>/dev/null | grep -q 1 "
+            f"&& {psql} -d {database} -c \"select to_regclass('{relation}') is not null\" | grep -q t; then "
+            f"{psql} -d {database} -c \"{sql}\"; fi")
+
+
+class SqitchChanges(FactBase):
+    """{change: script_hash} of `project`'s changes deployed in `database`, in deploy order; {} when the database
+    or sqitch's registry is not there yet."""
+
+    def command(self, major, cluster, database, project):
+        return _in_database(major, cluster, database, "sqitch.changes",
+                            "select json_object_agg(change, script_hash order by committed_at) "
+                            f"from sqitch.changes where project = '{project}'")
+
+    def process(self, output):
+        return json.loads("".join(output).strip() or "{}")
+
+
+class ActiveDataKey(FactBase):
+    """The version of the portal's active data key (portal.encryption_keys), or None: no database, table or key."""
+
+    def command(self, major, cluster, database):
+        return _in_database(major, cluster, database, "portal.encryption_keys",
+                            "select version from portal.encryption_keys where is_active")
+
+    def process(self, output):
+        text = "".join(output).strip()
+        return int(text) if text else None

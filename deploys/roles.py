@@ -29,7 +29,9 @@ DEFAULTS = {
     # name: attributes. login, replication, bypassrls, createdb, createrole: booleans (default false);
     # member_of: roles granted to it; settings: per-role PostgreSQL parameters.
     "postgres_roles": {
-        "portal_owner": {},  # owns the portal's schema; nobody logs in as it
+        # Owns the SECURITY DEFINER functions the policies use and the dashboard; reads past RLS, never logs in.
+        "portal_definer": {"bypassrls": True},
+        "portal_owner": {"member_of": ["portal_definer"]},  # owns the portal's schema; nobody logs in as it
         "portal_app": {"login": True, "settings": {"statement_timeout": "30s", "lock_timeout": "5s",
                                                      "idle_in_transaction_session_timeout": "30s"}},
         "portal_admin": {"login": True, "settings": {"statement_timeout": "5min", "lock_timeout": "10s"}},

@@ -1,0 +1,154 @@
+"""The portal's schema: sql/ is a sqitch project (deploy/revert/verify per change, sqitch.plan), shipped to the
+primary and deployed there by Debian's sqitch as portal_owner, each change verified as it lands.
+
+What is pending is decided at plan time from sqitch's registry (a fact), so a converged primary runs nothing
+and `--dry` lists the changes that will land. A deployed change whose script was edited afterwards is refused
+before any host is touched: it would never run again, so the edit would silently not exist in the database.
+Each transactional change runs with schema_lock_timeout: behind a long transaction it fails (and sqitch reverts
+what this run deployed) instead of queueing every later query behind its lock; re-run the deploy to retry.
+docs/schema.md.
+"""
+
+import hashlib
+from pathlib import Path
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.operations import apt, files, server, systemd
+
+from deploys import pgconfig
+from deploys.datasource import source_of
+from deploys.facts import SqitchChanges
+from deploys.pgbouncer import DEFAULTS as PGBOUNCER_DEFAULTS
+from deploys.roles import DEFAULTS as ROLES_DEFAULTS
+
+DEFAULTS = {
+    **{key: PGBOUNCER_DEFAULTS[key] for key in ("postgres_major", "postgres_cluster", "portal_database",
+                                                 "portal_database_owner")},
+    "postgres_roles": ROLES_DEFAULTS["postgres_roles"],
+    # How long a migration waits for a lock before it fails cleanly (retry by re-running the deploy).
+    "schema_lock_timeout": "5s",
+    # The portal's scheduled jobs on the primary (hostside/portal_jobs.py), systemd OnCalendar syntax.
+    "audit_partitions_schedule": "*-*-* 03:30:00",
+    # Months of audit partitions made ahead of the current one; the job fails below audit_partitions_min_ahead.
+    "audit_partitions_ahead": 3,
+    "audit_partitions_min_ahead": 2,
+    "dashboard_refresh_schedule": "*:0/5",
+}
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+REMOTE_SQL_DIR = "/usr/share/mcp-portal/sql"
+PROJECT = "mcp_portal"
+# The roles the migrations grant to (the deploy makes them from postgres_roles first).
+MIGRATION_ROLES = ("portal_owner", "portal_definer", "portal_app", "portal_admin", "portal_reporting",
+                   "portal_maintenance", "monitoring")
+JOBS_PROGRAM = "/usr/local/lib/mcp-portal/portal_jobs.py"
+JOBS = {"mcp-audit-partitions": "audit_partitions_schedule", "mcp-dashboard-refresh": "dashboard_refresh_schedule"}
+
+
+def plan_changes(sql_dir=SQL_DIR):
+    """The change names of sqitch.plan, in order."""
+    changes = []
+    for line in (sql_dir / "sqitch.plan").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("%", "#", "@")):
+            changes.append(line.split()[0])
+    return changes
+
+
+def script_hash(path):
+    """What sqitch records as a change's script_hash: the SHA-1 of its deploy script."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def pending_changes(deployed, sql_dir=SQL_DIR):
+    """The plan's changes not deployed yet, in order; ValueError when the database and sql/ disagree."""
+    planned = plan_changes(sql_dir)
+    for change in planned:
+        missing = [kind for kind in ("deploy", "revert", "verify") if not (sql_dir / kind / f"{change}.sql").is_file()]
+        if missing:
+            raise ValueError(f"sql/sqitch.plan: change {change} has no {', '.join(f'{k}/{change}.sql' for k in missing)}")
+    if list(deployed) != planned[:len(deployed)]:
+        raise ValueError(f"the database's deployed changes ({', '.join(deployed) or 'none'}) are not the start of "
+                         f"sql/sqitch.plan; restore the plan, or revert with sqitch first (docs/schema.md)")
+    for change, deployed_hash in deployed.items():
+        if script_hash(sql_dir / "deploy" / f"{change}.sql") != deployed_hash:
+            raise ValueError(f"sql/deploy/{change}.sql was edited after it was deployed; add a new change "
+                             f"(or `sqitch rework {change}`) instead of editing a deployed one")
+    return planned[len(deployed):]
+
+
+def roles_problem(roles):
+    """Why postgres_roles cannot carry the migrations' grants, or None."""
+    missing = [name for name in MIGRATION_ROLES if name not in roles]
+    if missing:
+        return f"postgres_roles lacks {', '.join(missing)}, which the migrations grant to; keep them (deploys/roles.py)"
+    if roles["portal_app"].get("bypassrls") or roles["portal_app"].get("member_of"):
+        return "postgres_roles.portal_app must have neither bypassrls nor member_of: row-level security binds the app"
+    if not roles["portal_definer"].get("bypassrls") or roles["portal_definer"].get("login"):
+        return "postgres_roles.portal_definer must be bypassrls and not login: it owns the policies' helper functions"
+    if "portal_definer" not in roles["portal_owner"].get("member_of", []):
+        return "postgres_roles.portal_owner must be member_of portal_definer, to hand it the functions it owns"
+    return None
+
+
+@deploy("Portal schema", data_defaults=DEFAULTS)
+def migrations():
+    """On the primary: sql/ shipped, and sqitch deploys what is pending as portal_owner."""
+    problem = roles_problem(host.data.postgres_roles)
+    if problem:
+        raise DeployError(f"{host.name}: {source_of('postgres_roles')}: {problem}")
+    try:
+        pgconfig.validate({"lock_timeout": host.data.schema_lock_timeout}, source_of("schema_lock_timeout"),
+                          key="schema_lock_timeout")
+    except pgconfig.ConfigError as exc:
+        raise DeployError(f"{host.name}: {exc}") from None
+    deployed = host.get_fact(SqitchChanges, major=host.data.postgres_major, cluster=host.data.postgres_cluster,
+                             database=host.data.portal_database, project=PROJECT)
+    try:
+        pending = pending_changes(deployed)
+    except ValueError as exc:
+        raise DeployError(f"{host.name}: {exc}") from None
+    apt.packages(name="Install sqitch", packages=["sqitch", "libdbd-pg-perl"], no_recommends=True)
+    files.sync(name="Ship the migrations (sql/)", src=str(SQL_DIR), dest=REMOTE_SQL_DIR, delete=True, mode="644",
+               dir_mode="755")
+    if not pending:
+        logger.info(f"[{host.name}] Portal schema: all {len(deployed)} changes of sql/sqitch.plan are deployed")
+        return
+    server.shell(
+        name=f"Deploy {len(pending)} migration(s): {', '.join(pending)}",
+        commands=[f"cd {REMOTE_SQL_DIR} && runuser -u postgres -- env "
+                  f"PGCLUSTER={host.data.postgres_major}/{host.data.postgres_cluster} "
+                  f"PGOPTIONS='-c role={host.data.portal_database_owner} -c lock_timeout={host.data.schema_lock_timeout}' "
+                  f"SQITCH_FULLNAME='mcp-portal deploy' SQITCH_EMAIL=deploy@{host.name} "
+                  f"sqitch deploy --verify db:pg:{host.data.portal_database}"],
+    )
+
+
+@deploy("Portal jobs", data_defaults=DEFAULTS)
+def portal_jobs():
+    """On every database host (a job acts only where the cluster is not in recovery, so it follows a failover):
+    audit partitions made ahead and archived, and the dashboard refreshed, each on its timer."""
+    ahead, min_ahead = host.data.audit_partitions_ahead, host.data.audit_partitions_min_ahead
+    if not (isinstance(min_ahead, int) and isinstance(ahead, int) and 1 <= min_ahead <= ahead <= 24):
+        raise DeployError(f"{host.name}: {source_of('audit_partitions_ahead')}: audit_partitions_ahead = {ahead!r} and "
+                          f"audit_partitions_min_ahead = {min_ahead!r}; use whole months, 1 <= min_ahead <= ahead <= 24")
+    files.put(name="The portal jobs program", src="hostside/portal_jobs.py", dest=JOBS_PROGRAM, mode="755",
+              create_remote_dir=True)
+    timers = {}
+    changed = False
+    for unit, schedule_key in JOBS.items():
+        job = unit.removeprefix("mcp-")
+        service = files.template(
+            name=f"{job} service", src="templates/portal-job.service.j2", dest=f"/etc/systemd/system/{unit}.service",
+            mode="644", program=JOBS_PROGRAM, job=job, database=host.data.portal_database, ahead=ahead,
+            min_ahead=min_ahead, cluster=f"{host.data.postgres_major}/{host.data.postgres_cluster}")
+        timers[unit] = files.template(
+            name=f"{job} timer", src="templates/portal-job.timer.j2", dest=f"/etc/systemd/system/{unit}.timer",
+            mode="644", job=job, schedule=host.data.get(schedule_key))
+        changed = changed or service.will_change or timers[unit].will_change
+    if changed:
+        systemd.daemon_reload(name="Reload systemd units")
+    for unit, timer in timers.items():
+        systemd.service(name=f"{unit}.timer runs and starts at boot", service=f"{unit}.timer", running=True,
+                        enabled=True, restarted=timer.will_change)

@@ -1,0 +1,94 @@
+#!/usr/bin/python3
+"""The portal's scheduled jobs (mcp-audit-partitions.service, mcp-dashboard-refresh.service), run as postgres
+in the portal's database as portal_maintenance. A cluster in recovery has nothing to do: the units are on every
+database host so that they follow a failover.
+
+    portal_jobs.py audit-partitions --cluster 17/main --database portal --ahead 3 --min-ahead 2
+    portal_jobs.py dashboard-refresh --cluster 17/main --database portal
+
+audit-partitions makes month partitions `ahead` months past the current one, archives months past retention
+(portal.archive_audit_partitions), and writes the horizon as a node-exporter textfile metric; fewer than
+`min-ahead` months ahead afterwards fails the run (the unit's OnFailure records it).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+METRICS_DIR = "/var/lib/mcp-portal/metrics"
+ROLE = "portal_maintenance"
+# Maintenance DDL takes brief exclusive locks: give up rather than queue the portal's queries behind them.
+LOCK_TIMEOUT = "10s"
+
+
+class JobError(Exception):
+    pass
+
+
+def psql(args, sql):
+    env = {**os.environ, "PGOPTIONS": f"-c role={ROLE} -c lock_timeout={LOCK_TIMEOUT}"}
+    done = subprocess.run(["psql", "--cluster", args.cluster, "-d", args.database, "-XAtq", "-v", "ON_ERROR_STOP=1",
+                           "-c", sql], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise JobError(done.stderr.strip() or f"psql exited {done.returncode}")
+    return done.stdout.strip()
+
+
+def write_metrics(name, lines, directory=METRICS_DIR):
+    """A node-exporter textfile, replaced atomically so the collector never reads half of it."""
+    path = os.path.join(directory, f"{name}.prom")
+    with open(path + ".tmp", "w") as out:
+        out.write("".join(f"{line}\n" for line in lines))
+    os.replace(path + ".tmp", path)
+
+
+def audit_partitions(args):
+    made = int(psql(args, f"select portal.ensure_audit_partitions({args.ahead})"))
+    moved = int(psql(args, "select portal.archive_audit_partitions()"))
+    horizon = int(psql(args, "select portal.audit_partition_horizon()"))
+    write_metrics("audit_partitions", [
+        "# HELP mcp_portal_audit_partitions_ahead_months Whole months of audit partitions after the current one.",
+        "# TYPE mcp_portal_audit_partitions_ahead_months gauge",
+        f"mcp_portal_audit_partitions_ahead_months {horizon}",
+        "# HELP mcp_portal_audit_partitions_run_timestamp_seconds When the partition job last ran to its end.",
+        "# TYPE mcp_portal_audit_partitions_run_timestamp_seconds gauge",
+        f"mcp_portal_audit_partitions_run_timestamp_seconds {time.time():.0f}",
+    ])
+    print(f"audit partitions: {made} made, {moved} archived or dropped, {horizon} months ahead")
+    if horizon < args.min_ahead:
+        raise JobError(f"only {horizon} months of audit partitions ahead (want {args.min_ahead}): "
+                       "see the errors above, or the default partition holding rows of a month to be made")
+
+
+def dashboard_refresh(args):
+    started = time.monotonic()
+    psql(args, "refresh materialized view concurrently portal.mv_user_dashboard")
+    print(f"dashboard refreshed in {time.monotonic() - started:.1f} s")
+
+
+JOBS = {"audit-partitions": audit_partitions, "dashboard-refresh": dashboard_refresh}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("job", choices=sorted(JOBS))
+    parser.add_argument("--cluster", required=True)
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--ahead", type=int, default=3)
+    parser.add_argument("--min-ahead", type=int, default=2)
+    args = parser.parse_args(argv)
+    try:
+        if psql(args, "select pg_is_in_recovery()") == "t":
+            print(f"{args.job}: the cluster is in recovery (a standby); nothing to do")
+            return 0
+        JOBS[args.job](args)
+    except JobError as exc:
+        print(f"{args.job}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+DROP INDEX CONCURRENTLY IF EXISTS portal.idx_servers_search;
+DROP INDEX CONCURRENTLY IF EXISTS portal.idx_configs_admin_view;

@@ -1,0 +1,3 @@
+BEGIN;
+DROP TABLE portal.mcp_servers;
+COMMIT;

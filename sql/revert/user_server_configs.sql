@@ -1,0 +1,3 @@
+BEGIN;
+DROP TABLE portal.user_server_configs;
+COMMIT;

@@ -1,0 +1,4 @@
+BEGIN;
+DROP VIEW portal.users_masked;
+DROP TABLE portal.users;
+COMMIT;

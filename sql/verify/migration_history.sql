@@ -1,0 +1,1 @@
+SELECT version, applied_at, checksum, rollback, note FROM portal.migration_history WHERE false;
