@@ -9,12 +9,14 @@ from pyinfra import config, host
 from deploys.archive import wal_archiver
 from deploys.backups import base_backups
 from deploys.base import baseline
+from deploys.encryption import data_keys
 from deploys.heartbeat import heartbeat_table, heartbeat_writer
 from deploys.ordering import barrier
 from deploys.pgbouncer import databases, pooled_connections, pooler
 from deploys.postgres import configuration, server_packages
 from deploys.replication import slots, standby, standby_settings
 from deploys.roles import roles
+from deploys.schema import migrations, portal_jobs
 from deploys.tls import certificates
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
@@ -37,10 +39,14 @@ if "primary" in host.groups:
     slots()
     databases()
     heartbeat_table()
+    migrations()
 if DATABASE_GROUPS & set(host.groups):
     barrier(name="The primary's roles and slots exist before a replica clones")
 if replica:
     standby()
+if DATABASE_GROUPS & set(host.groups):
+    portal_jobs()
+    data_keys()
 if "pgbouncer" in host.groups:
     pooler()
     heartbeat_writer()

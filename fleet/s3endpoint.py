@@ -38,13 +38,17 @@ ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Acti
 # What an environment's cloud account provides the tier (in prod: the operator, docs/backups.md): a versioned
 # bucket, a KMS key, and two users. Database hosts may put, get and list, never delete; only retention deletes.
 BUCKET = "mcp-portal-archive"
-KMS_ALIAS = "alias/mcp-portal-archive"
+# tier.json key: (alias, description). The data key's master key wraps the portal's data keys (hostside/envelope.py).
+KMS_KEYS = {"kms_key_id": ("alias/mcp-portal-archive", "the MCP Portal tier's archive key"),
+            "data_kms_key_id": ("alias/mcp-portal-data", "the MCP Portal's data-key master key")}
 # moto authorizes HeadBucket as an action of its own ("s3:HeadBucket"); AWS counts it as s3:ListBucket.
 READ_WRITE = ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation", "s3:HeadBucket",
               "kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"]
 TIER_USERS = {
     "wal-archiver": READ_WRITE,
     "backup-retention": READ_WRITE + ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:ListBucketVersions"],
+    # Makes and unwraps data keys (key rotation on the database hosts, and the app); touches no object.
+    "portal-keys": ["kms:GenerateDataKey", "kms:Decrypt", "kms:DescribeKey"],
 }
 
 
@@ -148,13 +152,14 @@ class S3Endpoint:
         s3, iam, kms = client("s3", admin), client("iam", admin), client("kms", admin)
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        key_id = kms.create_key(Description="the MCP Portal tier's archive key")["KeyMetadata"]["KeyId"]
-        try:
-            kms.create_alias(AliasName=KMS_ALIAS, TargetKeyId=key_id)
-        except kms.exceptions.AlreadyExistsException:  # made by an earlier checkout on this endpoint run
-            kms.update_alias(AliasName=KMS_ALIAS, TargetKeyId=key_id)
-        written = {"tier": {"endpoint_url": admin["endpoint"], "region": admin["region"], "bucket": BUCKET,
-                            "kms_key_id": key_id}}
+        written = {"tier": {"endpoint_url": admin["endpoint"], "region": admin["region"], "bucket": BUCKET}}
+        for field, (alias, description) in KMS_KEYS.items():
+            key_id = kms.create_key(Description=description)["KeyMetadata"]["KeyId"]
+            try:
+                kms.create_alias(AliasName=alias, TargetKeyId=key_id)
+            except kms.exceptions.AlreadyExistsException:  # made by an earlier checkout on this endpoint run
+                kms.update_alias(AliasName=alias, TargetKeyId=key_id)
+            written["tier"][field] = key_id
         for user, actions in TIER_USERS.items():
             try:
                 iam.create_user(UserName=user)

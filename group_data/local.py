@@ -24,3 +24,10 @@ wal_archive_prefix = "local"
 wal_archive_credentials = ".fleet/s3/wal-archiver.json"
 # Retention's own keys, the only ones that may delete.
 backup_retention_credentials = ".fleet/s3/backup-retention.json"
+
+# The portal's data keys are wrapped by the endpoint's second KMS key; `fleet up` issues a user that may only
+# make and unwrap data keys with it.
+portal_kms_key_id = s3_archive().get("data_kms_key_id", "")
+portal_kms_endpoint_url = s3_archive().get("endpoint_url", "")
+portal_kms_region = s3_archive().get("region", "us-east-1")
+portal_kms_credentials = ".fleet/s3/portal-keys.json"

@@ -13,3 +13,7 @@ wal_archive_bucket = "mcp-portal-prod-archive"
 wal_archive_prefix = "prod"
 wal_archive_sse = "aws:kms"
 wal_archive_kms_key_id = "alias/mcp-portal-prod-archive"
+
+# The KMS key that wraps the portal's data keys, and its user's keys in <secrets_dir>/kms/portal-keys.json
+# (kms:GenerateDataKey and kms:Decrypt on this key only; docs/secrets.md).
+portal_kms_key_id = "alias/mcp-portal-prod-data"

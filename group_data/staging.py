@@ -10,3 +10,6 @@ wal_archive_bucket = "mcp-portal-staging-archive"
 wal_archive_prefix = "staging"
 wal_archive_sse = "aws:kms"
 wal_archive_kms_key_id = "alias/mcp-portal-staging-archive"
+
+# The KMS key that wraps the portal's data keys; its user's keys in <secrets_dir>/kms/portal-keys.json.
+portal_kms_key_id = "alias/mcp-portal-staging-data"
