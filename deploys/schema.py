@@ -92,6 +92,13 @@ def roles_problem(roles):
     return None
 
 
+def sqitch_command(cluster, owner, lock_timeout, database, action):
+    """Shell: sqitch `action` on `database` with the shipped sql/, as the schema's owner, with the lock timeout."""
+    return (f"cd {REMOTE_SQL_DIR} && runuser -u postgres -- env PGCLUSTER={cluster} "
+            f"PGOPTIONS='-c role={owner} -c lock_timeout={lock_timeout}' "
+            f"SQITCH_FULLNAME='mcp-portal deploy' SQITCH_EMAIL=deploy@mcp-portal.invalid sqitch {action} db:pg:{database}")
+
+
 @deploy("Portal schema", data_defaults=DEFAULTS)
 def migrations():
     """On the primary: sql/ shipped, and sqitch deploys what is pending as portal_owner."""
@@ -115,14 +122,10 @@ def migrations():
     if not pending:
         logger.info(f"[{host.name}] Portal schema: all {len(deployed)} changes of sql/sqitch.plan are deployed")
         return
-    server.shell(
-        name=f"Deploy {len(pending)} migration(s): {', '.join(pending)}",
-        commands=[f"cd {REMOTE_SQL_DIR} && runuser -u postgres -- env "
-                  f"PGCLUSTER={host.data.postgres_major}/{host.data.postgres_cluster} "
-                  f"PGOPTIONS='-c role={host.data.portal_database_owner} -c lock_timeout={host.data.schema_lock_timeout}' "
-                  f"SQITCH_FULLNAME='mcp-portal deploy' SQITCH_EMAIL=deploy@{host.name} "
-                  f"sqitch deploy --verify db:pg:{host.data.portal_database}"],
-    )
+    server.shell(name=f"Deploy {len(pending)} migration(s): {', '.join(pending)}",
+                 commands=[sqitch_command(f"{host.data.postgres_major}/{host.data.postgres_cluster}",
+                                          host.data.portal_database_owner, host.data.schema_lock_timeout,
+                                          host.data.portal_database, "deploy --verify")])
 
 
 @deploy("Portal jobs", data_defaults=DEFAULTS)

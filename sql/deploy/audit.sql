@@ -67,6 +67,8 @@ CREATE POLICY audit_changes_tenant_read ON portal.audit_changes FOR SELECT TO po
   USING (user_id = (SELECT portal.tenant()));
 CREATE POLICY audit_changes_staff_read ON portal.audit_changes FOR SELECT TO portal_admin, portal_reporting USING (true);
 CREATE POLICY audit_archive_staff_read ON portal.audit_logs_archive FOR SELECT TO portal_admin, portal_reporting USING (true);
+-- Attaching a month to audit_changes_archive checks its foreign key as the owner, under FORCEd RLS.
+CREATE POLICY audit_archive_owner_read ON portal.audit_logs_archive FOR SELECT TO portal_owner USING (true);
 CREATE POLICY audit_changes_archive_staff_read ON portal.audit_changes_archive FOR SELECT TO portal_admin, portal_reporting
   USING (true);
 REVOKE ALL ON portal.audit_logs, portal.audit_changes, portal.audit_logs_archive, portal.audit_changes_archive,
@@ -78,7 +80,8 @@ GRANT SELECT ON portal.audit_logs, portal.audit_changes, portal.audit_logs_archi
 GRANT INSERT ON portal.audit_logs, portal.audit_changes TO portal_definer, portal_maintenance;
 GRANT UPDATE ON portal.retention_policies TO portal_admin;
 
--- Changes to a configuration's ciphertext, recorded without the value (REDACTED), under the row's owner.
+-- Changes to a configuration's secret (its ciphertext), recorded without the value (REDACTED), under the
+-- row's user.
 CREATE FUNCTION portal.audit_config_changes() RETURNS trigger
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -87,13 +90,12 @@ DECLARE
   action text := CASE TG_OP WHEN 'INSERT' THEN 'config_created' WHEN 'DELETE' THEN 'config_deleted'
                  ELSE 'config_updated' END;
 BEGIN
-  IF TG_OP = 'UPDATE' THEN
-    IF OLD.encrypted_config IS NOT DISTINCT FROM NEW.encrypted_config THEN
-      RETURN NULL;
-    END IF;
-    IF OLD.key_version IS DISTINCT FROM NEW.key_version THEN
-      action := 'config_reencrypted';
-    END IF;
+  IF (CASE TG_OP WHEN 'INSERT' THEN NEW.encrypted_config IS NULL WHEN 'DELETE' THEN OLD.encrypted_config IS NULL
+      ELSE OLD.encrypted_config IS NOT DISTINCT FROM NEW.encrypted_config END) THEN
+    RETURN NULL;
+  END IF;
+  IF TG_OP = 'UPDATE' AND OLD.key_version <> NEW.key_version THEN
+    action := 'config_reencrypted';  -- key rotation (rotate_keys.py): the same secret under a newer key
   END IF;
   INSERT INTO portal.audit_logs (id, logged_at, user_id, action, resource_type, resource_id, details)
   VALUES (entry, now(), config.user_id, action, 'user_server_config', config.id,
@@ -167,8 +169,11 @@ BEGIN
   LOOP
     CONTINUE WHEN part.upper_bound::timestamptz > now() - keep_live;
     EXECUTE format('ALTER TABLE portal.audit_changes DETACH PARTITION portal.%I', 'audit_changes_' || part.month);
+    -- Detached, the month keeps its foreign key to the live audit_logs (top-level constraint; dropping it drops
+    -- its per-partition pieces); the archive's own key replaces it on attach.
     FOR fk IN SELECT conname FROM pg_constraint
-               WHERE conrelid = format('portal.%I', 'audit_changes_' || part.month)::regclass AND contype = 'f' LOOP
+               WHERE conrelid = format('portal.%I', 'audit_changes_' || part.month)::regclass AND contype = 'f'
+                 AND conparentid = 0 LOOP
       EXECUTE format('ALTER TABLE portal.%I DROP CONSTRAINT %I', 'audit_changes_' || part.month, fk.conname);
     END LOOP;
     EXECUTE format('ALTER TABLE portal.audit_logs DETACH PARTITION portal.%I', part.relname);
@@ -185,7 +190,9 @@ BEGIN
      WHERE i.inhparent = 'portal.audit_logs_archive'::regclass
   LOOP
     CONTINUE WHEN part.upper_bound::timestamptz > now() - keep_archived;
+    -- The referencing month first; a referenced partition must be detached before it can be dropped.
     EXECUTE format('DROP TABLE portal.%I', 'audit_changes_' || part.month);
+    EXECUTE format('ALTER TABLE portal.audit_logs_archive DETACH PARTITION portal.%I', part.relname);
     EXECUTE format('DROP TABLE portal.%I', part.relname);
     done := done + 1;
   END LOOP;

@@ -10,7 +10,8 @@ CREATE TABLE portal.user_server_configs (
   enabled boolean NOT NULL DEFAULT false,
   container_state text NOT NULL DEFAULT 'stopped'
     CHECK (container_state IN ('stopped', 'starting', 'running', 'stopping', 'error')),
-  encrypted_config jsonb CONSTRAINT configs_envelope CHECK (portal.is_envelope(encrypted_config)),
+  encrypted_config jsonb CONSTRAINT configs_envelope
+    CHECK (encrypted_config IS NULL OR portal.is_envelope(encrypted_config)),
   key_version integer REFERENCES portal.encryption_keys (version),
   config_metadata jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(config_metadata) = 'object'),
   created_at timestamptz NOT NULL DEFAULT now(),
