@@ -106,6 +106,11 @@ def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
     ("backup_retention_days=0", "backup_retention_days = 0; set the recovery window in days (> 0)"),
     ("drill_host=pgbouncer-1", "drill_host = 'pgbouncer-1' is not a database host of the inventory"),
     ('portal_database_users=["portal_app","nobody"]', "portal_database_users names nobody, not in postgres_roles"),
+    ("schema_lock_timeout=soon", "schema_lock_timeout"),
+    ("audit_partitions_ahead=1", "audit_partitions_ahead = 1 and audit_partitions_min_ahead = 2"),
+    ("portal_kms_key_id=", "portal_kms_key_id is not set"),
+    ("key_rotation_batch=0", "key_rotation_batch = 0; use rows per transaction between 1 and 100000"),
+    ("portal_kms_credentials=/nonexistent.json", "the portal's KMS credentials file /nonexistent.json is missing"),
 ])
 def test_bad_group_data_is_one_line_before_any_change(override, message):
     on("pg-primary", "rm /etc/mcp-portal/roles")  # a change any run would make
