@@ -99,6 +99,8 @@ def base_backups():
                        dest=f"/etc/systemd/system/{DRILL_UNIT}.timer", mode="644", schedule=host.data.drill_schedule),
         files.template(name="Failure recorder for scheduled units", src="templates/unit-failed@.service.j2",
                        dest="/etc/systemd/system/mcp-unit-failed@.service", mode="644"),
+        files.template(name="Failure record clearer for scheduled units", src="templates/unit-recovered@.service.j2",
+                       dest="/etc/systemd/system/mcp-unit-recovered@.service", mode="644"),
     ]
     if any(op.will_change for op in units):
         systemd.daemon_reload(name="Reload systemd units")

@@ -75,7 +75,7 @@ def test_the_timer_is_persistent_and_a_failure_is_recorded_until_the_next_succes
     finally:
         fleet("heal", "s3")
     on(PRIMARY, f"systemctl start {UNIT}", timeout=600)
-    assert on(PRIMARY, f"test -f {FAILURE}", check=False).returncode == 1
+    eventually(lambda: on(PRIMARY, f"test -f {FAILURE}", check=False).returncode == 1, what="the record's removal")
 
 
 def test_on_a_replica_the_backup_does_nothing_and_says_why(s3, backup):
