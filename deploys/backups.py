@@ -1,6 +1,8 @@
 """Base backups on a timer (verified, uploaded next to the WAL archive, on the primary only) and point-in-time
 restores from them (restore.py). hostside/base_backup.py does the work on the host; docs/backups.md."""
 
+import io
+import json
 from pathlib import Path
 
 from pyinfra import host, inventory
@@ -9,7 +11,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server, systemd
 
 from deploys import secrets
-from deploys.archive import UNIT as ARCHIVE_UNIT
+from deploys.archive import DEFAULTS as ARCHIVE_DEFAULTS, UNIT as ARCHIVE_UNIT
 from deploys.datasource import source_of
 from deploys.facts import PostgresClusters
 from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
@@ -42,6 +44,14 @@ DEFAULTS = {
     "restore_target_xid": "",
     "restore_target_name": "",
     "restore_wait_s": 1800,
+    # Restore from another environment's archive (a staging rebuild from prod's backups, docs/backups.md): its
+    # prefix, and read-only keys for it (JSON like wal_archive_credentials; empty:
+    # <secrets_dir>/s3/restore-source.json). Bucket, region and endpoint default to this environment's archive.
+    "restore_source_prefix": "",
+    "restore_source_bucket": "",
+    "restore_source_region": "",
+    "restore_source_endpoint_url": "",
+    "restore_source_credentials": "",
 }
 PROGRAM = "/usr/local/lib/mcp-portal/base_backup.py"
 UNIT = "mcp-base-backup"
@@ -49,6 +59,8 @@ RETENTION_UNIT = "mcp-backup-retention"
 RETENTION_CREDENTIALS = "/etc/mcp-portal/backup-retention.json"
 DRILL_PROGRAM = "/usr/local/lib/mcp-portal/restore_drill.py"
 DRILL_UNIT = "mcp-restore-drill"
+SOURCE_CONFIG = "/etc/mcp-portal/restore-source.json"
+SOURCE_CREDENTIALS = "/etc/mcp-portal/restore-source-credentials.json"
 TARGETS = ("time", "lsn", "xid", "name")
 
 
@@ -113,6 +125,28 @@ def base_backups():
                     service=f"{DRILL_UNIT}.timer", running=drills, enabled=drills, restarted=drills and units[5].will_change)
 
 
+def _restore_source():
+    """When restore_source_prefix names another environment's archive: its configuration and read-only keys on
+    the restore host (so the keys never sit in a command line), and True."""
+    data = host.data
+    if not data.restore_source_prefix:
+        return False
+    credentials = Path(data.restore_source_credentials or Path(data.secrets_dir) / "s3" / "restore-source.json")
+    if not credentials.is_file():
+        raise DeployError(f"{host.name}: the restore source's S3 credentials file {credentials} is missing; put "
+                          "read-only keys for the source archive there (docs/backups.md) or set restore_source_credentials")
+
+    def setting(name):
+        return data.get(f"restore_source_{name}") or data.get(f"wal_archive_{name}") or ARCHIVE_DEFAULTS[f"wal_archive_{name}"]
+    config = {"bucket": setting("bucket"), "prefix": data.restore_source_prefix, "region": setting("region"),
+              "endpoint_url": setting("endpoint_url"), "credentials_file": SOURCE_CREDENTIALS, "claim_prefix": False}
+    files.put(name="The restore source's read-only S3 keys", src=str(credentials), dest=SOURCE_CREDENTIALS,
+              user="postgres", group="postgres", mode="600")
+    files.put(name="The restore source's archive", dest=SOURCE_CONFIG, mode="644",
+              src=io.StringIO(json.dumps(config, indent=1, sort_keys=True) + "\n"))
+    return True
+
+
 @deploy("Point-in-time restore", data_defaults=DEFAULTS)
 def restore():
     """On restore_host: a new cluster restored from the newest verified backup before the target, replayed from
@@ -126,6 +160,8 @@ def restore():
         raise DeployError(f"{host.name}: cluster {major}/{cluster} exists; restore into a new cluster "
                           f"(restore_cluster) or drop it first: pg_dropcluster --stop {major} {cluster}")
     datadir = f"/var/lib/postgresql/{major}/{cluster}"
+    # The restored cluster's restore_command keeps reading the same archive as the restore (base_backup.py).
+    source = f"MCP_WAL_ARCHIVE_CONFIG={SOURCE_CONFIG} " if _restore_source() else ""
     flags = " ".join(f"--target-{t} '{v}'" for t, v in targets.items())
     wait = (f"for i in $(seq {host.data.restore_wait_s}); do [ \"$(runuser -u postgres -- psql -p {host.data.restore_port} "
             "-XtAc 'select pg_is_in_recovery()' 2>/dev/null)\" = f ] && break; sleep 1; done; "
@@ -137,8 +173,11 @@ def restore():
              + (", ".join(f"{t} {v}" for t, v in targets.items()) or "the end of the archive"),
         commands=[
             f"systemctl is-active -q {ARCHIVE_UNIT}.service",  # the archiver's configuration is on this host
+            # Whatever sits in the directory is not this run's to remove on failure: refuse before touching it.
+            f"[ ! -e {datadir} ] || [ -z \"$(ls -A {datadir})\" ] || {{ echo '{datadir} exists and is not empty: "
+            f"move it away; the restore neither writes into it nor removes it' >&2; exit 1; }}",
             # A failure before the cluster starts removes what this run made (the cluster did not exist before).
-            f"{{ runuser -u postgres -- {PROGRAM} restore {datadir} {flags} && pg_createcluster {major} {cluster} "
+            f"{{ runuser -u postgres -- env {source}{PROGRAM} restore {datadir} {flags} && pg_createcluster {major} {cluster} "
             f"-d {datadir} -p {host.data.restore_port} --start-conf=manual; }} || {{ rc=$?; "
             f"rm -rf {datadir} /etc/postgresql/{major}/{cluster}; exit $rc; }}",
             f"systemctl start postgresql@{major}-{cluster} || {{ echo 'the restored cluster did not start: see "

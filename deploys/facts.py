@@ -167,6 +167,10 @@ class SqitchChanges(FactBase):
                             "select json_object_agg(change, script_hash order by committed_at) "
                             f"from sqitch.changes where project = '{project}'")
 
+    @staticmethod
+    def default():
+        return {}
+
     def process(self, output):
         return json.loads("".join(output).strip() or "{}")
 

@@ -199,9 +199,10 @@ class Backups:
             s3.delete_objects(Bucket=self.archive.bucket, Delete={"Objects": versions[start:start + 1000], "Quiet": True})
 
     def choose(self, target_time=None, target_lsn=None):
-        """The newest verified backup of this cluster that ends before the target."""
-        candidates = [r for r in self.records() if r.get("verified")
-                      and r["system_identifier"] == self.archive.system_identifier()]
+        """The newest verified backup of the cluster the prefix belongs to that ends before the target (the prefix
+        may be another environment's: a staging rebuild restores prod's backups on a host of its own)."""
+        owner = self.archive.owner() or self.archive.system_identifier()
+        candidates = [r for r in self.records() if r.get("verified") and r["system_identifier"] == owner]
         if target_time is not None:
             candidates = [r for r in candidates if r["finished_at"] < target_time]
         if target_lsn is not None:
@@ -252,7 +253,9 @@ def recovery_settings(datadir, targets, action="promote"):
     control = subprocess.run([f"{BIN}/pg_controldata", datadir], check=True, capture_output=True, text=True).stdout
     lines = dict(line.split(":", 1) for line in control.splitlines() if ":" in line)
     settings = {name: lines[label].strip() for name, label in HOT_STANDBY_LIMITS.items()}
-    settings.update({"archive_mode": "off", "restore_command": f"{os.path.abspath(wal_archive.__file__)} fetch %f %p",
+    fetch = f"{os.path.abspath(wal_archive.__file__)} fetch %f %p"
+    source = os.environ.get("MCP_WAL_ARCHIVE_CONFIG")  # another archive than this host's (restore.py's source)
+    settings.update({"archive_mode": "off", "restore_command": f"MCP_WAL_ARCHIVE_CONFIG={source} {fetch}" if source else fetch,
                      "recovery_target_action": action, **targets})
     with open(os.path.join(datadir, "postgresql.auto.conf"), "a") as f:
         f.write("# Written by base_backup.py restore\n")

@@ -96,6 +96,10 @@ class Archive:
                 return None
             raise
 
+    def owner(self):
+        """The system identifier of the cluster the prefix belongs to (its cluster.json), or None before a claim."""
+        return (self._head(f"{self.prefix}/cluster.json") or {}).get("Metadata", {}).get("system-identifier")
+
     def system_identifier(self):
         """The cluster's system identifier: the first 8 bytes of pg_control, read on every call (a replica's
         clone replaces the cluster under a running uploader); the config may name it instead."""
@@ -220,7 +224,7 @@ def preflight(config, host_epoch, system_identifier, s3=None, kms=None):
     if skew:
         problems.append(skew)
     try:
-        owner = (archive._head(f"{archive.prefix}/cluster.json") or {}).get("Metadata", {}).get("system-identifier")
+        owner = archive.owner()
     except ClientError as exc:
         return problems + [f"the archive credentials cannot read {where} ({exc.response['Error']['Code']})"]
     if owner and system_identifier and owner != str(system_identifier):

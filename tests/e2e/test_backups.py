@@ -102,6 +102,59 @@ def test_point_in_time_restore_has_what_came_before_the_target_and_not_after(bac
     assert restored_cluster("select pg_is_in_recovery()") == "f"
 
 
+@pytest.fixture(scope="module")
+def marked_targets(backup):
+    """Row A, then a restore point, then row B, each archived: {kind: target} that falls between A and B."""
+    run = f"{time.time():.0f}"
+    psql("create table if not exists pitr_probe (label text, at timestamptz default now())")
+    xid = psql(f"with a as (insert into pitr_probe (label) values ('A{run}') returning 1) select txid_current() from a")
+    lsn = psql("select pg_current_wal_insert_lsn()")
+    psql(f"select pg_create_restore_point('e2e-{run}')")
+    psql(f"insert into pitr_probe (label) values ('B{run}')")
+    closed = psql("select pg_walfile_name(pg_switch_wal())")
+    eventually(lambda: psql("select last_archived_wal from pg_stat_archiver") >= closed, what=f"{closed} archived")
+    return run, {"restore_target_xid": xid, "restore_target_lsn": lsn, "restore_target_name": f"e2e-{run}"}
+
+
+@pytest.mark.parametrize("kind", ["restore_target_xid", "restore_target_lsn", "restore_target_name"])
+def test_point_in_time_restore_to_a_transaction_an_lsn_or_a_restore_point(marked_targets, restored_cluster, kind):
+    run, targets = marked_targets
+    result = restore(**{kind: targets[kind]})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert restored_cluster(f"select string_agg(label, ',') from pitr_probe where label like '_{run}'") == f"A{run}"
+
+
+def copy_prefix(source, dest):
+    """Every object of the archive under `source`/ copied under `dest`/, metadata included (another environment's
+    archive, as far as a restore can tell)."""
+    admin = client("s3", json.loads((Layout().local / "s3.json").read_text()))
+    # moto refuses the signature of a listing whose prefix holds a "/": list without it, filter here.
+    pages = admin.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=source)
+    keys = [o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].startswith(f"{source}/")]
+    for key in keys:
+        admin.copy_object(Bucket=BUCKET, Key=dest + key[len(source):], CopySource={"Bucket": BUCKET, "Key": key})
+    return len(keys)
+
+
+def test_a_restore_from_another_environments_archive_reads_only_that_archive(backup, restored_cluster):
+    """A staging rebuild from prod, in miniature: "prod" is this archive copied under another prefix; rows
+    archived here after the copy are not in "prod", so the restored cluster must not have them."""
+    run, source = f"{time.time():.0f}", f"e2e-source-{time.time():.0f}"
+    psql("create table if not exists pitr_probe (label text, at timestamptz default now())")
+    psql(f"insert into pitr_probe (label) values ('A{run}')")
+    closed = psql("select pg_walfile_name(pg_switch_wal())")
+    eventually(lambda: psql("select last_archived_wal from pg_stat_archiver") >= closed, what=f"{closed} archived")
+    assert copy_prefix(PREFIX, source) > 2
+    psql(f"insert into pitr_probe (label) values ('B{run}')")
+    closed = psql("select pg_walfile_name(pg_switch_wal())")
+    eventually(lambda: psql("select last_archived_wal from pg_stat_archiver") >= closed, what=f"{closed} archived")
+    result = restore(restore_source_prefix=source, restore_source_credentials=".fleet/s3/wal-archiver.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert restored_cluster(f"select string_agg(label, ',') from pitr_probe where label like '_{run}'") == f"A{run}"
+    assert "restore-source.json" in restored_cluster("show restore_command")
+    assert restored_cluster("show archive_mode") == "off"
+
+
 def forge_corrupted_backup(s3, backup):
     """A copy of `backup` with one byte flipped inside a data file, re-packed, with a record and outer checksum
     that match the new archive, as the newest backup: only pg_verifybackup's manifest check can catch it."""
@@ -216,10 +269,22 @@ def test_a_drill_on_a_backup_corrupted_inside_fails_loudly_and_is_recorded(s3):
     assert on(DRILL_HOST, f"test -f /var/lib/mcp-portal/failures/{DRILL}.json", check=False).returncode == 1
 
 
+def test_a_restore_into_a_directory_holding_files_leaves_them_alone():
+    on(RESTORE_HOST, "mkdir -p /var/lib/postgresql/17/restore && echo keep > /var/lib/postgresql/17/restore/operator-notes")
+    try:
+        result = restore()
+        assert result.returncode != 0 and "exists and is not empty: move it away" in result.stdout + result.stderr
+        assert on(RESTORE_HOST, "cat /var/lib/postgresql/17/restore/operator-notes").stdout.strip() == "keep"
+    finally:
+        on(RESTORE_HOST, "rm -rf /var/lib/postgresql/17/restore")
+
+
 @pytest.mark.parametrize("targets, message", [
     ({"restore_host": "pgbouncer-1"}, "restore.py needs --data restore_host=HOST, one of the inventory's database hosts"),
     ({"restore_target_time": "2026-11-25 16:00:00+00", "restore_target_lsn": "0/3000000"},
      "set one restore_target_* key, not restore_target_time, restore_target_lsn"),
+    ({"restore_source_prefix": "prod", "restore_source_credentials": "/nonexistent.json"},
+     "the restore source's S3 credentials file /nonexistent.json is missing"),
 ])
 def test_a_restore_with_bad_input_is_refused_before_any_change(targets, message):
     result = restore(**targets)

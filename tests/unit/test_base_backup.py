@@ -21,11 +21,12 @@ def test_lsns_compare_as_numbers():
 
 
 class Listed(Backups):
-    """Backups whose records are given, for choose()."""
+    """Backups whose records are given, for choose(), in a prefix that cluster `owner` claimed (None: unclaimed)."""
 
-    def __init__(self, records):
+    def __init__(self, records, owner="7"):
         super().__init__({"bucket": "b", "prefix": "p", "system_identifier": "7"})
         self.given = records
+        self.archive.owner = lambda: owner
 
     def records(self):
         return self.given
@@ -43,6 +44,12 @@ RECORDS = [
                                                (None, "0/6FFFFFF", "1"), (None, "0/7000000", "3")])
 def test_the_newest_verified_backup_of_this_cluster_ending_before_the_target(time, lsn, chosen):
     assert Listed(RECORDS).choose(time, lsn)["id"] == chosen
+
+
+@pytest.mark.parametrize("owner, chosen", [("8", "4"), (None, "3")])
+def test_the_backups_chosen_are_the_prefix_owners_even_from_another_clusters_host(owner, chosen):
+    # A staging host (system identifier 7) restoring prod's prefix (claimed by 8) restores prod's backups.
+    assert Listed(RECORDS, owner).choose()["id"] == chosen
 
 
 def test_no_backup_before_the_target_is_an_error():
