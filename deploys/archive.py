@@ -5,7 +5,6 @@ and a preflight at plan time that stops the run before a silently failing archiv
 
 import io
 import json
-from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -46,7 +45,7 @@ UNIT = "mcp-wal-archive"
 
 
 def _credentials_file():
-    return Path(host.data.wal_archive_credentials or Path(host.data.secrets_dir) / "s3" / "wal-archiver.json")
+    return secrets.keys_file("wal_archive_credentials", "s3", "wal-archiver.json")
 
 
 def _config():

@@ -3,7 +3,6 @@ restores from them (restore.py). hostside/base_backup.py does the work on the ho
 
 import io
 import json
-from pathlib import Path
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
@@ -65,7 +64,7 @@ TARGETS = ("time", "lsn", "xid", "name")
 
 
 def _retention_credentials():
-    return Path(host.data.backup_retention_credentials or Path(host.data.secrets_dir) / "s3" / "backup-retention.json")
+    return secrets.keys_file("backup_retention_credentials", "s3", "backup-retention.json")
 
 
 def _drill_host():
@@ -131,7 +130,7 @@ def _restore_source():
     data = host.data
     if not data.restore_source_prefix:
         return False
-    credentials = Path(data.restore_source_credentials or Path(data.secrets_dir) / "s3" / "restore-source.json")
+    credentials = secrets.keys_file("restore_source_credentials", "s3", "restore-source.json")
     if not credentials.is_file():
         raise DeployError(f"{host.name}: the restore source's S3 credentials file {credentials} is missing; put "
                           "read-only keys for the source archive there (docs/backups.md) or set restore_source_credentials")

@@ -5,7 +5,6 @@ as the schema is there; rotation is an operator's command (docs/schema.md). docs
 
 import io
 import json
-from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -35,7 +34,7 @@ ROLE = "portal_maintenance"
 
 
 def _credentials_file():
-    return Path(host.data.portal_kms_credentials or Path(host.data.secrets_dir) / "kms" / "portal-keys.json")
+    return secrets.keys_file("portal_kms_credentials", "kms", "portal-keys.json")
 
 
 def _config():

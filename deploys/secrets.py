@@ -20,6 +20,11 @@ def directory():
     return Path(host.data.secrets_dir)
 
 
+def keys_file(knob, *default):
+    """The key file group_data `knob` names, or <secrets_dir>/<default...> when it names none."""
+    return Path(host.data.get(knob) or directory().joinpath(*default))
+
+
 def generated():
     """True where the deploy makes the secrets; refuses an unknown source."""
     source = host.data.secrets_source
