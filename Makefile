@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # Debian packages the control machine needs (the hosts get theirs from the deploy).
 DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv
 
-.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet bench-deploy bench-archive bench-backup
+.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet bench-deploy bench-archive bench-backup bench-rls
 
 ## make local: virtualenv, fleet up, deploy to the fleet, post-deploy checks
 local: deps venv up deploy check
@@ -68,3 +68,6 @@ bench-archive: venv deps
 
 bench-backup: venv deps
 	$(BIN)/python bench/backup.py
+
+bench-rls: venv deps
+	$(BIN)/python bench/rls.py

@@ -102,6 +102,10 @@ def sqitch_command(cluster, owner, lock_timeout, database, action):
 @deploy("Portal schema", data_defaults=DEFAULTS)
 def migrations():
     """On the primary: sql/ shipped, and sqitch deploys what is pending as portal_owner."""
+    if host.data.portal_database_owner != "portal_owner":
+        raise DeployError(f"{host.name}: {source_of('portal_database_owner')}: portal_database_owner = "
+                          f"{host.data.portal_database_owner!r}, but the migrations make their objects for "
+                          "portal_owner; keep portal_owner")
     problem = roles_problem(host.data.postgres_roles)
     if problem:
         raise DeployError(f"{host.name}: {source_of('postgres_roles')}: {problem}")

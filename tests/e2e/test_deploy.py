@@ -107,6 +107,7 @@ def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
     ("drill_host=pgbouncer-1", "drill_host = 'pgbouncer-1' is not a database host of the inventory"),
     ('portal_database_users=["portal_app","nobody"]', "portal_database_users names nobody, not in postgres_roles"),
     ("schema_lock_timeout=soon", "schema_lock_timeout"),
+    ("portal_database_owner=someone", "the migrations make their objects for portal_owner"),
     ("audit_partitions_ahead=1", "audit_partitions_ahead = 1 and audit_partitions_min_ahead = 2"),
     ("portal_kms_key_id=", "portal_kms_key_id is not set"),
     ("key_rotation_batch=0", "key_rotation_batch = 0; use rows per transaction between 1 and 100000"),
