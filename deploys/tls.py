@@ -58,7 +58,11 @@ def ensure_ca(tls_dir, days):
     tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     cert_path, key_path = tls_dir / "ca.crt", tls_dir / "ca.key"
     if cert_path.exists() and key_path.exists():
-        return x509.load_pem_x509_certificate(cert_path.read_bytes()), serialization.load_pem_private_key(key_path.read_bytes(), None)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        # A CA made before the deploy added key identifiers: strict verifiers (Python 3.13's default) refuse its
+        # certificates, so it is replaced, and every certificate with it (see needs_new_certificate).
+        if _key_identifier(cert, x509.SubjectKeyIdentifier):
+            return cert, serialization.load_pem_private_key(key_path.read_bytes(), None)
     key = _new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"MCP Portal database tier CA ({tls_dir.parent.name})")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -68,6 +72,7 @@ def ensure_ca(tls_dir, days):
         .not_valid_after(now + datetime.timedelta(days=10 * days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     _write_private(key_path, _pem_key(key))
@@ -75,10 +80,20 @@ def ensure_ca(tls_dir, days):
     return cert, key
 
 
-def needs_new_certificate(cert_path, sans, renew_days, now=None):
+def _key_identifier(cert, extension):
+    try:
+        found = cert.extensions.get_extension_for_class(extension).value
+    except x509.ExtensionNotFound:
+        return None
+    return found.digest if extension is x509.SubjectKeyIdentifier else found.key_identifier
+
+
+def needs_new_certificate(cert_path, sans, renew_days, ca_cert, now=None):
     if not cert_path.exists():
         return "missing"
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    if _key_identifier(cert, x509.AuthorityKeyIdentifier) != _key_identifier(ca_cert, x509.SubjectKeyIdentifier):
+        return "not issued by the current CA"
     now = now or datetime.datetime.now(datetime.timezone.utc)
     if cert.not_valid_after_utc - now < datetime.timedelta(days=renew_days):
         return f"expires {cert.not_valid_after_utc:%Y-%m-%d}"
@@ -91,9 +106,9 @@ def needs_new_certificate(cert_path, sans, renew_days, now=None):
 def issue(tls_dir, name, sans, days, renew_days):
     """The host's certificate and key in tls_dir, (re)issued only when missing, near expiry or misnamed."""
     cert_path, key_path = tls_dir / f"{name}.crt", tls_dir / f"{name}.key"
-    if not needs_new_certificate(cert_path, sans, renew_days):
-        return cert_path, key_path
     ca_cert, ca_key = ensure_ca(tls_dir, days)
+    if not needs_new_certificate(cert_path, sans, renew_days, ca_cert):
+        return cert_path, key_path
     key = _new_key()
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
@@ -103,6 +118,8 @@ def issue(tls_dir, name, sans, days, renew_days):
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     _write_private(key_path, _pem_key(key))
@@ -125,11 +142,12 @@ def local_files():
 
 
 @deploy("TLS certificates", data_defaults=DEFAULTS)
-def certificates(owner="root"):
-    """Ship this host's CA certificate, certificate and key (0600, readable by `owner` only); returns the
-    operations by what they ship, for the services that must reload when one changes."""
+def certificates(owner="root", remote=None):
+    """Ship this host's CA certificate, certificate and key (0600, readable by `owner` only) to `remote`
+    (default: tls_remote_dir); returns the operations by what they ship, for the services that must reload
+    when one changes."""
     ca, cert, key = local_files()
-    remote = host.data.tls_remote_dir
+    remote = remote or host.data.tls_remote_dir
     files.directory(name="TLS directory", path=remote, user="root", group=owner, mode="750")
     return {
         "CA certificate": files.put(name="CA certificate", src=str(ca), dest=f"{remote}/ca.crt", user="root", group=owner, mode="644"),
