@@ -5,6 +5,7 @@ and a preflight at plan time that stops the run before a silently failing archiv
 
 import io
 import json
+import os
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -95,6 +96,9 @@ def wal_archiver():
     apt.packages(name="Install python3-boto3 (the archiver's S3 client)", packages=["python3-boto3"])
     program = files.put(name="The WAL archiver", src="hostside/wal_archive.py", dest=PROGRAM, mode="755",
                         create_remote_dir=True)
+    # Beside the archiver, which every host-side program imports: their monitoring metrics' writer.
+    metrics_writer = files.put(name="The host-side programs' metrics writer", src="hostside/textfile.py",
+                               dest=f"{os.path.dirname(PROGRAM)}/textfile.py", mode="644")
     configuration = files.put(name="The archiver's configuration", dest=CONFIG, mode="644",
                               src=io.StringIO(json.dumps(config, indent=1, sort_keys=True) + "\n"))
     credentials = files.put(name="The archive's S3 credentials", src=str(_credentials_file()), dest=CREDENTIALS,
@@ -103,7 +107,7 @@ def wal_archiver():
                           dest=f"/etc/systemd/system/{UNIT}.service", mode="644", program=PROGRAM)
     if unit.will_change:
         systemd.daemon_reload(name="Reload systemd units")
-    changed = any(op.will_change for op in (program, configuration, credentials, unit))
+    changed = any(op.will_change for op in (program, metrics_writer, configuration, credentials, unit))
     systemd.service(name="The resident uploader runs and starts at boot", service=f"{UNIT}.service", running=True,
                     enabled=True, restarted=changed)
     return {

@@ -27,7 +27,8 @@ import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import wal_archive  # noqa: E402  (installed side by side)
+import textfile  # noqa: E402  (installed side by side)
+import wal_archive  # noqa: E402
 
 BIN = "/usr/lib/postgresql/17/bin"
 RECORD = "backup.json"
@@ -299,6 +300,18 @@ def download(archive, key, path, digest):
         raise wal_archive.ArchiveError(f"s3://{archive.bucket}/{key} does not match its recorded sha256: not restored")
 
 
+def record_backup(record):
+    """The last verified backup, for monitoring's freshness alerts (a failed run is the unit's failure metric)."""
+    textfile.write("base_backup", [
+        ("mcp_base_backup_last_success_timestamp_seconds", "When the last verified base backup finished.",
+         record["finished_at"]),
+        ("mcp_base_backup_size_bytes", "Packed size of the last base backup.", record["size_bytes"]),
+        ("mcp_base_backup_duration_seconds", "Backup, verification, packing and upload of the last base backup.",
+         record["finished_at"] - record["started_at"]),
+        ("mcp_base_backup_verified", "1 when pg_verifybackup passed the last base backup.", int(record["verified"])),
+    ])
+
+
 def main(argv):
     parser = argparse.ArgumentParser(prog="base_backup.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -319,9 +332,16 @@ def main(argv):
     backups = Backups(config)
     try:
         if args.command == "run":
-            backups.run(args.work_dir)
+            record = backups.run(args.work_dir)
+            if record:
+                record_backup(record)
         elif args.command == "retain":
-            backups.retain(args.window_days * 86400)
+            deleted = backups.retain(args.window_days * 86400)
+            textfile.write("backup_retention", [
+                ("mcp_backup_retention_last_success_timestamp_seconds", "When retention last ran to its end.",
+                 time.time()),
+                ("mcp_backup_retention_deleted_objects", "Objects (all versions) the last retention run deleted.",
+                 len(deleted))])
         elif args.command == "list":
             for record in backups.records():
                 print(json.dumps(record, sort_keys=True))

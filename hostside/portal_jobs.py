@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 
-METRICS_DIR = "/var/lib/mcp-portal/metrics"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import textfile  # noqa: E402  (installed side by side)
+
 ROLE = "portal_maintenance"
 # Maintenance DDL takes brief exclusive locks: give up rather than queue the portal's queries behind them.
 LOCK_TIMEOUT = "10s"
@@ -36,25 +38,17 @@ def psql(args, sql):
     return done.stdout.strip()
 
 
-def write_metrics(name, lines, directory=METRICS_DIR):
-    """A node-exporter textfile, replaced atomically so the collector never reads half of it."""
-    path = os.path.join(directory, f"{name}.prom")
-    with open(path + ".tmp", "w") as out:
-        out.write("".join(f"{line}\n" for line in lines))
-    os.replace(path + ".tmp", path)
-
-
 def audit_partitions(args):
     made = int(psql(args, f"select portal.ensure_audit_partitions({args.ahead})"))
     moved = int(psql(args, "select portal.archive_audit_partitions()"))
     horizon = int(psql(args, "select portal.audit_partition_horizon()"))
-    write_metrics("audit_partitions", [
-        "# HELP mcp_portal_audit_partitions_ahead_months Whole months of audit partitions after the current one.",
-        "# TYPE mcp_portal_audit_partitions_ahead_months gauge",
-        f"mcp_portal_audit_partitions_ahead_months {horizon}",
-        "# HELP mcp_portal_audit_partitions_run_timestamp_seconds When the partition job last ran to its end.",
-        "# TYPE mcp_portal_audit_partitions_run_timestamp_seconds gauge",
-        f"mcp_portal_audit_partitions_run_timestamp_seconds {time.time():.0f}",
+    textfile.write("audit_partitions", [
+        ("mcp_portal_audit_partitions_ahead_months", "Whole months of audit partitions after the current one.",
+         horizon),
+        ("mcp_portal_audit_partitions_min_ahead_months", "Fewer months ahead fails the job (audit_partitions_min_ahead).",
+         args.min_ahead),
+        ("mcp_portal_audit_partitions_run_timestamp_seconds", "When the partition job last ran to its end.",
+         time.time()),
     ])
     print(f"audit partitions: {made} made, {moved} archived or dropped, {horizon} months ahead")
     if horizon < args.min_ahead:

@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import base_backup  # noqa: E402  (installed side by side)
+import textfile  # noqa: E402
 import wal_archive  # noqa: E402
 
 RESULT = "/var/lib/mcp-portal/drill/last.json"
@@ -93,8 +94,22 @@ def drill(config, scratch, port, wait_s):
         with open(RESULT + ".new", "w") as f:
             json.dump(result, f, indent=1)
         os.rename(RESULT + ".new", RESULT)
+        record_drill(result)
     base_backup.say(f"drill: {'passed' if result['ok'] else 'FAILED'}: {json.dumps(result, sort_keys=True)}")
     return result["ok"]
+
+
+def record_drill(result):
+    textfile.write("restore_drill", [
+        ("mcp_restore_drill_last_run_timestamp_seconds", "When the restore drill last finished.",
+         result["started_at"] + result["duration_s"]),
+        ("mcp_restore_drill_success", "1 when the last restore drill passed every check.", int(result["ok"])),
+        ("mcp_restore_drill_duration_seconds", "How long the last restore drill took.", result["duration_s"]),
+    ])
+    if result["ok"]:
+        textfile.write("restore_drill_success", [
+            ("mcp_restore_drill_last_success_timestamp_seconds", "When a restore drill last passed.",
+             result["started_at"] + result["duration_s"])])
 
 
 def main(argv):

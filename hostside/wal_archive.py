@@ -26,6 +26,9 @@ import struct
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import textfile  # noqa: E402  (installed side by side)
+
 CONFIG = "/etc/mcp-portal/wal-archive.json"
 COMPRESSIONS = {"none": (lambda data: data, lambda data: data), "gzip": (lambda data: gzip.compress(data, 1), gzip.decompress)}
 HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
@@ -289,6 +292,13 @@ def handoff(socket_path, path, name):
     return verdict == "ok", message
 
 
+def record_push(outcome):
+    """The archive's freshness for monitoring: when archive_command last succeeded, and last failed."""
+    textfile.write(f"wal_archive_{outcome}", [
+        (f"mcp_wal_archive_last_{outcome}_timestamp_seconds", f"When archive_command last reported {outcome}.",
+         time.time())])
+
+
 def main(argv):
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else ("", [])
     usage = {"push": 2, "fetch": 2, "serve": 0, "check": 0}
@@ -298,13 +308,18 @@ def main(argv):
     config = load_config(os.environ.get("MCP_WAL_ARCHIVE_CONFIG", CONFIG))
     try:
         if command == "push":
-            verdict = handoff(config["socket"], *args)
-            if verdict is None:  # no uploader: do it here, slower but just as safe
-                ok, message = True, Archive(config).push(*args)
-            else:
-                ok, message = verdict
-            if not ok:
-                raise ArchiveError(message)
+            try:
+                verdict = handoff(config["socket"], *args)
+                if verdict is None:  # no uploader: do it here, slower but just as safe
+                    ok, message = True, Archive(config).push(*args)
+                else:
+                    ok, message = verdict
+                if not ok:
+                    raise ArchiveError(message)
+            except Exception:
+                record_push("failure")
+                raise
+            record_push("success")
             return 0
         if command == "fetch":
             return 0 if Archive(config).fetch(*args) else 1

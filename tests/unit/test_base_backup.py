@@ -66,3 +66,15 @@ def test_cli_usage_errors_exit_2(capsys):
 def test_segment_numbers_match_wal_file_names():
     # 000000010000000200000003 holds LSN 2/03000000..2/03FFFFFF
     assert base_backup.segment_number("2/3000000") == 2 * 256 + 3 == base_backup.segment_number("2/3FFFFFF")
+
+
+def metrics_of(path):
+    return dict(line.split() for line in path.read_text().splitlines() if not line.startswith("#"))
+
+
+def test_a_backup_is_recorded_for_monitoring(tmp_path, monkeypatch):
+    monkeypatch.setenv("MCP_METRICS_DIR", str(tmp_path))
+    base_backup.record_backup({"started_at": 1000.0, "finished_at": 1090.5, "size_bytes": 123, "verified": True})
+    assert metrics_of(tmp_path / "base_backup.prom") == {
+        "mcp_base_backup_last_success_timestamp_seconds": "1090.5", "mcp_base_backup_size_bytes": "123",
+        "mcp_base_backup_duration_seconds": "90.5", "mcp_base_backup_verified": "1"}

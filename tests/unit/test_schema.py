@@ -10,7 +10,6 @@ import pytest
 
 from deploys.roles import DEFAULTS as ROLES_DEFAULTS
 from deploys.schema import SQL_DIR, pending_changes, plan_changes, roles_problem, script_hash
-from hostside import portal_jobs
 
 SQUAWK = Path(sys.executable).with_name("squawk")
 
@@ -109,10 +108,3 @@ def roles_with(**changes):
 def test_roles_the_migrations_rely_on(changes, problem):
     found = roles_problem(roles_with(**changes))
     assert found == problem if problem is None else problem in found
-
-
-def test_metrics_are_replaced_whole(tmp_path):
-    portal_jobs.write_metrics("audit_partitions", ["a 1"], directory=tmp_path)
-    portal_jobs.write_metrics("audit_partitions", ["a 2", "b 3"], directory=tmp_path)
-    assert (tmp_path / "audit_partitions.prom").read_text() == "a 2\nb 3\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["audit_partitions.prom"]

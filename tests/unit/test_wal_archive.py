@@ -4,6 +4,7 @@ over a real Unix socket. Its S3 behaviour is tested on the fleet (tests/e2e/test
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -86,12 +87,27 @@ def test_handoff_is_none_without_an_uploader(tmp_path):
     assert handoff(str(tmp_path / "nobody"), "p", "n") is None
 
 
-def test_push_exits_non_zero_with_one_line_when_the_uploader_refuses(tmp_path, monkeypatch, capsys):
+def push_with_verdict(tmp_path, monkeypatch, reply):
     config = tmp_path / "wal-archive.json"
-    config.write_text('{"bucket": "b", "prefix": "p", "socket": "%s"}' % uploader(tmp_path, b"error SPLIT BRAIN? x\n"))
+    config.write_text('{"bucket": "b", "prefix": "p", "socket": "%s"}' % uploader(tmp_path, reply))
     monkeypatch.setenv("MCP_WAL_ARCHIVE_CONFIG", str(config))
-    assert main(["wal_archive.py", "push", "pg_wal/000000010000000000000003", "000000010000000000000003"]) == 1
+    monkeypatch.setenv("MCP_METRICS_DIR", str(tmp_path))
+    return main(["wal_archive.py", "push", "pg_wal/000000010000000000000003", "000000010000000000000003"])
+
+
+def test_push_exits_non_zero_with_one_line_when_the_uploader_refuses(tmp_path, monkeypatch, capsys):
+    assert push_with_verdict(tmp_path, monkeypatch, b"error SPLIT BRAIN? x\n") == 1
     assert capsys.readouterr().err == "wal_archive push: SPLIT BRAIN? x\n"
+    assert "mcp_wal_archive_last_failure_timestamp_seconds 1" in (tmp_path / "wal_archive_failure.prom").read_text()
+    assert not (tmp_path / "wal_archive_success.prom").exists()
+
+
+def test_a_successful_push_records_its_time(tmp_path, monkeypatch):
+    before = time.time()
+    assert push_with_verdict(tmp_path, monkeypatch, b"ok archived\n") == 0
+    metric = (tmp_path / "wal_archive_success.prom").read_text().splitlines()[-1]
+    assert metric.startswith("mcp_wal_archive_last_success_timestamp_seconds ")
+    assert before <= float(metric.split()[1]) <= time.time()
 
 
 def test_usage_errors_exit_2(capsys):
