@@ -11,6 +11,7 @@ from deploys.backups import base_backups
 from deploys.base import baseline
 from deploys.encryption import data_keys
 from deploys.heartbeat import heartbeat_table, heartbeat_writer
+from deploys.monitoring import node_metrics, pgbouncer_metrics, postgres_metrics
 from deploys.ordering import barrier
 from deploys.pgbouncer import databases, pooled_connections, pooler
 from deploys.postgres import configuration, server_packages
@@ -25,6 +26,7 @@ config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 config.FAIL_PERCENT = 0
 
 DATABASE_GROUPS = {"primary", "replicas"}
+TIER_GROUPS = DATABASE_GROUPS | {"pgbouncer"}
 replica = "replicas" in host.groups
 
 baseline()
@@ -50,3 +52,9 @@ if DATABASE_GROUPS & set(host.groups):
 if "pgbouncer" in host.groups:
     pooler()
     heartbeat_writer()
+if TIER_GROUPS & set(host.groups):  # not the local fleet's S3 endpoint
+    node_metrics(database_host=bool(DATABASE_GROUPS & set(host.groups)))
+if DATABASE_GROUPS & set(host.groups):
+    postgres_metrics()
+if "pgbouncer" in host.groups:
+    pgbouncer_metrics()

@@ -67,7 +67,7 @@ def _retention_credentials():
     return secrets.keys_file("backup_retention_credentials", "s3", "backup-retention.json")
 
 
-def _drill_host():
+def drill_host():
     names = [h.name for h in inventory.get_group("replicas", []) + inventory.get_group("primary", [])]
     chosen = host.data.drill_host or names[0]
     if chosen not in names:
@@ -119,7 +119,7 @@ def base_backups():
                     enabled=True, restarted=units[1].will_change)
     systemd.service(name="Retention timer runs and starts at boot", service=f"{RETENTION_UNIT}.timer", running=True,
                     enabled=True, restarted=units[3].will_change)
-    drills = host.name == _drill_host()
+    drills = host.name == drill_host()
     systemd.service(name="Restore drill timer runs on the drill host only",
                     service=f"{DRILL_UNIT}.timer", running=drills, enabled=drills, restarted=drills and units[5].will_change)
 

@@ -17,6 +17,7 @@ from fleet.s3endpoint import client
 from tests.e2e.test_deploy import PYINFRA, REPO
 from tests.e2e.test_wal_archive import BUCKET, PREFIX, eventually, psql
 from tests.fleet_helpers import fleet, on
+from tests.metrics import scrape, value
 
 PRIMARY, RESTORE_HOST = "pg-primary", "pg-replica-2"
 UNIT = "mcp-base-backup.service"
@@ -72,10 +73,16 @@ def test_the_timer_is_persistent_and_a_failure_is_recorded_until_the_next_succes
     try:
         assert on(PRIMARY, f"systemctl start {UNIT}", check=False, timeout=600).returncode != 0
         eventually(lambda: on(PRIMARY, f"test -f {FAILURE}", check=False).returncode == 0, what="the failure record")
+        assert unit_failed(PRIMARY, UNIT) > time.time() - 600  # what monitoring scrapes
     finally:
         fleet("heal", "s3")
     on(PRIMARY, f"systemctl start {UNIT}", timeout=600)
     eventually(lambda: on(PRIMARY, f"test -f {FAILURE}", check=False).returncode == 1, what="the record's removal")
+    assert unit_failed(PRIMARY, UNIT) is None
+
+
+def unit_failed(host, unit):
+    return value(scrape(host, "node"), "mcp_unit_failed_timestamp_seconds", unit=unit)
 
 
 def test_on_a_replica_the_backup_does_nothing_and_says_why(s3, backup):
@@ -253,6 +260,10 @@ def test_the_drill_restores_the_newest_backup_and_finds_the_canary(backup):
     assert outcome == "success" and result["ok"], result
     assert result["checks"] == {"replay_reached_backup_end": True, "canary_present": True, "amcheck_clean": True}
     assert result["canary"]["writer"] == "pgbouncer-1"
+    metrics = scrape(DRILL_HOST, "node")
+    assert value(metrics, "mcp_restore_drill_success") == 1
+    assert value(metrics, "mcp_restore_drill_duration_seconds") == result["duration_s"]
+    assert value(metrics, "mcp_restore_drill_last_success_timestamp_seconds") == result["started_at"] + result["duration_s"]
 
 
 def test_a_drill_on_a_backup_corrupted_inside_fails_loudly_and_is_recorded(s3):
@@ -261,6 +272,8 @@ def test_a_drill_on_a_backup_corrupted_inside_fails_loudly_and_is_recorded(s3):
         result, outcome = run_drill()
         assert outcome != "success" and not result["ok"] and "pg_verifybackup" in result["error"]
         assert on(DRILL_HOST, f"test -f /var/lib/mcp-portal/failures/{DRILL}.json").returncode == 0
+        assert value(scrape(DRILL_HOST, "node"), "mcp_restore_drill_success") == 0
+        assert unit_failed(DRILL_HOST, DRILL) is not None
     finally:
         for name in ("base.tar.gz", "backup.json"):
             s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{forged_id}/{name}")

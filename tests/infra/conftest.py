@@ -51,7 +51,8 @@ def load_targets(inventory_file):
 
 
 # Fixture name -> the inventory groups whose hosts it runs on (None: every host).
-TARGET_FIXTURES = {"target": None, "db_target": {"primary", "replicas"}, "primary_target": {"primary"},
+TARGET_FIXTURES = {"target": None, "tier_target": {"primary", "replicas", "pgbouncer"},
+                   "db_target": {"primary", "replicas"}, "primary_target": {"primary"},
                    "replica_target": {"replicas"}, "pgbouncer_target": {"pgbouncer"}}
 
 
