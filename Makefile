@@ -3,7 +3,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-from-pyproject
 # Debian packages the control machine needs (the hosts get theirs from the deploy).
-DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv
+# prometheus: its promtool checks and unit-tests the alert rules (monitoring/).
+DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv prometheus
 
 .PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet bench-deploy bench-archive bench-backup bench-rls
 
@@ -12,7 +13,7 @@ local: deps venv up deploy check
 
 deps:
 	@command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v apt-cacher-ng >/dev/null \
-	  && command -v ssh >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEPS); }
+	  && command -v ssh >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEPS); }
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)

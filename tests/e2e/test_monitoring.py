@@ -1,0 +1,209 @@
+"""The exporters on the fleet, scraped as Prometheus would (HTTPS against the tier's CA, basic auth): each answers
+with the tier's series; an S3 outage moves the archive's metrics and, replayed through promtool, fires the alert;
+a backup run updates its freshness metrics to what its record in S3 says."""
+
+import json
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from fleet.layout import Layout
+from fleet.s3endpoint import client
+from tests.e2e.test_backups import UNIT as BACKUP_UNIT
+from tests.e2e.test_backups import records
+from tests.e2e.test_wal_archive import PRIMARY, eventually, switch
+from tests.fleet_helpers import fleet, on
+from tests.metrics import SECRETS, fetch, password, scrape, value
+
+REPO = Path(__file__).resolve().parents[2]
+PROMETHEUS_PORT = 19090
+ALERTS = REPO / "monitoring" / "alerts.yml"
+REPLICAS = ["pg-replica-1", "pg-replica-2"]
+DATABASE_HOSTS = [PRIMARY, *REPLICAS]
+ARCHIVE_ALERT = 'ALERTS{alertname="MCPWalArchiveFailing"'
+POSTGRES_JOB = {"instance": PRIMARY, "job": "mcp-postgres", "server": "/var/run/postgresql:5432"}
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    """A real Prometheus (Debian's, on the control machine) with monitoring/prometheus.yml's jobs pointed at the
+    fleet and monitoring/alerts.yml, scraping and evaluating every 5 s; returns a PromQL query function."""
+    work = tmp_path_factory.mktemp("prometheus")
+    (work / "password").write_text(password())
+    config = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "5s", "evaluation_interval": "5s"}
+    config["rule_files"] = [str(ALERTS)]
+    hosts = {"mcp-node": [*DATABASE_HOSTS, "pgbouncer-1"], "mcp-postgres": DATABASE_HOSTS, "mcp-pgbouncer": ["pgbouncer-1"]}
+    for job in config["scrape_configs"]:
+        port = job["static_configs"][0]["targets"][0].rsplit(":", 1)[1]
+        job["static_configs"] = [{"targets": [f"{host}:{port}" for host in hosts[job["job_name"]]]}]
+        job["tls_config"]["ca_file"] = str(SECRETS / "tls" / "ca.crt")
+        job["basic_auth"]["password_file"] = str(work / "password")
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    server = subprocess.Popen(["prometheus", f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+                               f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"],
+                              stdout=subprocess.DEVNULL, stderr=open(work / "log", "w"))
+
+    def query(promql):
+        url = f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)["data"]["result"]
+    try:
+        eventually(lambda: server.poll() is None and len(ready(query)) == 8, timeout=60,
+                   what="Prometheus scraping all 8 exporters")
+        yield query
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def ready(query):
+    try:
+        return query("up == 1")
+    except OSError:  # not listening yet
+        return []
+
+
+@pytest.fixture(scope="module")
+def s3():
+    return client("s3", json.loads((Layout().local / "s3.json").read_text()))
+
+
+def test_every_host_exports_its_certificates_expiry_and_readable_tier_metrics():
+    for host in [*DATABASE_HOSTS, "pgbouncer-1"]:
+        node = scrape(host, "node")
+        certificate = x509.load_pem_x509_certificate((SECRETS / "tls" / f"{host}.crt").read_bytes())
+        assert value(node, "mcp_tls_certificate_not_after_timestamp_seconds") == int(
+            certificate.not_valid_after_utc.timestamp())
+        assert value(node, "node_textfile_scrape_error") == 0, host
+        assert (value(node, "mcp_base_backup_max_age_seconds") == 26 * 3600) == (host in DATABASE_HOSTS)
+        assert (value(node, "mcp_replication_lag_threshold_seconds") == 60) == (host in REPLICAS)
+        assert (value(node, "mcp_restore_drill_max_age_seconds") == 8 * 86400) == (host == "pg-replica-1")
+
+
+def test_the_postgres_exporter_sees_each_servers_role_and_replication():
+    for host in DATABASE_HOSTS:
+        metrics = scrape(host, "postgres")
+        assert value(metrics, "pg_up") == 1
+        assert value(metrics, "pg_replication_is_replica") == (host in REPLICAS)
+        assert value(metrics, "mcp_wal_receiver_streaming") == (host in REPLICAS)
+        assert value(metrics, "mcp_archiver_ready_files") is not None
+        assert value(metrics, "pg_database_wraparound_age_datfrozenxid_seconds", datname="portal") > 0
+    slots = scrape(PRIMARY, "postgres")
+    for replica in REPLICAS:
+        slot = f"replica_{replica.replace('-', '_')}"
+        assert value(slots, "pg_replication_slot_slot_is_active", slot_name=slot) == 1
+
+
+def test_the_pgbouncer_exporter_reads_the_pools_through_the_stats_user():
+    metrics = scrape("pgbouncer-1", "pgbouncer")
+    assert value(metrics, "pgbouncer_up") == 1
+    assert value(metrics, "pgbouncer_databases_max_connections", name="portal") == 30  # pgbouncer_pool
+    assert value(metrics, "pgbouncer_pools_client_maxwait_seconds", database="portal", user="heartbeat") is not None
+
+
+def test_scrapes_need_tls_and_the_password_and_reach_only_the_named_address():
+    assert fetch(PRIMARY, "node", user=None)[0] == 401
+    assert fetch(PRIMARY, "postgres", secret="wrong")[0] == 401
+    plain = subprocess.run(["curl", "-s", f"http://{PRIMARY}:9100/metrics"], capture_output=True, text=True)
+    assert "HTTP request to an HTTPS server" in plain.stdout
+    listening = on(PRIMARY, "ss -Hltn").stdout
+    for port in (9100, 9187):
+        assert f"198.51.100.11:{port} " in listening and f"127.0.0.1:{port} " not in listening
+        assert f"*:{port} " not in listening and f"0.0.0.0:{port} " not in listening
+    assert on(PRIMARY, "stat -c '%U:%G %a' /etc/default/prometheus-postgres-exporter").stdout.split() == [
+        "prometheus:prometheus", "640"]  # it holds the monitoring role's password
+
+
+def test_prometheus_scrapes_every_exporter_and_evaluates_every_rule_on_the_fleets_data(prometheus):
+    up = {(r["metric"]["job"], r["metric"]["instance"]) for r in prometheus("up == 1")}
+    assert ("mcp-postgres", "pg-replica-2") in up and ("mcp-pgbouncer", "pgbouncer-1") in up and len(up) == 8
+    # The joins the rules rely on hold on real data: one threshold per replica, matched to its own lag.
+    joined = prometheus("pg_replication_lag_seconds - on(instance) mcp_replication_lag_threshold_seconds")
+    assert sorted(r["metric"]["instance"] for r in joined) == REPLICAS
+    eventually(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in rules()), timeout=30,
+               what="every rule evaluated")
+    assert len(rules()) == 27 and [r for r in rules() if r["health"] != "ok"] == []
+    firing = [r["metric"]["alertname"] for r in prometheus('ALERTS{alertstate="firing"}')]
+    assert firing == [], f"a healthy fleet fires {firing}"
+
+
+def rules():
+    """The alert rules as the Prometheus fixture evaluates them: health, last evaluation."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/rules", timeout=10) as response:
+        return [r for g in json.load(response)["data"]["groups"] for r in g["rules"]]
+
+
+def archive_series():
+    metrics = scrape(PRIMARY, "postgres")
+    names = ("failed_count", "last_failed_timestamp_seconds", "last_archived_timestamp_seconds")
+    return {name: value(metrics, f"mcp_archiver_{name}") for name in names}
+
+
+def alert_fires(scrapes, minutes_held):
+    """promtool's verdict on MCPWalArchiveFailing for these real scrapes, one a minute, the last one held."""
+    rule = next(r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]
+                if r.get("alert") == "MCPWalArchiveFailing")
+    held = scrapes + [scrapes[-1]] * minutes_held
+    labels = ",".join(f'{key}="{label}"' for key, label in POSTGRES_JOB.items())
+    series = [{"series": f"mcp_archiver_{name}{{{labels}}}", "values": " ".join(repr(s[name]) for s in held)}
+              for name in scrapes[0]]
+    expected = {"exp_labels": {**POSTGRES_JOB, "severity": "critical"},
+                "exp_annotations": {k: v.replace("{{ $labels.instance }}", PRIMARY)
+                                    for k, v in rule["annotations"].items()}}
+    test = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": f"{len(held) - 1}m", "alertname": "MCPWalArchiveFailing",
+                             "exp_alerts": [expected]}]}]}
+    path = Path("/tmp") / "mcp-archive-alert-test.yml"
+    path.write_text(yaml.safe_dump(test))
+    verdict = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True)
+    return verdict.returncode == 0, verdict.stdout + verdict.stderr
+
+
+def test_an_s3_outage_moves_the_archive_metrics_and_fires_the_alert(prometheus):
+    before = archive_series()
+    fleet("cut", "s3")
+    try:
+        switch()
+        eventually(lambda: archive_series()["failed_count"] > before["failed_count"], timeout=120,
+                   what="a failed archive attempt counted")
+        failing = [archive_series()]
+        eventually(lambda: archive_series()["failed_count"] > failing[0]["failed_count"], timeout=120,
+                   what="the failures still rising")
+        failing.append(archive_series())
+        node = scrape(PRIMARY, "node")
+        failed_at = value(node, "mcp_wal_archive_last_failure_timestamp_seconds")
+        assert failed_at is not None and failed_at > value(node, "mcp_wal_archive_last_success_timestamp_seconds")
+        # The real Prometheus sees it too: the alert is pending (its `for: 5m` is left to the replay below).
+        eventually(lambda: prometheus(ARCHIVE_ALERT + ', alertstate="pending"}'), timeout=60,
+                   what="MCPWalArchiveFailing pending in Prometheus")
+    finally:
+        fleet("heal", "s3")
+    assert failing[-1]["last_failed_timestamp_seconds"] > failing[-1]["last_archived_timestamp_seconds"]
+    fires, report = alert_fires([before, *failing], minutes_held=6)
+    assert fires, report
+    fires, report = alert_fires([before, *failing], minutes_held=3)  # `for: 5m` not yet over
+    assert not fires and "MCPWalArchiveFailing" in report, report
+    eventually(lambda: (lambda s: s["last_archived_timestamp_seconds"] > s["last_failed_timestamp_seconds"])(
+        archive_series()), timeout=180, what="the archive caught up")
+    eventually(lambda: prometheus(ARCHIVE_ALERT + "}") == [], timeout=60, what="MCPWalArchiveFailing gone in Prometheus")
+    fires, report = alert_fires([before, *failing, archive_series()], minutes_held=6)
+    assert not fires and "MCPWalArchiveFailing" in report, report  # cleared by the success after the failures
+
+
+def test_a_backup_run_updates_its_freshness_metrics_to_its_record(s3):
+    on(PRIMARY, f"systemctl start {BACKUP_UNIT}", timeout=600)
+    record = records(s3)[-1]
+    node = scrape(PRIMARY, "node")
+    assert value(node, "mcp_base_backup_last_success_timestamp_seconds") == record["finished_at"]
+    assert value(node, "mcp_base_backup_size_bytes") == record["size_bytes"]
+    assert value(node, "mcp_base_backup_duration_seconds") == record["finished_at"] - record["started_at"]
+    assert value(node, "mcp_base_backup_verified") == 1
+    assert 0 <= time.time() - record["finished_at"] < 600
