@@ -11,7 +11,7 @@ import urllib.parse
 
 import bcrypt
 from cryptography import x509
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import FindInFile
@@ -23,6 +23,9 @@ from deploys.backups import drill_host
 from deploys.datasource import address_of, source_of
 from deploys.pgbouncer import DEFAULTS as PGBOUNCER_DEFAULTS
 from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
+from deploys.replication import DEFAULTS as REPLICATION_DEFAULTS
+from deploys.replication import lag_threshold_mb, slot_name
+from hostside import textfile
 
 DEFAULTS = {
     **tls.DEFAULTS,
@@ -37,8 +40,10 @@ DEFAULTS = {
     # <secrets_dir>/passwords/scrape_<user> (made for local and staging).
     "metrics_scrape_user": "prometheus",
     "metrics_role": "monitoring",  # the PostgreSQL and PgBouncer login the exporters use (pg_monitor, stats_users)
-    # What the alert rules hold the tier to, exported by each host (templates/tier.prom.j2):
-    "replication_lag_alert_s": 60,  # per replica: set it in the inventory or a group to differ
+    # What the alert rules hold the tier to, exported by each host (tier.prom); the replicas' lag
+    # thresholds are replication's (replica_purposes, replica_lag_threshold_mb).
+    "replica_purposes": REPLICATION_DEFAULTS["replica_purposes"],
+    "replica_lag_threshold_mb": REPLICATION_DEFAULTS["replica_lag_threshold_mb"],
     "wal_archive_max_age_s": 900,  # archive_timeout is 300 s and the heartbeat writes every 10 s
     "backup_max_age_h": 26,  # backup_schedule is daily
     "backup_retention_max_age_h": 26,
@@ -49,7 +54,7 @@ TLS_DIR = "/etc/mcp-portal/exporter-tls"
 WEB_CONFIG = "/etc/mcp-portal/exporter-web.yml"
 QUERIES = "/etc/mcp-portal/postgres-exporter-queries.yaml"
 EXPORTER_USER = "prometheus"  # Debian's exporters run as it (the PgBouncer one is moved to it)
-THRESHOLDS = ("replication_lag_alert_s", "wal_archive_max_age_s", "backup_max_age_h", "backup_retention_max_age_h",
+THRESHOLDS = ("wal_archive_max_age_s", "backup_max_age_h", "backup_retention_max_age_h",
               "drill_max_age_h")
 
 
@@ -80,7 +85,7 @@ def _thresholds():
 
 
 def _tier_gauges(database_host):
-    """The static half of the alerts' comparisons: limits from group_data, the certificate's expiry."""
+    """The static half of the alerts' comparisons: limits from group_data, the certificate's expiry (tier.prom)."""
     limits = _thresholds()
     certificate = x509.load_pem_x509_certificate(tls.local_files()[1].read_bytes())
     gauges = [("mcp_tls_certificate_not_after_timestamp_seconds", "When this host's TLS certificate expires.",
@@ -94,9 +99,10 @@ def _tier_gauges(database_host):
             ("mcp_backup_retention_max_age_seconds", "Oldest a primary's last retention run may be.",
              limits["backup_retention_max_age_h"] * 3600),
         ]
-    if "replicas" in host.groups:
-        gauges.append(("mcp_replication_lag_threshold_seconds", "Replay lag this replica may have "
-                       "(replication_lag_alert_s).", limits["replication_lag_alert_s"]))
+        # On every database host, as any of them may be the primary the replicas stream from.
+        gauges += [("mcp_replication_lag_threshold_bytes", "WAL the replica with this slot may replay behind the "
+                    "primary (replica_purposes, replica_lag_threshold_mb).", lag_threshold_mb(replica.name) * 2**20,
+                    {"slot_name": slot_name(replica.name)}) for replica in inventory.get_group("replicas", [])]
     if database_host and host.name == drill_host():
         gauges.append(("mcp_restore_drill_max_age_seconds", "Oldest the last passed restore drill may be.",
                        limits["drill_max_age_h"] * 3600))
@@ -110,8 +116,10 @@ def _exporter(package, environment, args, restart=False):
         user=EXPORTER_USER, group=EXPORTER_USER, mode="640", environment=environment, args=args,
     )
     apt.packages(name=f"Install {package}", packages=[package], no_recommends=True, update=True, cache_time=3600)
+    # Retried: systemd 257 may fail to spawn a unit's process when other hosts' systemd restart units at the same
+    # moment ("Failed to spawn executor"; measured on the fleet, docs/fleet.md), and the exporters restart together.
     systemd.service(name=f"{package} runs and starts at boot", service=package, running=True, enabled=True,
-                    restarted=restart or config.will_change)
+                    restarted=restart or config.will_change, _retries=2, _retry_delay=2)
 
 
 @deploy("Metrics: node exporter and the tier's textfile metrics", data_defaults=DEFAULTS)
@@ -127,8 +135,9 @@ def node_metrics(database_host):
                    password_hash=_password_hash(user))
     owner = "postgres" if database_host else "root"  # the database hosts' programs write as postgres
     files.directory(name="The tier's textfile metrics", path=METRICS_DIR, user=owner, group=owner, mode="755")
-    files.template(name="The alerts' limits for this host", src="templates/tier.prom.j2", dest=f"{METRICS_DIR}/tier.prom",
-                   user="root", group="root", mode="644", gauges=_tier_gauges(database_host))
+    limits = "# Written by deploy.py (deploys/monitoring.py): what monitoring/alerts.yml compares this host with.\n"
+    files.put(name="The alerts' limits for this host", src=io.StringIO(limits + textfile.render(_tier_gauges(database_host))),
+              dest=f"{METRICS_DIR}/tier.prom", user="root", group="root", mode="644")
     _exporter("prometheus-node-exporter", {}, [
         f"--web.listen-address={_listen('node_exporter_port')}", f"--web.config.file={WEB_CONFIG}",
         f"--collector.textfile.directory={METRICS_DIR}"])

@@ -56,6 +56,11 @@ def purpose_of(name):
     return purpose
 
 
+def lag_threshold_mb(name):
+    """How far (MB of WAL) replica `name` may replay behind the primary: replica_lag_threshold_mb, else its purpose's."""
+    return _data("replica_lag_threshold_mb").get(name, PURPOSES[purpose_of(name)]["lag_threshold_mb"])
+
+
 def standby_settings():
     """The postgresql.conf lines a replica adds: how it follows the primary, and its purpose's settings."""
     primary = the_primary()
@@ -124,7 +129,7 @@ def standby():
         dest=PASSFILE, user="postgres", group="postgres", mode="600",
     )
     purpose = purpose_of(host.name)
-    threshold = host.data.replica_lag_threshold_mb.get(host.name, PURPOSES[purpose]["lag_threshold_mb"])
+    threshold = lag_threshold_mb(host.name)
     files.put(
         name="Record this replica's purpose and lag threshold (read by tests/infra and monitoring)",
         src=io.StringIO(json.dumps({"purpose": purpose, "lag_threshold_mb": threshold, "slot": slot_name(host.name),

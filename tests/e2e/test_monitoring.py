@@ -17,7 +17,7 @@ from fleet.layout import Layout
 from fleet.s3endpoint import client
 from tests.e2e.test_backups import UNIT as BACKUP_UNIT
 from tests.e2e.test_backups import records
-from tests.e2e.test_wal_archive import PRIMARY, eventually, switch
+from tests.e2e.test_wal_archive import PRIMARY, archiver, eventually, switch
 from tests.fleet_helpers import fleet, on
 from tests.metrics import SECRETS, fetch, password, scrape, value
 
@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_PORT = 19090
 ALERTS = REPO / "monitoring" / "alerts.yml"
 REPLICAS = ["pg-replica-1", "pg-replica-2"]
+SLOTS = ["replica_pg_replica_1", "replica_pg_replica_2"]
 DATABASE_HOSTS = [PRIMARY, *REPLICAS]
 ARCHIVE_ALERT = 'ALERTS{alertname="MCPWalArchiveFailing"'
 POSTGRES_JOB = {"instance": PRIMARY, "job": "mcp-postgres", "server": "/var/run/postgresql:5432"}
@@ -83,7 +84,11 @@ def test_every_host_exports_its_certificates_expiry_and_readable_tier_metrics():
             certificate.not_valid_after_utc.timestamp())
         assert value(node, "node_textfile_scrape_error") == 0, host
         assert (value(node, "mcp_base_backup_max_age_seconds") == 26 * 3600) == (host in DATABASE_HOSTS)
-        assert (value(node, "mcp_replication_lag_threshold_seconds") == 60) == (host in REPLICAS)
+        # Replication's thresholds (group_data/local.py: pg-replica-1 realtime 10 MB, pg-replica-2 reporting 100 MB)
+        # on every database host, for whichever is the primary.
+        thresholds = {slot: value(node, "mcp_replication_lag_threshold_bytes", slot_name=slot) for slot in SLOTS}
+        assert thresholds == ({SLOTS[0]: 10 * 2**20, SLOTS[1]: 100 * 2**20} if host in DATABASE_HOSTS
+                              else {SLOTS[0]: None, SLOTS[1]: None})
         assert (value(node, "mcp_restore_drill_max_age_seconds") == 8 * 86400) == (host == "pg-replica-1")
 
 
@@ -95,10 +100,10 @@ def test_the_postgres_exporter_sees_each_servers_role_and_replication():
         assert value(metrics, "mcp_wal_receiver_streaming") == (host in REPLICAS)
         assert value(metrics, "mcp_archiver_ready_files") is not None
         assert value(metrics, "pg_database_wraparound_age_datfrozenxid_seconds", datname="portal") > 0
-    slots = scrape(PRIMARY, "postgres")
-    for replica in REPLICAS:
-        slot = f"replica_{replica.replace('-', '_')}"
-        assert value(slots, "pg_replication_slot_slot_is_active", slot_name=slot) == 1
+    primary = scrape(PRIMARY, "postgres")
+    for slot in SLOTS:
+        assert value(primary, "pg_replication_slot_slot_is_active", slot_name=slot) == 1
+        assert 0 <= value(primary, "mcp_standby_replay_lag_bytes", slot_name=slot) < 10 * 2**20
 
 
 def test_the_pgbouncer_exporter_reads_the_pools_through_the_stats_user():
@@ -124,9 +129,9 @@ def test_scrapes_need_tls_and_the_password_and_reach_only_the_named_address():
 def test_prometheus_scrapes_every_exporter_and_evaluates_every_rule_on_the_fleets_data(prometheus):
     up = {(r["metric"]["job"], r["metric"]["instance"]) for r in prometheus("up == 1")}
     assert ("mcp-postgres", "pg-replica-2") in up and ("mcp-pgbouncer", "pgbouncer-1") in up and len(up) == 8
-    # The joins the rules rely on hold on real data: one threshold per replica, matched to its own lag.
-    joined = prometheus("pg_replication_lag_seconds - on(instance) mcp_replication_lag_threshold_seconds")
-    assert sorted(r["metric"]["instance"] for r in joined) == REPLICAS
+    # The joins the rules rely on hold on real data: each standby's lag, seen on the primary, against its own threshold.
+    joined = prometheus("mcp_standby_replay_lag_bytes - on(instance, slot_name) group_left() mcp_replication_lag_threshold_bytes")
+    assert sorted((r["metric"]["instance"], r["metric"]["slot_name"]) for r in joined) == [(PRIMARY, s) for s in SLOTS]
     eventually(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in rules()), timeout=30,
                what="every rule evaluated")
     assert len(rules()) == 27 and [r for r in rules() if r["health"] != "ok"] == []
@@ -168,6 +173,8 @@ def alert_fires(scrapes, minutes_held):
 
 
 def test_an_s3_outage_moves_the_archive_metrics_and_fires_the_alert(prometheus):
+    healthy = switch()  # a success to compare with, on a fleet that may not have archived since its deploy
+    eventually(lambda: archiver()["last_archived"] >= healthy, timeout=120, what=f"{healthy} archived")
     before = archive_series()
     fleet("cut", "s3")
     try:
