@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # prometheus: its promtool checks and unit-tests the alert rules (monitoring/).
 DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv prometheus
 
-.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench-fleet bench-deploy bench-archive bench-backup bench-rls
+.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench bench-fleet bench-deploy bench-archive bench-archive-lag bench-backup bench-rls bench-pgbouncer bench-deps
 
 ## make local: virtualenv, fleet up, deploy to the fleet, post-deploy checks
 local: deps venv up deploy check
@@ -58,6 +58,9 @@ test-infra: venv deps
 test-down: venv
 	$(BIN)/pytest -q tests/teardown
 
+## make bench: every benchmark, one after another (the fleet's own first: it takes the fleet down and up)
+bench: bench-fleet bench-deploy bench-archive bench-archive-lag bench-backup bench-rls bench-pgbouncer
+
 bench-fleet: venv deps
 	$(BIN)/python bench/fleet_up.py
 
@@ -72,3 +75,13 @@ bench-backup: venv deps
 
 bench-rls: venv deps
 	$(BIN)/python bench/rls.py
+
+# The plots' library, for the benchmarks only.
+bench-deps: venv
+	$(BIN)/pip install -q -e '.[bench]'
+
+bench-pgbouncer: bench-deps deps
+	$(BIN)/python bench/pgbouncer.py
+
+bench-archive-lag: bench-deps deps
+	$(BIN)/python bench/archive_lag.py
