@@ -77,7 +77,7 @@ def write(measured):
     wal_mib = (loaded[-1]["wal_bytes"] - loaded[0]["wal_bytes"]) / 2**20
     seconds = loaded[-1]["t"] - loaded[0]["t"]
     oldest = sorted(s["oldest_s"] for s in loaded)
-    caught_up = samples[-1]["t"] - measured["load_ended_s"]
+    caught_up = max(0.0, samples[-1]["t"] - measured["load_ended_s"])
     (RESULTS / "archive-lag.md").write_text(f"""# WAL archive lag under a write load
 
 Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `make bench-archive-lag` on
