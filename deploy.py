@@ -15,7 +15,7 @@ from deploys.monitoring import node_metrics, pgbouncer_metrics, postgres_metrics
 from deploys.ordering import barrier
 from deploys.pgbouncer import databases, pooled_connections, pooler
 from deploys.postgres import configuration, server_packages
-from deploys.replication import slots, standby, standby_settings
+from deploys.replication import slots, standby, standby_settings, synchronous_settings
 from deploys.roles import roles
 from deploys.schema import migrations, portal_jobs
 from deploys.tls import certificates
@@ -34,7 +34,7 @@ if DATABASE_GROUPS & set(host.groups):
     server_packages()
     archiving = wal_archiver()
     configuration(reload_when=certificates(owner="postgres"), pooled=pooled_connections(),
-                  extra_settings={**archiving, **(standby_settings() if replica else {})})
+                  extra_settings={**archiving, **synchronous_settings(), **(standby_settings() if replica else {})})
     base_backups()
 if "primary" in host.groups:
     roles()

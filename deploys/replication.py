@@ -12,7 +12,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server
 
 from deploys import secrets
-from deploys.datasource import address_of
+from deploys.datasource import address_of, source_of
 from deploys.facts import HOLDS_DATA_SQL, PostgresNode, PostgresSlots
 from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
 from deploys.sqlscript import psql
@@ -35,6 +35,10 @@ DEFAULTS = {
     # {replica host name: purpose}; a replica not named here is "realtime".
     "replica_purposes": {},
     "replica_lag_threshold_mb": {},  # {replica host name: MB}, overriding its purpose's threshold
+    # Synchronous replication: a commit returns once ANY 1 of the sync-eligible replicas has flushed it, so an
+    # acknowledged transaction survives the primary's loss; off by default (a commit then waits a round trip).
+    "synchronous_replication": False,
+    "replica_sync_eligible": {},  # {replica host name: false} leaves a replica out; every replica is eligible by default
 }
 SLOT_PREFIX = "replica_"
 PASSFILE = "/var/lib/postgresql/.pgpass-replication"
@@ -59,6 +63,24 @@ def purpose_of(name):
 def lag_threshold_mb(name):
     """How far (MB of WAL) replica `name` may replay behind the primary: replica_lag_threshold_mb, else its purpose's."""
     return _data("replica_lag_threshold_mb").get(name, PURPOSES[purpose_of(name)]["lag_threshold_mb"])
+
+
+def synchronous_settings():
+    """synchronous_standby_names for every database host (a standby ignores it until promoted): a quorum of one
+    over the sync-eligible replicas' application names, or empty when synchronous_replication is off."""
+    enabled = _data("synchronous_replication")
+    if not isinstance(enabled, bool):
+        raise DeployError(f"{host.name}: {source_of('synchronous_replication')}: synchronous_replication = {enabled!r}; "
+                          "use true or false")
+    if not enabled:
+        return {"synchronous_standby_names": ""}
+    eligible = [slot_name(r.name) for r in inventory.get_group("replicas", [])
+                if _data("replica_sync_eligible").get(r.name, True)]
+    if len(eligible) < 2:
+        raise DeployError(f"{host.name}: {source_of('synchronous_replication')}: synchronous_replication needs two "
+                          f"sync-eligible replicas (has {len(eligible)}): with one, losing it stops every commit; "
+                          "add a replica or leave it off (replica_sync_eligible)")
+    return {"synchronous_standby_names": f"ANY 1 ({', '.join(eligible)})"}
 
 
 def standby_settings():

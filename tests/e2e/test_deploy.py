@@ -113,6 +113,7 @@ def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
     ("key_rotation_batch=0", "key_rotation_batch = 0; use rows per transaction between 1 and 100000"),
     ("portal_kms_credentials=/nonexistent.json", "the portal's KMS credentials file /nonexistent.json is missing"),
     ("backup_max_age_h=soon", "backup_max_age_h = 'soon'; set a number > 0"),
+    ("synchronous_replication=yes", "synchronous_replication = 'yes'; use true or false"),
 ])
 def test_bad_group_data_is_one_line_before_any_change(override, message):
     on("pg-primary", "rm /etc/mcp-portal/roles")  # a change any run would make

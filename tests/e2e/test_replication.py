@@ -7,6 +7,8 @@ import time
 import pytest
 
 from tests.e2e.test_deploy import PYINFRA, REPO, deploy, grand_total
+from fleet.access import Access
+from fleet.layout import Layout
 from tests.fleet_helpers import fleet, on
 
 REPLICAS = ["pg-replica-1", "pg-replica-2"]
@@ -91,3 +93,44 @@ def test_a_bad_inventory_is_refused_before_any_change(tmp_path, body, message):
     assert result.returncode != 0 and message in result.stdout + result.stderr
     assert on("pg-replica-2", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
     deploy()
+
+
+def committing():
+    """An insert on the primary, committing in the background: (its psql process, a way to see what it waits on)."""
+    psql("pg-primary", "create table if not exists sync_probe (at timestamptz)")
+    process = subprocess.Popen(Access(Layout()).ssh_argv("pg-primary", "runuser -u postgres -- psql -Xq -v "
+                               "ON_ERROR_STOP=1 -c 'insert into sync_probe values (now())'"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return process, lambda: psql("pg-primary", "select string_agg(wait_event, ',') from pg_stat_activity "
+                                               "where query like 'insert into sync_probe%'")
+
+
+def test_synchronous_replication_waits_for_any_one_replica():
+    deploy("--data", "synchronous_replication=true")
+    try:
+        names = "ANY 1 (replica_pg_replica_1, replica_pg_replica_2)"
+        assert psql("pg-primary", "show synchronous_standby_names") == names
+        eventually(lambda: psql("pg-primary", "select string_agg(sync_state, ',' order by application_name) "
+                                              "from pg_stat_replication") == "quorum,quorum")
+        fleet("cut", "pg-replica-1")
+        try:  # losing one candidate does not stop commits: the other acknowledges
+            process, _ = committing()
+            assert process.wait(timeout=30) == 0
+            fleet("cut", "pg-replica-2")
+            try:  # with none left a commit waits for one
+                process, waiting_on = committing()
+                eventually(lambda: waiting_on() == "SyncRep")
+                time.sleep(3)
+                assert process.poll() is None and waiting_on() == "SyncRep"
+            finally:
+                fleet("heal", "pg-replica-2")
+            assert process.wait(timeout=60) == 0  # and returns once one is back
+        finally:
+            fleet("heal", "pg-replica-1")
+        eventually(lambda: psql("pg-primary", "select count(*) from pg_stat_replication where state = 'streaming'")
+                   == "2", timeout=60)
+    finally:
+        deploy()
+        psql("pg-primary", "drop table if exists sync_probe")
+    assert psql("pg-primary", "show synchronous_standby_names") == ""
+    assert psql("pg-primary", "select string_agg(distinct sync_state, ',') from pg_stat_replication") == "async"

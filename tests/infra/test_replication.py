@@ -3,6 +3,8 @@ lag is under the threshold its purpose sets (/etc/mcp-portal/replica.json, writt
 
 import json
 
+import pytest
+
 from tests.infra.test_postgres import psql
 
 
@@ -40,3 +42,12 @@ def test_primary_is_not_in_recovery_and_has_a_slot_per_replica(primary_target, t
     assert psql(primary_target.host, "select pg_is_in_recovery()") == "f"
     slots = psql(primary_target.host, "select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots").split(",")
     assert sorted(slots) == sorted(replica_record(r)["slot"] for r in replicas)
+
+
+def test_synchronous_standbys_if_any_are_streaming_in_the_quorum(primary_target):
+    names = psql(primary_target.host, "show synchronous_standby_names")
+    if not names:
+        pytest.skip("synchronous_replication is off")
+    listed = names.split("(", 1)[1].rstrip(")").replace(" ", "").split(",")
+    states = psql(primary_target.host, "select string_agg(application_name || '=' || sync_state, ',') from pg_stat_replication")
+    assert sorted(s for s in states.split(",") if s.split("=")[0] in listed) == sorted(f"{n}=quorum" for n in listed)
