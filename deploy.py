@@ -10,6 +10,7 @@ from deploys.archive import wal_archiver
 from deploys.backups import base_backups
 from deploys.base import baseline
 from deploys.encryption import data_keys
+from deploys.fencing import fencing
 from deploys.heartbeat import heartbeat_table, heartbeat_writer
 from deploys.monitoring import node_metrics, pgbouncer_metrics, postgres_metrics
 from deploys.ordering import barrier
@@ -33,6 +34,7 @@ baseline()
 if DATABASE_GROUPS & set(host.groups):
     server_packages()
     archiving = wal_archiver()
+    fencing()
     configuration(reload_when=certificates(owner="postgres"), pooled=pooled_connections(),
                   extra_settings={**archiving, **synchronous_settings(), **(standby_settings() if replica else {})})
     base_backups()

@@ -35,25 +35,28 @@ class AptVersions(FactBase):
 
 
 class PostgresClusters(FactBase):
-    """Debian's PostgreSQL clusters: {"17/main": {"status", "datadir", "checksums", "databases"}}.
+    """Debian's PostgreSQL clusters: {"17/main": {"status", "datadir", "checksums", "databases", "system_identifier"}}.
 
     `databases` counts the directories under base/ (template0, template1 and postgres make 3), so it is
-    known without the cluster running; `checksums` comes from pg_controldata.
+    known without the cluster running; `checksums` and `system_identifier` come from pg_controldata.
     """
 
     requires_command = "pg_lsclusters"
     default = dict
     command = r"""pg_lsclusters --no-header | while read -r version name port status owner datadir rest; do
-  checksums=$(/usr/lib/postgresql/$version/bin/pg_controldata "$datadir" | sed -n 's/^Data page checksum version: *//p')
-  printf '%s %s %s %s %s %s\n' "$version" "$name" "$status" "$datadir" "${checksums:-0}" "$(ls "$datadir/base" | wc -l)"
+  control=$(LC_ALL=C /usr/lib/postgresql/$version/bin/pg_controldata "$datadir")
+  checksums=$(echo "$control" | sed -n 's/^Data page checksum version: *//p')
+  system=$(echo "$control" | sed -n 's/^Database system identifier: *//p')
+  printf '%s %s %s %s %s %s %s\n' "$version" "$name" "$status" "$datadir" "${checksums:-0}" "$(ls "$datadir/base" | wc -l)" "${system:-none}"
 done"""
 
     def process(self, output):
         clusters = {}
         for line in output:
-            version, name, status, datadir, checksums, databases = line.split()
+            version, name, status, datadir, checksums, databases, system = line.split()
             clusters[f"{version}/{name}"] = {
                 "status": status, "datadir": datadir, "checksums": checksums != "0", "databases": int(databases),
+                "system_identifier": system,
             }
         return clusters
 
@@ -185,3 +188,21 @@ class ActiveDataKey(FactBase):
     def process(self, output):
         text = "".join(output).strip()
         return int(text) if text else None
+
+
+class UngrantedFunctions(FactBase):
+    """Which of `functions` (signatures) `role` may not execute, in database postgres; [] when the cluster is down
+    or the role is missing (the deploy makes roles before it grants)."""
+
+    default = list
+
+    def command(self, major, cluster, role, functions):
+        checks = ", ".join(f"'{f}'" for f in functions)
+        query = (f"select f from unnest(array[{checks}]) f where exists (select 1 from pg_roles where rolname = '{role}') "
+                 f"and not has_function_privilege('{role}', f, 'execute')")
+        return (f"if pg_lsclusters --no-header {major} {cluster} 2>/dev/null | grep -q online; then "
+                f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster} -c \"{query}\"; fi")
+
+    def process(self, output):
+        return [line.strip() for line in output if line.strip()]
+

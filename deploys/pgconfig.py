@@ -159,13 +159,15 @@ HBA_METHODS = ("scram-sha-256", "cert")
 HBA_KEYS = {"database", "user", "address", "method"}
 
 
-def hba_rules(replica_addresses, pooler_addresses, replication_user, extra, source):
+def hba_rules(database_addresses, pooler_addresses, replication_user, extra, source):
     """pg_hba.conf's network lines: TLS only (hostssl), scram-sha-256 or client certificates, never trust.
 
-    Replicas may only replicate; PgBouncer hosts reach every database; `extra` (group_data postgres_hba_extra)
-    adds rules such as an admin network, validated here.
+    Every database host may replicate from this one and read, in database postgres, the files pg_rewind compares
+    (any of them may be primary after a switchover, and the old primary rejoins with pg_rewind); PgBouncer hosts
+    reach every database; `extra` (group_data postgres_hba_extra) adds rules such as an admin network, validated here.
     """
-    rules = [("hostssl", "replication", replication_user, _host_cidr(a, source), "scram-sha-256") for a in replica_addresses]
+    rules = [("hostssl", database, replication_user, _host_cidr(a, source), "scram-sha-256")
+             for a in database_addresses for database in ("replication", "postgres")]
     rules += [("hostssl", "all", "all", _host_cidr(a, source), "scram-sha-256") for a in pooler_addresses]
     if not isinstance(extra, list):
         raise ConfigError(f"{source}: postgres_hba_extra must be a list of {{database, user, address, method}}")

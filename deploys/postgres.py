@@ -185,12 +185,12 @@ def configuration(reload_when=None, extra_settings=None, pooled=None):
         desired = pgconfig.settings(host.data, source_of)
         desired.update(listen_addresses=f"localhost,{address}", ssl_cert_file=f"{tls}/server.crt",
                        ssl_key_file=f"{tls}/server.key", ssl_ca_file=f"{tls}/ca.crt", **(extra_settings or {}))
+        database_hosts = inventory.get_group("primary", []) + inventory.get_group("replicas", [])
         rules = pgconfig.hba_rules(
-            [address_of(h) for h in inventory.get_group("replicas", [])],
+            [address_of(h) for h in database_hosts],
             [address_of(h) for h in inventory.get_group("pgbouncer", [])],
             host.data.postgres_replication_user, host.data.postgres_hba_extra, source_of("postgres_hba_extra"),
         )
-        database_hosts = inventory.get_group("primary", []) + inventory.get_group("replicas", [])
         pgconfig.connection_budget(desired, pooled or {}, host.data.postgres_direct_connections,
                                    len(database_hosts) - 1, host.data.postgres_basebackup_streams, source_of)
     except pgconfig.ConfigError as exc:
@@ -215,6 +215,10 @@ def configuration(reload_when=None, extra_settings=None, pooled=None):
     changed = pgconfig.changes(desired, live)
     pending = sorted(name for name, value in live.items() if value["pending_restart"])
     restart_for = sorted(name for name, context in changed.items() if context == "postmaster") + pending
+    # A stopped cluster reads the files when it starts; a fenced or rejoining one must stay down.
+    down = host.get_fact(PostgresClusters).get(f"{major}/{cluster}", {}).get("status") == "down"
+    if down:
+        changed, restart_for = {}, []
     unit = f"postgresql@{major}-{cluster}"
     primary = "primary" in host.groups
     known = pgconfig.catalogue()
@@ -236,7 +240,7 @@ def configuration(reload_when=None, extra_settings=None, pooled=None):
     barrier(name="Restart turn: primary")
     if restart_for and primary and not decreased:
         _restart(unit, "primary, after the replicas", restart_for)
-    if not restart_for:
+    if not restart_for and not down:
         triggers = {"pg_hba.conf": hba, **(reload_when or {})}
         reasons = sorted(changed) + [label for label, op in triggers.items() if op.will_change]
         if reasons:

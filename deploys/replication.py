@@ -6,17 +6,18 @@ is the live one; it never clones over a cluster that holds data.
 import io
 import json
 
-from pyinfra import host, inventory
+from pyinfra import host, inventory, state
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server
 
 from deploys import secrets
 from deploys.datasource import address_of, source_of
-from deploys.facts import HOLDS_DATA_SQL, PostgresNode, PostgresSlots
+from deploys.facts import HOLDS_DATA_SQL, PostgresClusters, PostgresNode, PostgresSlots, UngrantedFunctions
 from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
 from deploys.sqlscript import psql
 from deploys.tls import DEFAULTS as TLS_DEFAULTS
+from hostside.fence import MARKER as FENCE_MARKER
 
 # Per purpose: the standby settings it implies, and the lag an SRE is alerted at (the assessment's section 8).
 PURPOSES = {
@@ -42,6 +43,9 @@ DEFAULTS = {
 }
 SLOT_PREFIX = "replica_"
 PASSFILE = "/var/lib/postgresql/.pgpass-replication"
+# What pg_rewind reads on its source (PostgreSQL's list for a role that is not a superuser).
+REWIND_FUNCTIONS = ("pg_catalog.pg_ls_dir(text,boolean,boolean)", "pg_catalog.pg_stat_file(text,boolean)",
+                    "pg_catalog.pg_read_binary_file(text)", "pg_catalog.pg_read_binary_file(text,bigint,bigint,boolean)")
 
 
 def slot_name(replica_name):
@@ -53,16 +57,19 @@ def _data(key):
     return host.data.get(key, DEFAULTS[key])
 
 
-def purpose_of(name):
-    purpose = _data("replica_purposes").get(name, "realtime")
+def purpose_of(name, data=None):
+    purpose = (host.data if data is None else data).get("replica_purposes", DEFAULTS["replica_purposes"]).get(name, "realtime")
     if purpose not in PURPOSES:
         raise DeployError(f"{name}: replica_purposes says {purpose!r}; purposes are {', '.join(PURPOSES)}")
     return purpose
 
 
-def lag_threshold_mb(name):
-    """How far (MB of WAL) replica `name` may replay behind the primary: replica_lag_threshold_mb, else its purpose's."""
-    return _data("replica_lag_threshold_mb").get(name, PURPOSES[purpose_of(name)]["lag_threshold_mb"])
+def lag_threshold_mb(name, data=None):
+    """How far (MB of WAL) replica `name` may replay behind the primary: replica_lag_threshold_mb, else its purpose's.
+    `data`: a host's data outside a deploy (mcp-ha)."""
+    data = host.data if data is None else data
+    overrides = data.get("replica_lag_threshold_mb", DEFAULTS["replica_lag_threshold_mb"])
+    return overrides.get(name, PURPOSES[purpose_of(name, data)]["lag_threshold_mb"])
 
 
 def synchronous_settings():
@@ -83,14 +90,16 @@ def synchronous_settings():
     return {"synchronous_standby_names": f"ANY 1 ({', '.join(eligible)})"}
 
 
+def primary_conninfo():
+    """How a database host reaches the primary as the replication role, over verified TLS."""
+    return (f"host={address_of(the_primary())} port={_data('postgres_port')} user={_data('postgres_replication_user')} "
+            f"passfile={PASSFILE} sslmode=verify-full sslrootcert={_data('tls_remote_dir')}/ca.crt")
+
+
 def standby_settings():
     """The postgresql.conf lines a replica adds: how it follows the primary, and its purpose's settings."""
-    primary = the_primary()
-    conninfo = (f"host={address_of(primary)} port={_data('postgres_port')} user={_data('postgres_replication_user')} "
-                f"passfile={PASSFILE} sslmode=verify-full sslrootcert={_data('tls_remote_dir')}/ca.crt "
-                f"application_name={slot_name(host.name)}")
-    return {"primary_conninfo": conninfo, "primary_slot_name": slot_name(host.name),
-            **PURPOSES[purpose_of(host.name)]["settings"]}
+    return {"primary_conninfo": f"{primary_conninfo()} application_name={slot_name(host.name)}",
+            "primary_slot_name": slot_name(host.name), **PURPOSES[purpose_of(host.name)]["settings"]}
 
 
 def the_primary():
@@ -106,25 +115,32 @@ def check_reality():
     if primary_state.get("in_recovery"):
         raise DeployError(f"the inventory names {primary.name} the primary, but it is in recovery (a standby); "
                           f"find the live primary and fix the inventory (docs/replication.md)")
-    replicas = inventory.get_group("replicas", [])
+    # A replica outside --limit is not looked at: a failover re-points the survivors while the lost primary is away.
+    replicas = [r for r in inventory.get_group("replicas", []) if state.is_host_in_limit(r)]
     for replica in replicas:
-        state = replica.get_fact(PostgresNode, major=major, cluster=cluster)
-        if not state or not primary_state:
+        node = replica.get_fact(PostgresNode, major=major, cluster=cluster)
+        if not node or not primary_state:
             continue
-        ours = state["system_identifier"] == primary_state["system_identifier"]
-        if not state["in_recovery"] and state["holds_data"]:
+        ours = node["system_identifier"] == primary_state["system_identifier"]
+        if not node["in_recovery"] and node["holds_data"]:
             raise DeployError(f"{replica.name} is a primary that holds data, not a standby of {primary.name} as the "
                               f"inventory says; fix the inventory or rebuild {replica.name} (docs/replication.md)")
-        if ours and state["timeline"] > primary_state["timeline"]:
-            raise DeployError(f"{replica.name} is on timeline {state['timeline']}, newer than {primary.name}'s "
+        if ours and node["timeline"] > primary_state["timeline"]:
+            raise DeployError(f"{replica.name} is on timeline {node['timeline']}, newer than {primary.name}'s "
                               f"{primary_state['timeline']}: {replica.name} was promoted; fix the inventory (docs/replication.md)")
 
 
 @deploy("Replication slots", data_defaults=DEFAULTS)
 def slots():
-    """On the primary: a physical slot per replica of the inventory; slots of replicas that left it dropped."""
+    """On the primary: a physical slot per replica of the inventory; slots of replicas that left it dropped; the
+    replication role may read what pg_rewind compares, so a replaced primary can rejoin."""
     check_reality()
     major, cluster = host.data.postgres_major, host.data.postgres_cluster
+    user = host.data.postgres_replication_user
+    ungranted = host.get_fact(UngrantedFunctions, major=major, cluster=cluster, role=user, functions=REWIND_FUNCTIONS)
+    if ungranted:
+        server.shell(name=f"Let {user} read what pg_rewind compares ({len(ungranted)} functions)", commands=[
+            f"{psql()} -c \"grant execute on function {', '.join(ungranted)} to {user}\""])
     live = host.get_fact(PostgresSlots, major=major, cluster=cluster)
     wanted = {slot_name(r.name) for r in inventory.get_group("replicas", [])}
     for name in sorted(wanted - set(live)):
@@ -145,9 +161,9 @@ def standby():
     primary = the_primary()
     major, cluster = host.data.postgres_major, host.data.postgres_cluster
     user = host.data.postgres_replication_user
-    files.put(
+    files.put(  # any host and database: the same file serves whichever host is primary, and pg_rewind
         name="Replication password file",
-        src=io.StringIO(f"{address_of(primary)}:{host.data.postgres_port}:replication:{user}:{secrets.password(user)}\n"),
+        src=io.StringIO(f"*:{host.data.postgres_port}:*:{user}:{secrets.password(user)}\n"),
         dest=PASSFILE, user="postgres", group="postgres", mode="600",
     )
     purpose = purpose_of(host.name)
@@ -160,12 +176,16 @@ def standby():
     )
     state = host.get_fact(PostgresNode, major=major, cluster=cluster)
     primary_state = primary.get_fact(PostgresNode, major=major, cluster=cluster)
-    if state.get("in_recovery") and state.get("system_identifier") == primary_state.get("system_identifier"):
+    ours = primary_state.get("system_identifier")
+    if state.get("in_recovery") and state.get("system_identifier") == ours:
         return
     datadir = f"/var/lib/postgresql/{major}/{cluster}"
     unit = f"postgresql@{major}-{cluster}"
-    conninfo = (f"host={address_of(primary)} port={host.data.postgres_port} user={user} passfile={PASSFILE} "
-                f"sslmode=verify-full sslrootcert={host.data.tls_remote_dir}/ca.crt")
+    conninfo = primary_conninfo()
+    stopped = host.get_fact(PostgresClusters).get(f"{major}/{cluster}", {})
+    if not state and stopped.get("status") == "down" and ours and stopped.get("system_identifier") == ours:
+        _rejoin(primary, major, cluster, datadir, unit, conninfo)
+        return
     cloning = f"{datadir}.cloning"
     server.shell(
         name=f"Clone from {primary.name} (pg_basebackup over TLS, slot {slot_name(host.name)})",
@@ -185,3 +205,21 @@ def standby():
         ],
     )
 
+
+
+def _rejoin(primary, major, cluster, datadir, unit, conninfo):
+    """A stopped cluster of the primary's own system (a replaced or switched-over primary) rewinds to the primary's
+    timeline and starts as its standby: no copy of the whole cluster."""
+    bin_dir = f"/usr/lib/postgresql/{major}/bin"
+    server.shell(
+        name=f"Rejoin as a standby of {primary.name} (pg_rewind, then streaming from slot {slot_name(host.name)})",
+        commands=[
+            # Completes crash recovery first if it stopped uncleanly; fetches missing WAL with restore_command.
+            f"runuser -u postgres -- {bin_dir}/pg_rewind --target-pgdata={datadir} "
+            f"--source-server='{conninfo} dbname=postgres' --restore-target-wal "
+            f"--config-file=/etc/postgresql/{major}/{cluster}/postgresql.conf",
+            f"runuser -u postgres -- touch {datadir}/standby.signal",
+            f"rm -f {FENCE_MARKER}",  # a standby now: the fence has done its work
+            f"systemctl start {unit}",
+        ],
+    )

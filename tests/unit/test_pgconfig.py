@@ -122,6 +122,7 @@ def test_a_parameter_missing_on_the_host_is_a_change():
 def test_hba_rules_from_the_inventory_are_tls_and_scram():
     rules = hba_rules(["198.51.100.12"], ["198.51.100.21"], "replicator", [], "t")
     assert rules == [("hostssl", "replication", "replicator", "198.51.100.12/32", "scram-sha-256"),
+                     ("hostssl", "postgres", "replicator", "198.51.100.12/32", "scram-sha-256"),
                      ("hostssl", "all", "all", "198.51.100.21/32", "scram-sha-256")]
 
 
