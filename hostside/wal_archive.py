@@ -5,6 +5,7 @@
     wal_archive.py fetch NAME DEST   restore_command = '... fetch %f %p'
     wal_archive.py serve             the resident uploader (mcp-wal-archive.service) push hands off to
     wal_archive.py check             can this host archive? (bucket, credentials, KMS key, clock, prefix owner)
+    wal_archive.py seal TIMELINE     after a promotion to TIMELINE: no gap in the parent timeline up to the switch
 
 Safety model (pgBackRest's): a put is conditional (If-None-Match), the SHA-256 of the raw segment is stored with
 the object and compared on every collision and every restore; success is reported only once S3 holds an
@@ -33,6 +34,9 @@ CONFIG = "/etc/mcp-portal/wal-archive.json"
 COMPRESSIONS = {"none": (lambda data: data, lambda data: data), "gzip": (lambda data: gzip.compress(data, 1), gzip.decompress)}
 HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
 WAL_FILE = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$")
+SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+WAL_SEGMENT_BYTES = 16 * 2**20
+SEGMENTS_PER_ID = 2**32 // WAL_SEGMENT_BYTES
 HANDOFF_TIMEOUT_S = 600  # the uploader answers within this, or the push fails (PostgreSQL retries)
 MAX_CLOCK_SKEW_S = 300  # S3 refuses signatures beyond 15 min; warn well before
 
@@ -48,6 +52,37 @@ def load_config(path=CONFIG):
 
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
+
+
+def lsn(text):
+    """'16/B374D848' -> a byte position."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def format_lsn(position):
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def segment_position(name):
+    """Where a full segment starts (16 MiB segments, PostgreSQL's default and the tier's)."""
+    return int(name[8:16], 16) * SEGMENTS_PER_ID * WAL_SEGMENT_BYTES + int(name[16:24], 16) * WAL_SEGMENT_BYTES
+
+
+def segment_end(name):
+    return segment_position(name) + WAL_SEGMENT_BYTES
+
+
+def segment_name(timeline, position):
+    """The segment of `timeline` that holds byte `position`."""
+    number = position // WAL_SEGMENT_BYTES
+    return f"{timeline:08X}{number // SEGMENTS_PER_ID:08X}{number % SEGMENTS_PER_ID:08X}"
+
+
+def segment_range(first, last):
+    """Segment names from `first` to `last` inclusive, on `first`'s timeline."""
+    timeline = timeline_of(first)
+    return [segment_name(timeline, p) for p in range(segment_position(first), segment_position(last) + 1, WAL_SEGMENT_BYTES)]
 
 
 def timeline_of(name):
@@ -125,9 +160,21 @@ class Archive:
             raise ArchiveError(f"s3://{self.bucket}/{self.prefix} belongs to {whose}, not to this cluster ({ours}): "
                                "not archived; a new cluster needs its own wal_archive_prefix")
 
+    def switchpoint(self, timeline):
+        """Where `timeline` ended (a byte position), from the next timeline's history file; None while `timeline`
+        is the newest. PostgreSQL numbers a new timeline one past the newest history file it finds probing
+        upwards, so history files are contiguous: one request is enough."""
+        history = self.read(f"{timeline + 1:08X}.history")
+        if history is None:
+            return None
+        for line in history.decode().splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == str(timeline):
+                return lsn(fields[1])
+        raise ArchiveError(f"{timeline + 1:08X}.history does not say where timeline {timeline} ended")
+
     def superseded(self, timeline):
-        """True when the archive has a timeline after `timeline`. PostgreSQL numbers a new timeline one past the
-        newest history file it finds probing upwards, so history files are contiguous: one probe is enough."""
+        """True when a promotion has ended `timeline` (the fence's question)."""
         return self._head(self.key(f"{timeline + 1:08X}.history")) is not None
 
     def push(self, path, name):
@@ -138,12 +185,14 @@ class Archive:
         digest = sha256(data)
         self.check_owner()
         # An old primary that comes back after a failover writes names the new one never writes: only its
-        # timeline gives it away. A promotion archives the old timeline's last segment as .partial: allowed.
-        if WAL_FILE.match(name) and not name.endswith(".partial") and self.superseded(timeline_of(name)):
-            raise ArchiveError(f"{name} is on timeline {timeline_of(name)}, but the archive has timeline "
-                               f"{timeline_of(name) + 1}: "
-                               "this server was replaced by a promoted replica and must not archive; rejoin it "
-                               "as a replica (docs/replication.md)")
+        # timeline gives it away. What both timelines share (segments that end at or before the switch) may be
+        # archived by either; a promotion archives the old timeline's last segment as .partial: allowed.
+        if SEGMENT.match(name):
+            ended = self.switchpoint(timeline_of(name))
+            if ended is not None and segment_end(name) > ended:
+                raise ArchiveError(f"{name} is on timeline {timeline_of(name)}, which the archive shows ended at "
+                                   f"{format_lsn(ended)} (timeline {timeline_of(name) + 1}): this server was replaced "
+                                   "by a promoted replica and must not archive; rejoin it as a replica (docs/failover.md)")
         compression = self.config.get("compression", "gzip")
         key = self.key(name)
         created = self._put_if_absent(key, COMPRESSIONS[compression][0](data),
@@ -157,19 +206,56 @@ class Archive:
             raise ArchiveError(f"s3://{self.bucket}/{key} does not show this segment's checksum after the upload")
         return "archived" if created else "already archived, same checksum"
 
-    def fetch(self, name, dest):
-        """Write `name` to `dest`, checked against its stored checksum; False when the archive lacks it."""
+    def read(self, name):
+        """The content of `name`, checked against its stored checksum; None when the archive lacks it."""
         from botocore.exceptions import ClientError
         try:
             obj = self.s3.get_object(Bucket=self.bucket, Key=self.key(name))
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
             raise
         metadata = obj.get("Metadata") or {}
         data = COMPRESSIONS[metadata.get("compression", "none")][1](obj["Body"].read())
         if sha256(data) != metadata.get("sha256"):
             raise ArchiveError(f"s3://{self.bucket}/{self.key(name)} does not match its stored sha256: not restored")
+        return data
+
+    def segments(self, timeline):
+        """The names of the full segments of `timeline` in the archive."""
+        names, pages = set(), self.s3.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/wal/{timeline:08X}"):
+            names.update(obj["Key"].rsplit("/", 1)[1] for obj in page.get("Contents", []))
+        return sorted(n for n in names if SEGMENT.match(n))
+
+    def seal(self, timeline, wal_dir):
+        """After a promotion to `timeline`: the parent timeline's segments, from its first archived one up to the
+        switch, must all be in the archive (a point-in-time restore from an older backup replays through them).
+        Missing ones still in `wal_dir` are archived from there (both timelines share them). Returns (parent,
+        switch segment, archived now, still missing)."""
+        history = self.read(f"{timeline:08X}.history")
+        if history is None:
+            raise ArchiveError(f"the archive has no {timeline:08X}.history: the promotion's history is not archived yet")
+        entries = [line.split() for line in history.decode().splitlines() if line.strip() and not line.startswith("#")]
+        parent, ended = int(entries[-1][0]), lsn(entries[-1][1])  # the last line: the timeline it branched from
+        archived = self.segments(parent)
+        last = segment_name(parent, ended - 1)  # the segment holding the switch: archived as .partial
+        wanted = segment_range(archived[0], last) if archived else []
+        backfilled, missing = [], []
+        for name in (n for n in wanted if n != last and n not in archived):
+            path = os.path.join(wal_dir, name)
+            if os.path.exists(path):
+                self.push(path, name)
+                backfilled.append(name)
+            else:
+                missing.append(name)
+        return parent, last, backfilled, missing
+
+    def fetch(self, name, dest):
+        """Write `name` to `dest`, checked against its stored checksum; False when the archive lacks it."""
+        data = self.read(name)
+        if data is None:
+            return False
         partial = f"{dest}.fetching"
         with open(partial, "wb") as f:
             f.write(data)
@@ -301,7 +387,7 @@ def record_push(outcome):
 
 def main(argv):
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else ("", [])
-    usage = {"push": 2, "fetch": 2, "serve": 0, "check": 0}
+    usage = {"push": 2, "fetch": 2, "serve": 0, "check": 0, "seal": 1}
     if usage.get(command) != len(args):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
@@ -325,6 +411,11 @@ def main(argv):
             return 0 if Archive(config).fetch(*args) else 1
         if command == "serve":
             Uploader(config["socket"], Archive(config)).serve_forever()
+        if command == "seal":
+            parent, last, backfilled, missing = Archive(config).seal(int(args[0]), os.path.join(config["data_directory"], "pg_wal"))
+            print(f"timeline {parent} ends in {last}; archived now: {', '.join(backfilled) or 'none'}; "
+                  f"missing: {', '.join(missing) or 'none'}")
+            return 1 if missing else 0
         if command == "check":
             problems = preflight(config, time.time(), Archive(config).system_identifier())
             for problem in problems:
