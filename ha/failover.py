@@ -1,0 +1,82 @@
+"""Unplanned failover: the primary is gone; the most advanced replica takes over.
+
+The lost primary cannot be reached, so it is not stopped here: it fences itself when it regains the network (the
+promotion's timeline history in the archive, hostside/fence.py), and rejoins with the ordinary deploy. Here:
+PgBouncer holds the clients, the replica that received the most WAL replays all of it and is promoted, gets slots
+for every other database host, is recorded in the inventory; PgBouncer and the surviving replicas are re-pointed;
+the archive is checked for a gap in the old timeline up to the switch.
+"""
+
+import time
+
+from deploys.archive import PROGRAM as ARCHIVER
+from ha.switchover import pause, promote
+from ha.tier import Refused, say
+from hostside.wal_archive import format_lsn, lsn
+
+REPLAY_S = 60  # for the chosen replica to replay what it received before it is promoted
+HISTORY_S = 60  # for the new primary to archive its timeline history (what fences the old primary)
+
+
+def choose(tier):
+    """The surviving standby that received the most WAL, after refusing a failover the tier does not need."""
+    old = tier.primary
+    if tier.reachable(old):
+        state = tier.node(old)
+        if state and not state["in_recovery"]:
+            raise Refused(f"{old} is up and a primary: nothing to fail over (planned: mcp-ha switchover)")
+    standbys = {}
+    for name in tier.group("replicas"):
+        state = tier.node(name) if tier.reachable(name) else {}
+        if state and state["in_recovery"]:
+            standbys[name] = state
+            say(f"{name}: received {state['receive_lsn'] or 'nothing by streaming'}, replayed {state['replay_lsn']}")
+        else:
+            say(f"{name}: unreachable or not a running standby; not a candidate")
+    if not standbys:
+        raise Refused("no replica is a running standby: nothing to promote; restore from the archive (docs/failover.md)")
+    if len({s["system_identifier"] for s in standbys.values()}) > 1:
+        raise Refused(f"the standbys belong to different clusters ({', '.join(standbys)}); fix the inventory")
+    return max(standbys, key=lambda n: lsn(standbys[n]["receive_lsn"] or standbys[n]["replay_lsn"])), standbys
+
+
+def _replay_all(tier, name, received):
+    deadline = time.monotonic() + REPLAY_S
+    while lsn(tier.psql(name, "select pg_last_wal_replay_lsn()")) < received:
+        if time.monotonic() > deadline:
+            raise Refused(f"{name} has not replayed up to {format_lsn(received)} within {REPLAY_S} s; nothing changed")
+        time.sleep(0.2)
+
+
+def _seal(tier, primary):
+    """The promotion's history is archived (so the old primary can fence itself) and the old timeline has no gap."""
+    timeline = int(tier.psql(primary, "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
+    deadline = time.monotonic() + HISTORY_S
+    while True:
+        ok, output = tier.run(primary, f"runuser -u postgres -- {ARCHIVER} seal {timeline} 2>&1", check=False)
+        if ok or "history is not archived yet" not in output or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if not ok:
+        raise Refused(f"{primary} is the primary, but the archive is not sealed across the promotion: {output}; "
+                      "take a base backup now (systemctl start mcp-base-backup.service) and see docs/failover.md")
+    say(f"archive: {output}")
+
+
+def failover(tier):
+    old = tier.primary
+    target, standbys = choose(tier)
+    received = lsn(standbys[target]["receive_lsn"] or standbys[target]["replay_lsn"])
+    say(f"failover {old} -> {target} (received the most WAL: {format_lsn(received)}); pausing PgBouncer")
+    started = time.monotonic()
+    pause(tier, patient=False)
+    _replay_all(tier, target, received)
+    repointed = promote(tier, target, started)
+    survivors = [n for n in standbys if n != target]
+    if survivors:
+        say(f"re-pointing {', '.join(survivors)} at {target}")
+        repointed.deploy(target, *survivors)
+    _seal(repointed, target)
+    say(f"done: {target} is the primary. {old} fences itself when it is back; then rejoin it with the deploy "
+        f"(docs/failover.md)")
+    return repointed
