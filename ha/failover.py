@@ -10,7 +10,8 @@ the archive is checked for a gap in the old timeline up to the switch.
 import time
 
 from deploys.archive import PROGRAM as ARCHIVER
-from ha.switchover import pause, promote
+from deploys.datasource import address_of
+from ha.switchover import pause, promote, resume
 from ha.tier import Refused, say
 from hostside.wal_archive import format_lsn, lsn
 
@@ -63,6 +64,20 @@ def _seal(tier, primary):
     say(f"archive: {output}")
 
 
+def release_lost(tier, lost):
+    """Clients whose transaction was in flight on the lost primary wait on a dead connection until the kernel gives
+    up (minutes): end them now, with an error, as the lost primary would have. Everyone else was only held."""
+    address = address_of(tier.hosts[lost])
+    for pooler in tier.group("pgbouncer"):
+        clients = {c["ptr"]: c["id"] for c in tier.pgbouncer_rows(pooler, "SHOW CLIENTS")}
+        stuck = [clients[s["link"]] for s in tier.pgbouncer_rows(pooler, "SHOW SERVERS")
+                 if s["addr"] == address and s["link"] in clients]
+        for client in stuck:
+            tier.pgbouncer(pooler, f"KILL_CLIENT {client}")
+        if stuck:
+            say(f"{pooler}: ended {len(stuck)} client(s) whose transaction was in flight on {lost}")
+
+
 def failover(tier):
     old = tier.primary
     target, standbys = choose(tier)
@@ -70,8 +85,13 @@ def failover(tier):
     say(f"failover {old} -> {target} (received the most WAL: {format_lsn(received)}); pausing PgBouncer")
     started = time.monotonic()
     pause(tier, patient=False)
-    _replay_all(tier, target, received)
+    try:
+        _replay_all(tier, target, received)
+    except Refused:
+        resume(tier)
+        raise
     repointed = promote(tier, target, started)
+    release_lost(repointed, old)
     survivors = [n for n in standbys if n != target]
     if survivors:
         say(f"re-pointing {', '.join(survivors)} at {target}")

@@ -75,9 +75,12 @@ def pause(tier, patient=True):
 
 
 def resume(tier):
+    """Let every PgBouncer host's held clients go on; said, not raised, where that fails (an SRE must look)."""
     for pooler in tier.group("pgbouncer"):
         for entry in _entries(tier, pooler):
-            tier.pgbouncer(pooler, f"RESUME {entry}")
+            ok, output = tier.run(pooler, tier.pgbouncer_command(pooler, f"RESUME {entry}") + " 2>&1", check=False)
+            if not ok and "is not paused" not in output:
+                say(f"WARNING: {pooler}: RESUME {entry} failed ({output or 'no answer'}); run it on the admin console")
 
 
 def _wait_replayed(tier, target, position):

@@ -68,7 +68,13 @@ class Tier:
         host = self.hosts[name]
         if not self.reachable(name):
             raise Refused(f"{name} is unreachable over ssh")
-        ok, output = host.run_shell_command(StringCommand(command), _sudo=host.data.get("_sudo", False), _timeout=timeout)
+        try:
+            ok, output = host.run_shell_command(StringCommand(command), _sudo=host.data.get("_sudo", False),
+                                                _timeout=timeout)
+        except TimeoutError:
+            if check:
+                raise Refused(f"{name}: `{command}` did not finish within {timeout} s") from None
+            return False, ""
         if check and not ok:
             raise Refused(f"{name}: `{command}` failed: {output.stderr.strip() or output.stdout.strip()}")
         return ok, output.stdout.strip()
@@ -92,6 +98,11 @@ class Tier:
 
     def pgbouncer(self, name, command, timeout=60):
         return self.run(name, self.pgbouncer_command(name, command), timeout=timeout)[1]
+
+    def pgbouncer_rows(self, name, command):
+        """A SHOW command's rows as dicts."""
+        header, *rows = self.run(name, self.pgbouncer_command(name, command).replace("-XtAq", "-XAq"))[1].splitlines()
+        return [dict(zip(header.split("|"), row.split("|"))) for row in rows if "|" in row]
 
     def ensure_slots(self, primary, for_hosts):
         """A physical slot on `primary` for each of `for_hosts` (PostgreSQL does not carry slots over a promotion)."""
