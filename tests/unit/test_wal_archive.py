@@ -1,6 +1,7 @@
 """The host-side WAL archiver's logic that needs no S3: names, timelines, clock skew, the hand-off to the uploader
 over a real Unix socket. Its S3 behaviour is tested on the fleet (tests/e2e/test_wal_archive.py)."""
 
+import hashlib
 import socket
 import struct
 import threading
@@ -8,8 +9,8 @@ import time
 
 import pytest
 
-from hostside.wal_archive import (COMPRESSIONS, Archive, ArchiveError, clock_skew_problem, handoff, main,
-                                  timeline_of)
+from hostside.wal_archive import (COMPRESSIONS, SEGMENT, Archive, ArchiveError, clock_skew_problem, format_lsn,
+                                  handoff, lsn, main, segment_end, segment_name, segment_range, timeline_of)
 
 CONFIG = {"bucket": "b", "prefix": "/local/", "socket": "/nonexistent"}
 
@@ -113,3 +114,78 @@ def test_a_successful_push_records_its_time(tmp_path, monkeypatch):
 def test_usage_errors_exit_2(capsys):
     assert main(["wal_archive.py", "push", "only-one-argument"]) == 2
     assert "archive_command" in capsys.readouterr().err
+
+
+SEGMENT_BYTES = 16 * 2**20
+
+
+def test_segment_arithmetic_crosses_the_log_id_boundary():
+    assert segment_name(1, 3 * SEGMENT_BYTES + 5) == "000000010000000000000003"
+    assert segment_end("000000010000000000000003") == 4 * SEGMENT_BYTES
+    assert segment_range("0000000200000000000000FE", "000000020000000100000001") == [
+        "0000000200000000000000FE", "0000000200000000000000FF", "000000020000000100000000", "000000020000000100000001"]
+    assert lsn("1/2") == 2**32 + 2 and format_lsn(lsn("16/B374D848")) == "16/B374D848"
+
+
+class MemoryArchive(Archive):
+    """The archive's bookkeeping over a dict instead of S3 (the S3 calls are exercised on the fleet)."""
+
+    def __init__(self, objects):
+        super().__init__(CONFIG)
+        self.objects = objects
+
+    def check_owner(self):
+        pass
+
+    def read(self, name):
+        return self.objects.get(name)
+
+    def _put_if_absent(self, key, body, metadata):
+        name = key.rsplit("/", 1)[1]
+        if name in self.objects:
+            return False
+        self.objects[name] = COMPRESSIONS[metadata["compression"]][1](body)
+        return True
+
+    def _head(self, key):
+        name = key.rsplit("/", 1)[1]
+        return {"Metadata": {"sha256": hashlib.sha256(self.objects[name]).hexdigest()}} if name in self.objects else None
+
+    def segments(self, timeline):
+        return sorted(n for n in self.objects if SEGMENT.match(n) and timeline_of(n) == timeline)
+
+
+# Timeline 2 branched from timeline 1 inside segment 6 (0/6000100).
+HISTORY_2 = b"1\t0/6000100\tno recovery target specified\n"
+
+
+def wal_file(tmp_path, name, content=b"wal"):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def test_a_replaced_timeline_may_archive_what_both_share_and_nothing_past_the_switch(tmp_path):
+    archive = MemoryArchive({"00000002.history": HISTORY_2})
+    assert archive.switchpoint(1) == 0x6000100 and archive.switchpoint(2) is None
+    shared = "000000010000000000000005"
+    assert archive.push(wal_file(tmp_path, shared), shared) == "archived"
+    for name in ("000000010000000000000006", "000000010000000000000007"):  # holds the switch; after it
+        with pytest.raises(ArchiveError, match="must not archive"):
+            archive.push(wal_file(tmp_path, name), name)
+    partial = "000000010000000000000006.partial"  # the promotion's own copy of the switch segment
+    assert archive.push(wal_file(tmp_path, partial), partial) == "archived"
+
+
+def test_seal_archives_the_parent_timelines_gap_from_pg_wal_and_names_what_is_gone(tmp_path):
+    objects = {"00000002.history": HISTORY_2, "000000010000000000000002": b"2", "000000010000000000000003": b"3"}
+    wal_file(tmp_path, "000000010000000000000004")
+    parent, last, backfilled, missing = MemoryArchive(objects).seal(2, str(tmp_path))
+    assert (parent, last) == (1, "000000010000000000000006")
+    assert backfilled == ["000000010000000000000004"] and missing == ["000000010000000000000005"]
+    assert objects["000000010000000000000004"] == b"wal"
+
+
+def test_seal_waits_for_the_promotions_history():
+    with pytest.raises(ArchiveError, match="history is not archived yet"):
+        MemoryArchive({}).seal(2, "/nonexistent")
