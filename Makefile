@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # prometheus: its promtool checks and unit-tests the alert rules (monitoring/).
 DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv prometheus
 
-.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-down bench bench-fleet bench-deploy bench-archive bench-archive-lag bench-backup bench-rls bench-pgbouncer bench-deps
+.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-drills test-down bench bench-fleet bench-deploy bench-archive bench-archive-lag bench-backup bench-rls bench-pgbouncer bench-deps
 
 ## make local: virtualenv, fleet up, deploy to the fleet, post-deploy checks
 local: deps venv up deploy check
@@ -49,11 +49,17 @@ test-unit: venv
 test-fleet: venv deps
 	$(BIN)/pytest -q tests/fleet
 
-# Deploy to the fleet twice (the second run must change nothing), then the post-deploy checks.
+# Deploy to the fleet twice (the second run must change nothing), the deploy's end-to-end tests, the drills that
+# move the primary (last: they leave another host primary), then the post-deploy checks on the tier they left.
 test-infra: venv deps
 	$(BIN)/fleet up
 	$(BIN)/pytest -q tests/e2e
+	$(BIN)/pytest -q tests/drills
 	$(BIN)/pytest -q tests/infra --inventory inventory/local.py
+
+# The drills alone, on a fleet that is up (they deploy first).
+test-drills: venv deps
+	$(BIN)/pytest -q tests/drills
 
 test-down: venv
 	$(BIN)/pytest -q tests/teardown

@@ -173,6 +173,12 @@ class Archive:
                 return lsn(fields[1])
         raise ArchiveError(f"{timeline + 1:08X}.history does not say where timeline {timeline} ended")
 
+    def moved_past(self, timeline):
+        """True when this server has a later timeline's history file: it followed or made a newer timeline, so a
+        segment of `timeline` it still holds is a leftover, not the writes of a replaced primary."""
+        wal_dir = os.path.join(self.config["data_directory"], "pg_wal")
+        return any(HISTORY.match(f) and int(f[:8], 16) > timeline for f in os.listdir(wal_dir))
+
     def superseded(self, timeline):
         """True when a promotion has ended `timeline` (the fence's question)."""
         return self._head(self.key(f"{timeline + 1:08X}.history")) is not None
@@ -190,6 +196,10 @@ class Archive:
         if SEGMENT.match(name):
             ended = self.switchpoint(timeline_of(name))
             if ended is not None and segment_end(name) > ended:
+                if self.moved_past(timeline_of(name)):
+                    return (f"not archived: timeline {timeline_of(name)} ended at {format_lsn(ended)}, before this "
+                            "segment's end, and this server has moved to a later timeline (a file left from before "
+                            "it rejoined); the archive keeps the timeline that won")
                 raise ArchiveError(f"{name} is on timeline {timeline_of(name)}, which the archive shows ended at "
                                    f"{format_lsn(ended)} (timeline {timeline_of(name) + 1}): this server was replaced "
                                    "by a promoted replica and must not archive; rejoin it as a replica (docs/failover.md)")

@@ -130,8 +130,8 @@ def test_segment_arithmetic_crosses_the_log_id_boundary():
 class MemoryArchive(Archive):
     """The archive's bookkeeping over a dict instead of S3 (the S3 calls are exercised on the fleet)."""
 
-    def __init__(self, objects):
-        super().__init__(CONFIG)
+    def __init__(self, objects, data_directory="/nonexistent"):
+        super().__init__(dict(CONFIG, data_directory=data_directory))
         self.objects = objects
 
     def check_owner(self):
@@ -166,7 +166,8 @@ def wal_file(tmp_path, name, content=b"wal"):
 
 
 def test_a_replaced_timeline_may_archive_what_both_share_and_nothing_past_the_switch(tmp_path):
-    archive = MemoryArchive({"00000002.history": HISTORY_2})
+    (tmp_path / "pg_wal").mkdir()
+    archive = MemoryArchive({"00000002.history": HISTORY_2}, str(tmp_path))
     assert archive.switchpoint(1) == 0x6000100 and archive.switchpoint(2) is None
     shared = "000000010000000000000005"
     assert archive.push(wal_file(tmp_path, shared), shared) == "archived"
@@ -175,6 +176,16 @@ def test_a_replaced_timeline_may_archive_what_both_share_and_nothing_past_the_sw
             archive.push(wal_file(tmp_path, name), name)
     partial = "000000010000000000000006.partial"  # the promotion's own copy of the switch segment
     assert archive.push(wal_file(tmp_path, partial), partial) == "archived"
+
+
+def test_a_server_on_a_later_timeline_drops_a_leftover_segment_of_a_replaced_one(tmp_path):
+    """Left by a rejoin, a .ready file of the old timeline would block PostgreSQL's archiver for good."""
+    (tmp_path / "pg_wal").mkdir()
+    (tmp_path / "pg_wal" / "00000003.history").write_text("")
+    archive = MemoryArchive({"00000002.history": HISTORY_2}, str(tmp_path))
+    name = "000000010000000000000007"
+    assert archive.push(wal_file(tmp_path, name), name).startswith("not archived: timeline 1 ended at 0/6000100")
+    assert name not in archive.objects
 
 
 def test_seal_archives_the_parent_timelines_gap_from_pg_wal_and_names_what_is_gone(tmp_path):
