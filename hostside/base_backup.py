@@ -10,6 +10,9 @@
     base_backup.py restore DATADIR [--target-time T | --target-lsn L | --target-xid X | --target-name N]
                               the newest verified backup that ends before the target, unpacked, verified and set
                               up to replay WAL from the archive to the target and then stop (recovery.signal)
+    base_backup.py restore --standby DATADIR
+                              rebuild this host's replica: the newest verified backup, unpacked and verified, set
+                              up as a standby (standby.signal) of the host's configured primary
 
 Runs only where `pg_is_in_recovery()` is false: on a standby `run` says so and exits 0. Settings come from the
 WAL archiver's configuration (/etc/mcp-portal/wal-archive.json): same bucket, prefix and keys.
@@ -212,7 +215,7 @@ class Backups:
             raise wal_archive.ArchiveError("no verified backup of this cluster ends before the target")
         return candidates[-1]
 
-    def restore(self, datadir, targets):
+    def restore(self, datadir, targets, standby=False):
         if os.path.exists(datadir) and os.listdir(datadir):
             raise wal_archive.ArchiveError(f"{datadir} is not empty: restore into an empty directory")
         target_time = targets.get("recovery_target_time")
@@ -236,6 +239,10 @@ class Backups:
             shutil.rmtree(unpack, ignore_errors=True)
             if os.path.exists(packed):
                 os.unlink(packed)
+        if standby:  # the host's own configuration (primary_conninfo, its slot) takes it from here
+            with open(os.path.join(datadir, "standby.signal"), "w"):
+                pass
+            return record
         recovery_settings(datadir, targets)
         local_config(datadir)
         return record
@@ -325,6 +332,8 @@ def main(argv):
     restore.add_argument("datadir")
     for target in ("time", "lsn", "xid", "name"):
         restore.add_argument(f"--target-{target}")
+    restore.add_argument("--standby", action="store_true",
+                         help="rebuild this host's own replica: the newest backup, then the archive and the primary")
     args = parser.parse_args(argv[1:])
     config = wal_archive.load_config(os.environ.get("MCP_WAL_ARCHIVE_CONFIG", wal_archive.CONFIG))
     if args.command == "retain":
@@ -348,7 +357,9 @@ def main(argv):
         else:
             targets = {f"recovery_target_{t}": getattr(args, f"target_{t}") for t in ("time", "lsn", "xid", "name")
                        if getattr(args, f"target_{t}")}
-            record = backups.restore(args.datadir, targets)
+            if args.standby and targets:
+                parser.error("--standby follows the primary to its newest WAL: no --target-*")
+            record = backups.restore(args.datadir, targets, standby=args.standby)
             print(json.dumps(record, sort_keys=True))
     except (wal_archive.ArchiveError, subprocess.CalledProcessError) as exc:
         print(f"base_backup {args.command}: {exc}", file=sys.stderr)

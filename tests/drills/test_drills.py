@@ -2,6 +2,7 @@
 load, a failover without and then with synchronous replication (the lost primary fences itself when it is back
 and rejoins with pg_rewind), and the refusals that change nothing. After each, a deploy changes nothing."""
 
+import json
 import subprocess
 import sys
 import time
@@ -60,7 +61,12 @@ def deploy_with(inventory):
 
 
 def no_drift(inventory=LOCAL):
+    """A deploy changes nothing, and the primary's archiver keeps up (a file left from an older timeline would stop it)."""
     assert grand_total(deploy_with(inventory))[1] == 0
+    primary = roles()[0]
+    psql(primary, "select pg_switch_wal()")
+    closed = psql(primary, "select pg_walfile_name(pg_current_wal_lsn() - 1)")
+    eventually(lambda: psql(primary, "select coalesce(last_archived_wal, '') from pg_stat_archiver") >= closed, timeout=60)
 
 
 def synchronous_inventory(tmp_path):
@@ -99,7 +105,7 @@ def unchanged():
 
 
 def test_switchover_to_a_host_outside_the_inventory_is_refused(unchanged):
-    code, output = mcp_ha("switchover", "inventory/local.py", "--to", "pg-replica-9", check=False)
+    code, output = mcp_ha("switchover", LOCAL, "--to", "pg-replica-9", check=False)
     assert code == 1 and "pg-replica-9 is not one of the inventory's database hosts" in output
 
 
@@ -107,7 +113,7 @@ def test_switchover_to_a_stopped_replica_is_refused(unchanged):
     replica = roles()[1][0]
     on(replica, "systemctl stop postgresql@17-main")
     try:
-        code, output = mcp_ha("switchover", "inventory/local.py", "--to", replica, check=False)
+        code, output = mcp_ha("switchover", LOCAL, "--to", replica, check=False)
     finally:
         on(replica, "systemctl start postgresql@17-main")
     assert code == 1 and f"{replica} is not a running standby" in output
@@ -118,7 +124,7 @@ def test_switchover_to_a_lagging_replica_is_refused(unchanged):
     psql(replica, "select pg_wal_replay_pause()")
     try:  # 20 MB of WAL it does not replay: over a realtime replica's 10 MB threshold
         portal(primary, "create table drill_lag as select g, repeat('x', 100) as pad from generate_series(1, 120000) g")
-        code, output = mcp_ha("switchover", "inventory/local.py", "--to", replica, check=False)
+        code, output = mcp_ha("switchover", LOCAL, "--to", replica, check=False)
     finally:
         psql(replica, "select pg_wal_replay_resume()")
         portal(primary, "drop table if exists drill_lag")
@@ -131,17 +137,22 @@ def test_switchover_while_a_restore_runs_is_refused(unchanged):
     on(replicas[-1], "systemd-run --unit drill-restore -p Type=exec /bin/bash -c "
                      "'exec -a \"/usr/bin/python3 /usr/local/lib/mcp-portal/base_backup.py restore\" sleep 120'")
     try:
-        code, output = mcp_ha("switchover", "inventory/local.py", "--to", replicas[0], check=False)
+        code, output = mcp_ha("switchover", LOCAL, "--to", replicas[0], check=False)
     finally:
         on(replicas[-1], "systemctl stop drill-restore")
     assert code == 1 and f"{replicas[-1]} is running a point-in-time restore" in output
+
+
+def test_failover_while_the_primary_is_up_is_refused(unchanged):
+    code, output = mcp_ha("failover", LOCAL, check=False)
+    assert code == 1 and f"{roles()[0]} is up and a primary: nothing to fail over" in output
 
 
 def test_switchover_under_load_fails_no_transaction_and_loses_no_row():
     old, (target, *others) = roles()
     with WriteLoad() as load:
         load.wait_for(200)
-        code, output = mcp_ha("switchover", "inventory/local.py", "--to", target)
+        code, output = mcp_ha("switchover", LOCAL, "--to", target)
         seen = len(load.acknowledged)
         load.wait_for(seen + 200)  # and writes go on, on the new primary
     assert load.failures == []
@@ -243,3 +254,27 @@ def test_failover_with_synchronous_replication_loses_no_acknowledged_row(tmp_pat
     finally:
         deploy()  # synchronous replication off again, as the fleet's group_data says
     assert psql(roles()[0], "show synchronous_standby_names") == ""
+
+
+def test_a_replica_rebuilt_from_the_newest_backup_replays_the_archive_across_the_drills_promotions():
+    primary, replicas = roles()
+    replica, datadir = replicas[-1], "/var/lib/postgresql/17/main"
+    program = "/usr/local/lib/mcp-portal/base_backup.py"
+    if not on(primary, f"runuser -u postgres -- {program} list").stdout.strip():  # run alone: no backup yet
+        on(primary, "systemctl start mcp-base-backup.service", timeout=600)
+    newest = json.loads(on(primary, f"runuser -u postgres -- {program} list").stdout.splitlines()[-1])
+    written = portal(primary, f"insert into public.{TABLE} default values returning id").splitlines()[0]
+    on(replica, f"systemctl stop postgresql@17-main && mv {datadir} {datadir}.broken")
+    try:
+        on(replica, f"runuser -u postgres -- {program} restore --standby {datadir}", timeout=600)
+        on(replica, "systemctl start postgresql@17-main")
+        eventually(lambda: streaming_from(primary, replicas), timeout=180)
+        eventually(lambda: portal(replica, f"select count(*) from public.{TABLE} where id = {written}") == "1")
+    except AssertionError:
+        on(replica, f"systemctl stop postgresql@17-main; rm -rf {datadir} && mv {datadir}.broken {datadir} && "
+                    "systemctl start postgresql@17-main")
+        raise
+    on(replica, f"rm -rf {datadir}.broken")
+    print(f"{replica} rebuilt from backup {newest['id']} (WAL from {newest['start_lsn']}), now on timeline "
+          f"{switch_timeline(primary)} with the primary")
+    no_drift()
