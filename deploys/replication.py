@@ -18,6 +18,7 @@ from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
 from deploys.sqlscript import psql
 from deploys.tls import DEFAULTS as TLS_DEFAULTS
 from hostside.fence import MARKER as FENCE_MARKER
+from hostside.textfile import DIRECTORY as METRICS
 
 # Per purpose: the standby settings it implies, and the lag an SRE is alerted at (the assessment's section 8).
 PURPOSES = {
@@ -219,7 +220,7 @@ def _rejoin(primary, major, cluster, datadir, unit, conninfo):
             f"--source-server='{conninfo} dbname=postgres' --restore-target-wal "
             f"--config-file=/etc/postgresql/{major}/{cluster}/postgresql.conf",
             f"runuser -u postgres -- touch {datadir}/standby.signal",
-            f"rm -f {FENCE_MARKER}",  # a standby now: the fence has done its work
+            f"rm -f {FENCE_MARKER} {METRICS}/fence.prom",  # a standby now: the fence has done its work
             f"systemctl start {unit}",
         ],
     )

@@ -11,6 +11,7 @@ import time
 
 from deploys.archive import PROGRAM as ARCHIVER
 from deploys.datasource import address_of
+from deploys.fencing import PROGRAM as FENCE
 from ha.switchover import pause, promote, resume
 from ha.tier import Refused, say
 from hostside.wal_archive import format_lsn, lsn
@@ -20,12 +21,17 @@ HISTORY_S = 60  # for the new primary to archive its timeline history (what fenc
 
 
 def choose(tier):
-    """The surviving standby that received the most WAL, after refusing a failover the tier does not need."""
+    """The surviving standby that received the most WAL (and the standbys, and whether the old primary's host
+    answers), after refusing a failover the tier does not need."""
     old = tier.primary
-    if tier.reachable(old):
+    reachable = tier.reachable(old)
+    if reachable:
         state = tier.node(old)
         if state and not state["in_recovery"]:
             raise Refused(f"{old} is up and a primary: nothing to fail over (planned: mcp-ha switchover)")
+        if state:
+            raise Refused(f"{old}, the inventory's primary, is a standby: the inventory is out of date; find the live "
+                          "primary (mcp-ha status) and fix inventory's record (docs/failover.md)")
     standbys = {}
     for name in tier.group("replicas"):
         state = tier.node(name) if tier.reachable(name) else {}
@@ -38,7 +44,8 @@ def choose(tier):
         raise Refused("no replica is a running standby: nothing to promote; restore from the archive (docs/failover.md)")
     if len({s["system_identifier"] for s in standbys.values()}) > 1:
         raise Refused(f"the standbys belong to different clusters ({', '.join(standbys)}); fix the inventory")
-    return max(standbys, key=lambda n: lsn(standbys[n]["receive_lsn"] or standbys[n]["replay_lsn"])), standbys
+    best = max(standbys, key=lambda n: lsn(standbys[n]["receive_lsn"] or standbys[n]["replay_lsn"]))
+    return best, standbys, reachable
 
 
 def _replay_all(tier, name, received):
@@ -80,8 +87,10 @@ def release_lost(tier, lost):
 
 def failover(tier):
     old = tier.primary
-    target, standbys = choose(tier)
+    target, standbys, old_host_up = choose(tier)
     received = lsn(standbys[target]["receive_lsn"] or standbys[target]["replay_lsn"])
+    if old_host_up:  # the host answers but its PostgreSQL does not: keep it from starting again as a primary
+        tier.run(old, f"{FENCE} stop 'failover to {target}'", check=False)
     say(f"failover {old} -> {target} (received the most WAL: {format_lsn(received)}); pausing PgBouncer")
     started = time.monotonic()
     pause(tier, patient=False)

@@ -116,7 +116,12 @@ def switchover(tier, target):
     major, cluster = tier.data(old, "postgres_major"), tier.data(old, "postgres_cluster")
     say(f"switchover {old} -> {target}: pausing PgBouncer")
     started = time.monotonic()
-    pause(tier)
+    try:
+        pause(tier)
+    except Refused as exc:  # a transaction longer than the wait: PgBouncer stays paused unless told otherwise
+        resume(tier)
+        raise Refused(f"{exc}: a transaction in flight did not finish; switchover abandoned before any change, "
+                      "PgBouncer resumed") from None
     try:
         tier.run(old, f"{FENCE} stop 'switchover to {target}'")
         checkpoint = tier.run(old, f"LC_ALL=C /usr/lib/postgresql/{major}/bin/pg_controldata "

@@ -23,6 +23,7 @@ FENCE_INTERVAL_S = 10  # group_data's default fence_check_interval_s
 # The stated bound (docs/failover.md): a check starts within the interval, and takes at most a few seconds.
 FENCE_BOUND_S = FENCE_INTERVAL_S + 10
 LOCAL = "inventory/local.py"
+FENCE_METRIC = "/var/lib/mcp-portal/metrics/fence.prom"
 
 
 def roles():
@@ -167,15 +168,21 @@ def test_switchover_under_load_fails_no_transaction_and_loses_no_row():
     no_drift()
 
 
-def cut_and_fail_over(load, inventory=LOCAL):
-    """Cut the primary off mid-load, fail over; (old primary, new primary, promoted at LSN, mcp-ha output)."""
+def lose_primary_and_fail_over(load, how, inventory=LOCAL):
+    """Lose the primary mid-load (`how`: cut it off the network, or kill its PostgreSQL), fail over; (old primary,
+    new primary, where the old timeline ended, mcp-ha's output)."""
     old, replicas = roles()
     load.wait_for(300)
-    fleet("cut", old)
+    undo = {"cut": lambda: fleet("heal", old),
+            "kill": lambda: on(old, "rm -f /var/lib/mcp-portal/fenced && systemctl start postgresql@17-main")}[how]
+    if how == "cut":
+        fleet("cut", old)
+    else:  # the postmaster and every backend at once, as a crash would
+        on(old, "systemctl kill -s KILL postgresql@17-main")
     try:
         code, output = mcp_ha("failover", inventory)
     except AssertionError:
-        fleet("heal", old)  # nothing was promoted: the old primary is the primary again
+        undo()  # nothing was promoted: the old primary is the primary again
         raise
     new, _ = roles()
     assert new in replicas and new != old
@@ -184,15 +191,19 @@ def cut_and_fail_over(load, inventory=LOCAL):
     return old, new, ended, output
 
 
-def fenced_then_rejoined(old, new, ended, inventory=LOCAL):
-    """The old primary, back on the network, fences itself within the bound, its archiver refuses what it wrote
-    past the switch, it cannot be started as a primary, and the deploy rejoins it as a standby."""
-    started = time.monotonic()
-    fleet("heal", old)
-    eventually(lambda: on(old, "systemctl is-active postgresql@17-main", check=False).stdout.strip() != "active",
-               timeout=FENCE_BOUND_S)
-    took = time.monotonic() - started
+def fenced_then_rejoined(old, new, ended, inventory=LOCAL, cut=True):
+    """The old primary is fenced (cut off: by itself, within the bound once back on the network; killed: by the
+    failover), its archiver refuses what it wrote past the switch, it cannot be started as a primary, and the
+    deploy rejoins it as a standby. Returns how long it took to fence itself (None when the failover did)."""
+    took = None
+    if cut:
+        started = time.monotonic()
+        fleet("heal", old)
+        eventually(lambda: on(old, "systemctl is-active postgresql@17-main", check=False).stdout.strip() != "active",
+                   timeout=FENCE_BOUND_S)
+        took = time.monotonic() - started
     assert "fenced since" in on(old, "/usr/local/lib/mcp-portal/fence.py may-start", check=False).stderr
+    assert "mcp_fenced_timestamp_seconds" in on(old, f"cat {FENCE_METRIC}").stdout  # MCPPostgresFenced fires
     assert on(old, "systemctl start postgresql@17-main", check=False).returncode != 0  # never again as a primary
     parent = switch_timeline(new) - 1
     diverged = [name for name in on(old, "ls /var/lib/postgresql/17/main/pg_wal").stdout.split()
@@ -204,7 +215,7 @@ def fenced_then_rejoined(old, new, ended, inventory=LOCAL):
     assert f"Rejoin as a standby of {new}" in output
     replicas = roles()[1]
     eventually(lambda: streaming_from(new, replicas), timeout=60)
-    assert not on(old, "test -e /var/lib/mcp-portal/fenced", check=False).returncode == 0
+    assert on(old, f"test -e /var/lib/mcp-portal/fenced || test -e {FENCE_METRIC}", check=False).returncode == 1
     no_drift(inventory)
     return took
 
@@ -215,7 +226,7 @@ def switch_timeline(host):
 
 def test_failover_without_synchronous_replication_loses_at_most_what_the_replica_had_not_received():
     with WriteLoad() as load:
-        old, new, ended, output = cut_and_fail_over(load)
+        old, new, ended, output = lose_primary_and_fail_over(load, "cut")
         try:
             load.wait_for(len(load.acknowledged) + 100)  # writes go on through PgBouncer, on the new primary
             acknowledged = load.stop()
@@ -232,25 +243,22 @@ def test_failover_without_synchronous_replication_loses_at_most_what_the_replica
     print(f"{old} fenced itself {took:.1f} s after it was back on the network (bound {FENCE_BOUND_S} s)")
 
 
-def test_failover_with_synchronous_replication_loses_no_acknowledged_row(tmp_path):
+def test_failover_with_synchronous_replication_loses_no_row_the_clients_saw_committed(tmp_path):
+    """The primary's PostgreSQL killed mid-load (its host stays up: the failover fences it at once)."""
     inventory = synchronous_inventory(tmp_path)
     deploy_with(inventory)
     try:
         primary, _ = roles()
         eventually(lambda: psql(primary, "select string_agg(sync_state, ',') from pg_stat_replication") == "quorum,quorum")
         with WriteLoad() as load:
-            old, new, ended, output = cut_and_fail_over(load, inventory)
-            try:
-                load.wait_for(len(load.acknowledged) + 100)  # commits go on: the other replica acknowledges them
-                acknowledged = load.stop()
-                kept = present(new, acknowledged)
-                assert kept == set(acknowledged)
-                print(f"failover (synchronous) {old} -> {new}: {len(acknowledged)} rows acknowledged, all present; "
-                      f"{len(load.failures)} client errors")
-                took = fenced_then_rejoined(old, new, ended, inventory)
-            finally:
-                fleet("heal", old)
-        print(f"{old} fenced itself {took:.1f} s after it was back on the network (bound {FENCE_BOUND_S} s)")
+            old, new, ended, output = lose_primary_and_fail_over(load, "kill", inventory)
+            load.wait_for(len(load.acknowledged) + 100)  # commits go on: the other replica acknowledges them
+            acknowledged = load.stop()
+        kept = present(new, acknowledged)
+        assert kept == set(acknowledged)
+        print(f"failover (synchronous) {old} -> {new}: {len(acknowledged)} rows acknowledged, all present; "
+              f"{len(load.failures)} client errors")
+        fenced_then_rejoined(old, new, ended, inventory, cut=False)
     finally:
         deploy()  # synchronous replication off again, as the fleet's group_data says
     assert psql(roles()[0], "show synchronous_standby_names") == ""

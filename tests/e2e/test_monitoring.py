@@ -134,7 +134,7 @@ def test_prometheus_scrapes_every_exporter_and_evaluates_every_rule_on_the_fleet
     assert sorted((r["metric"]["instance"], r["metric"]["slot_name"]) for r in joined) == [(PRIMARY, s) for s in SLOTS]
     eventually(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in rules()), timeout=30,
                what="every rule evaluated")
-    assert len(rules()) == 27 and [r for r in rules() if r["health"] != "ok"] == []
+    assert len(rules()) == 28 and [r for r in rules() if r["health"] != "ok"] == []
     firing = [r["metric"]["alertname"] for r in prometheus('ALERTS{alertstate="firing"}')]
     assert firing == [], f"a healthy fleet fires {firing}"
 
