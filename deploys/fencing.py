@@ -1,5 +1,5 @@
-"""Fencing on every database host (hostside/fence.py): a timer that stops a primary the WAL archive shows replaced
-by a promoted replica, and a guard on PostgreSQL's unit that lets a fenced cluster start only as a standby."""
+"""Fencing on every database host (hostside/fence.py): a resident check that stops a primary the WAL archive shows
+replaced by a promoted replica, and a guard on PostgreSQL's unit that lets a fenced cluster start only as a standby."""
 
 import io
 import json
@@ -23,8 +23,7 @@ DEFAULTS = {
     "fence_check_interval_s": 10,
 }
 PROGRAM = f"{os.path.dirname(ARCHIVER)}/fence.py"  # beside the archiver it imports
-UNIT = "mcp-fence-check"
-CHECK_TIMEOUT_S = 30  # psql's 10 s and S3's retried requests, then the next check
+UNIT = "mcp-fence"
 
 
 @deploy("Fencing", data_defaults=DEFAULTS)
@@ -36,19 +35,16 @@ def fencing():
     major, cluster = host.data.postgres_major, host.data.postgres_cluster
     postgres_unit = f"postgresql@{major}-{cluster}"
     files.put(name="The fence", src="hostside/fence.py", dest=PROGRAM, mode="755")
-    files.put(name="The fence's configuration", dest=fence.CONFIG, mode="644", src=io.StringIO(json.dumps(
+    config = files.put(name="The fence's configuration", dest=fence.CONFIG, mode="644", src=io.StringIO(json.dumps(
         {"unit": postgres_unit, "cluster": f"{major}/{cluster}",
          "data_directory": f"/var/lib/postgresql/{major}/{cluster}"}, indent=1, sort_keys=True) + "\n"))
-    units = [
-        files.template(name="A fenced cluster starts only as a standby", src="templates/postgresql-fence.conf.j2",
-                       dest=f"/etc/systemd/system/{postgres_unit}.service.d/mcp-fence.conf", create_remote_dir=True,
-                       mode="644", program=PROGRAM),
-        files.template(name="The fence check's unit", src="templates/fence-check.service.j2",
-                       dest=f"/etc/systemd/system/{UNIT}.service", mode="644", program=PROGRAM, timeout_s=CHECK_TIMEOUT_S),
-        timer := files.template(name="The fence check's timer", src="templates/fence-check.timer.j2",
-                                dest=f"/etc/systemd/system/{UNIT}.timer", mode="644", interval_s=interval),
-    ]
-    if any(op.will_change for op in units):
+    guard = files.template(name="A fenced cluster starts only as a standby", src="templates/postgresql-fence.conf.j2",
+                           dest=f"/etc/systemd/system/{postgres_unit}.service.d/mcp-fence.conf", create_remote_dir=True,
+                           mode="644", program=PROGRAM)
+    unit = files.template(name="The fence's unit", src="templates/fence.service.j2",
+                          dest=f"/etc/systemd/system/{UNIT}.service", mode="644", program=PROGRAM, interval_s=interval)
+    if guard.will_change or unit.will_change:
         systemd.daemon_reload(name="Reload systemd units")
-    systemd.service(name="The fence check runs and starts at boot", service=f"{UNIT}.timer", running=True,
-                    enabled=True, restarted=timer.will_change)  # re-armed on the new interval
+    # A new fence.py or archiver needs no restart here: the running fence sees its code change and exits.
+    systemd.service(name="The fence runs and starts at boot", service=f"{UNIT}.service", running=True, enabled=True,
+                    restarted=config.will_change or unit.will_change)

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Fencing: a primary that a promoted replica replaced stops, and never starts again as a primary.
 
-    fence.py check          mcp-fence.timer, every fence_check_interval_s: a primary the archive shows replaced
-                            (a newer timeline's history file) fences itself
+    fence.py watch SECONDS  mcp-fence.service: check every SECONDS, for as long as the host runs
+    fence.py check          once: a primary the archive shows replaced (a newer timeline's history file) fences itself
     fence.py stop REASON    fence this cluster now (the switchover stops the old primary this way)
     fence.py may-start      ExecStartPre of postgresql@: a fenced cluster starts only as a standby (standby.signal)
 
@@ -54,10 +54,32 @@ def fence(config, reason, marker=MARKER, run=subprocess.run):
 
 def check(config, archive):
     timeline = primary_timeline(config)
-    if timeline is None or not archive.superseded(timeline):
-        return 0
-    return fence(config, f"the WAL archive has timeline {timeline + 1}: a replica was promoted after this primary "
-                         f"(timeline {timeline}); rejoin it as a standby (docs/failover.md)")
+    if timeline is not None and archive.superseded(timeline):
+        fence(config, f"the WAL archive has timeline {timeline + 1}: a replica was promoted after this primary "
+                      f"(timeline {timeline}); rejoin it as a standby (docs/failover.md)")
+    textfile.write("fence_check", [("mcp_fence_last_check_timestamp_seconds",
+                                    "When the fence last decided (the archive answered, or this host is no primary).",
+                                    time.time())])
+    return 0
+
+
+def _code_version():
+    return [os.stat(module.__file__).st_mtime_ns for module in (sys.modules[__name__], wal_archive, textfile)]
+
+
+def watch(config, archive, interval, sleep=time.sleep, checks=None):
+    """Check every `interval` seconds in one process (one S3 client, no unit started per check); a check that
+    fails (the archive unreachable) is said and the next one tries again. Returns when its code on disk changed
+    (a deploy shipped a new version): systemd starts the new one."""
+    done, started_with = 0, _code_version()
+    while (checks is None or done < checks) and _code_version() == started_with:
+        try:
+            check(config, archive)
+        except Exception as exc:
+            print(f"fence check: cannot read the WAL archive: {type(exc).__name__}: {exc}".replace("\n", " "),
+                  file=sys.stderr, flush=True)
+        done += 1
+        sleep(interval)
 
 
 def may_start(config, marker=MARKER):
@@ -74,7 +96,7 @@ def may_start(config, marker=MARKER):
 
 def main(argv):
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else ("", [])
-    if {"check": 0, "stop": 1, "may-start": 0}.get(command) != len(args):
+    if {"watch": 1, "check": 0, "stop": 1, "may-start": 0}.get(command) != len(args):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     with open(os.environ.get("MCP_FENCE_CONFIG", CONFIG)) as f:
@@ -83,9 +105,12 @@ def main(argv):
         return may_start(config)
     if command == "stop":
         return fence(config, args[0])
+    archive = wal_archive.Archive(wal_archive.load_config())
+    if command == "watch":
+        return watch(config, archive, float(args[0]))
     try:
-        return check(config, wal_archive.Archive(wal_archive.load_config()))
-    except Exception as exc:  # the archive unreachable: nothing to decide on; the next check tries again
+        return check(config, archive)
+    except Exception as exc:  # the archive unreachable: nothing decided
         print(f"fence check: cannot read the WAL archive: {type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
         return 1
 

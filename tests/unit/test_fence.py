@@ -69,3 +69,25 @@ def test_a_fenced_cluster_starts_only_as_a_standby(config, tmp_path, capsys):
 def test_usage_errors_exit_2(capsys):
     assert fence.main(["fence.py", "stop"]) == 2
     assert "fence.py check" in capsys.readouterr().err
+
+
+def test_watch_survives_an_unreachable_archive_and_records_each_decision(config, tmp_path, monkeypatch, capsys):
+    class Unreachable:
+        def superseded(self, timeline):
+            raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(fence, "primary_timeline", lambda config: 3)
+    fence.watch(config, Unreachable(), 10, sleep=lambda s: None, checks=2)
+    assert capsys.readouterr().err.count("fence check: cannot read the WAL archive: ConnectionError") == 2
+    assert not (tmp_path / "fence_check.prom").exists()  # nothing was decided
+    fence.watch(config, Archive(3), 10, sleep=lambda s: None, checks=1)
+    assert "mcp_fence_last_check_timestamp_seconds" in (tmp_path / "fence_check.prom").read_text()
+
+
+def test_watch_returns_when_a_deploy_replaced_its_code(config, monkeypatch):
+    versions = iter([[1], [1], [2]])  # at start, before the first check, before the second
+    monkeypatch.setattr(fence, "_code_version", lambda: next(versions))
+    checks = []
+    monkeypatch.setattr(fence, "check", lambda config, archive: checks.append(1))
+    fence.watch(config, Archive(3), 10, sleep=lambda s: None)
+    assert checks == [1]
