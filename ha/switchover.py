@@ -28,7 +28,7 @@ BUSY = ("busy=''; "
 
 
 def preflight(tier, target):
-    """Refuse, naming the reason, anything that would make the switchover unsafe; returns the nodes' states."""
+    """Refuse, naming the reason, anything that would make the switchover unsafe."""
     if target not in tier.database_hosts:
         raise Refused(f"{target} is not one of the inventory's database hosts ({', '.join(tier.database_hosts)})")
     primary = tier.primary
@@ -56,7 +56,6 @@ def preflight(tier, target):
         busy = tier.run(name, BUSY)[1].strip(" ,")
         if busy:
             raise Refused(f"{name} is running a {busy}; wait for it to finish")
-    return nodes
 
 
 def _entries(tier, pooler):
