@@ -194,18 +194,19 @@ class ActiveDataKey(FactBase):
 
 
 class UngrantedFunctions(FactBase):
-    """Which of `functions` (signatures) `role` may not execute, in database postgres; [] when the cluster is down
-    or the role is missing (the deploy makes roles before it grants)."""
+    """Which of `functions` (signatures) `role` may not execute, in database postgres (all of them while the role
+    does not exist); None when the cluster is not running, so nothing can be told."""
 
-    default = list
+    @staticmethod
+    def default():
+        return None
 
     def command(self, major, cluster, role, functions):
         checks = ", ".join(f"'{f}'" for f in functions)
-        query = (f"select f from unnest(array[{checks}]) f where exists (select 1 from pg_roles where rolname = '{role}') "
-                 f"and not has_function_privilege('{role}', f, 'execute')")
-        return (f"if pg_lsclusters --no-header {major} {cluster} 2>/dev/null | grep -q online; then "
+        query = (f"select f from unnest(array[{checks}]) f where case when exists (select 1 from pg_roles where "
+                 f"rolname = '{role}') then not has_function_privilege('{role}', f, 'execute') else true end")
+        return (f"if pg_lsclusters --no-header {major} {cluster} 2>/dev/null | grep -q online; then echo checked; "
                 f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster} -c \"{query}\"; fi")
 
     def process(self, output):
-        return [line.strip() for line in output if line.strip()]
-
+        return [line.strip() for line in output[1:] if line.strip()]

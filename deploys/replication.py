@@ -139,6 +139,8 @@ def slots():
     major, cluster = host.data.postgres_major, host.data.postgres_cluster
     user = host.data.postgres_replication_user
     ungranted = host.get_fact(UngrantedFunctions, major=major, cluster=cluster, role=user, functions=REWIND_FUNCTIONS)
+    if ungranted is None:  # a cluster not running at plan time (a first deploy): grant, the role exists by then
+        ungranted = list(REWIND_FUNCTIONS)
     if ungranted:
         server.shell(name=f"Let {user} read what pg_rewind compares ({len(ungranted)} functions)", commands=[
             f"{psql()} -c \"grant execute on function {', '.join(ungranted)} to {user}\""])

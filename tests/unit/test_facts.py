@@ -26,3 +26,11 @@ def test_apt_versions_reads_installed_and_candidate_per_package():
         "postgresql-common": {"installed": "278+deb13u1", "candidate": "278+deb13u1"},
         "pgbouncer": {"installed": "(none)", "candidate": "1.24.1-1"},
     }
+
+
+def test_ungranted_functions_tell_a_stopped_cluster_from_a_granted_role():
+    from deploys.facts import UngrantedFunctions
+    fact = UngrantedFunctions()
+    assert fact.default() is None  # no output: the cluster is not running
+    assert fact.process(["checked"]) == []
+    assert fact.process(["checked", "pg_catalog.pg_read_binary_file(text)"]) == ["pg_catalog.pg_read_binary_file(text)"]
