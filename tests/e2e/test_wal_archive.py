@@ -94,17 +94,22 @@ def test_a_different_segment_under_an_archived_name_is_refused_loudly(s3):
     eventually(lambda: archiver()["last_archived"] >= upcoming, what=f"{upcoming} archived once the impostor left")
 
 
-def test_a_segment_older_than_the_archives_newest_timeline_is_refused(s3):
-    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/history/00000002.history", Body=b"1\t0/3000000\tno recovery target\n",
-                  Metadata={"sha256": "x", "compression": "none"})
+def test_a_segment_past_the_end_of_its_timeline_in_the_archive_is_refused(s3):
+    """The archiver's own refusal (the last line): the fence, which would stop this primary on seeing the same
+    history file, is held off for the test (tests/drills exercises it)."""
+    history = b"1\t0/3000000\tno recovery target\n"
+    on(PRIMARY, "systemctl stop mcp-fence")
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/history/00000002.history", Body=history,
+                  Metadata={"sha256": hashlib.sha256(history).hexdigest(), "compression": "none"})
     failed = int(archiver()["failed"])
     try:
         name = switch()
         eventually(lambda: int(archiver()["failed"]) > failed, what="a failed archive attempt")
         log = on(PRIMARY, "tail -n 200 /var/log/postgresql/postgresql-17-main.log").stdout
-        assert f"{name} is on timeline 1, but the archive has timeline 2" in log
+        assert f"{name} is on timeline 1, which the archive shows ended at 0/3000000 (timeline 2)" in log
     finally:
         s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/history/00000002.history")
+        on(PRIMARY, "systemctl start mcp-fence")
     eventually(lambda: archiver()["last_archived"] >= name, what=f"{name} archived after the history file left")
 
 
