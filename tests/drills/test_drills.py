@@ -24,6 +24,7 @@ FENCE_INTERVAL_S = 10  # group_data's default fence_check_interval_s
 FENCE_BOUND_S = FENCE_INTERVAL_S + 10
 LOCAL = "inventory/local.py"
 FENCE_METRIC = "/var/lib/mcp-portal/metrics/fence.prom"
+BACKUP_UNIT = "mcp-base-backup.service"
 
 
 def roles():
@@ -93,6 +94,8 @@ def drill_table():
     primary, replicas = roles()
     portal(primary, CREATE)
     eventually(lambda: streaming_from(primary, replicas))
+    # The backup the last drill rebuilds a replica from: the drills' promotions come after it.
+    on(primary, f"systemctl start {BACKUP_UNIT}", timeout=600)
 
 
 @pytest.fixture
@@ -268,8 +271,6 @@ def test_a_replica_rebuilt_from_the_newest_backup_replays_the_archive_across_the
     primary, replicas = roles()
     replica, datadir = replicas[-1], "/var/lib/postgresql/17/main"
     program = "/usr/local/lib/mcp-portal/base_backup.py"
-    if not on(primary, f"runuser -u postgres -- {program} list").stdout.strip():  # run alone: no backup yet
-        on(primary, "systemctl start mcp-base-backup.service", timeout=600)
     newest = json.loads(on(primary, f"runuser -u postgres -- {program} list").stdout.splitlines()[-1])
     written = portal(primary, f"insert into public.{TABLE} default values returning id").splitlines()[0]
     on(replica, f"systemctl stop postgresql@17-main && mv {datadir} {datadir}.broken")
