@@ -31,7 +31,7 @@ def choose(tier):
             raise Refused(f"{old} is up and a primary: nothing to fail over (planned: mcp-ha switchover)")
         if state:
             raise Refused(f"{old}, the inventory's primary, is a standby: the inventory is out of date; find the live "
-                          "primary (mcp-ha status) and fix inventory's record (docs/failover.md)")
+                          "primary (mcp-ha status) and fix the inventory's record (docs/failover.md)")
     standbys = {}
     for name in tier.group("replicas"):
         state = tier.node(name) if tier.reachable(name) else {}
