@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fleet import access as access_mod
-from fleet import network, rootfs
+from fleet import cgroup, network, rootfs
 from fleet.access import Access
 from fleet.aptproxy import CACHE_DIR as APT_CACHE_DIR
 from fleet.aptproxy import AptProxy
@@ -44,6 +44,7 @@ class Fleet:
         """Everything `up` can refuse, checked before it touches anything."""
         require_root()
         require_tools()
+        cgroup.hierarchies()
         state = self.layout.read_state()
         bridge = network.link(self.topology.bridge)
         if state is None and bridge:
@@ -113,15 +114,10 @@ class Fleet:
         if booting:
             self.say(f"booting {', '.join(booting)}")
         for name in booting:
-            self._wait_booted(name)
+            self.access.wait_booted(name)
         self.s3.ensure(self.say)
         self.say(f"up: {len(self.machines)} hosts running in {time.monotonic() - started:.0f}s "
                  f"({len(booting)} booted); ssh with `fleet ssh HOST` or `ssh -F {self.access.config} HOST`")
-
-    def _wait_booted(self, name):
-        retried = self.access.wait_booted(name)
-        if retried:
-            self.say(f"{name}: started {', '.join(retried)} again (systemd could not spawn them during boot)")
 
     def _boot(self, machine, authorized_key):
         machine.write_identity(authorized_key, access_mod.host_etc_hosts(self.topology), self.proxy.url)
@@ -226,7 +222,7 @@ class Fleet:
         machine.mount(Path(self.layout.read_state()["base"]))
         self._boot(machine, self.access.ensure_key())
         self._publish_names()
-        self._wait_booted(machine.host.name)
+        self.access.wait_booted(machine.host.name)
         if machine.host is self.s3.host:
             self.s3.ensure(self.say)
 

@@ -1,13 +1,13 @@
 """One host: an overlay of the base, its identity files, and the systemd-nspawn process that boots it."""
 
+import functools
 import os
 import shutil
-import signal
 import subprocess
 import uuid
 from pathlib import Path
 
-from fleet import network
+from fleet.cgroup import HostCgroup
 from fleet.errors import FleetError
 from fleet.system import find_process, run, terminate
 
@@ -21,6 +21,10 @@ class Machine:
         self.host = host
         self.dir = layout.state_root / "hosts" / host.name
         self.root = self.dir / "root"
+
+    @functools.cached_property
+    def cgroup(self):
+        return HostCgroup(self.host.name)
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -72,7 +76,8 @@ class Machine:
         return (self.root / "etc" / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
 
     def boot(self):
-        self._clear_orphans()
+        self.cgroup.remove()  # whatever a killed container left in it
+        self.cgroup.create()
         NSPAWN_RUNTIME.mkdir(parents=True, exist_ok=True)
         log = open(self.dir / "console.log", "ab")
         subprocess.Popen(
@@ -80,6 +85,7 @@ class Machine:
              f"--machine={self.host.name}", f"--network-namespace-path=/run/netns/{self.host.netns}",
              "--console=passive", "--link-journal=no", "--resolv-conf=off", "--timezone=off"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=self.cgroup.enter,  # nspawn makes payload/ and supervisor/ inside the host's own subtree
         )
         log.close()
 
@@ -88,12 +94,11 @@ class Machine:
         pid = self.nspawn_pid()
         if pid:
             terminate(pid, POWEROFF_TIMEOUT)
-        self._clear_orphans()
-
-    def _clear_orphans(self):
-        """A container whose nspawn was killed can leave processes in its namespace: kill them before reuse."""
-        for pid in network.netns_pids(self.host):
-            terminate(pid, timeout=5, sig=signal.SIGKILL)
+        try:
+            cgroup = self.cgroup
+        except FleetError:
+            return  # no usable cgroup layout on this machine: no host of ours ever ran in one
+        cgroup.remove()  # a container whose nspawn was killed leaves its processes in it
 
     def unmount(self):
         if os.path.ismount(self.root):

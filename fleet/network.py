@@ -104,13 +104,6 @@ def set_link(host, up):
     run(["ip", "link", "set", host.veth, "up" if up else "down"])
 
 
-def netns_pids(host):
-    """Processes left in the host's namespace (a container whose nspawn died leaves its init behind)."""
-    if not netns_exists(host.netns):
-        return []
-    return [int(p) for p in run(["ip", "netns", "pids", host.netns], check=False).stdout.split()]
-
-
 def remove_host_link(host):
     if netns_exists(host.netns):
         run(["ip", "netns", "del", host.netns])  # deletes eth0 and, with it and asynchronously, its veth peer

@@ -1,5 +1,7 @@
 """`fleet down` leaves the machine as it found it: checked with the machine's own tools, not the fleet's."""
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -16,11 +18,23 @@ def sh(*argv):
 
 @pytest.fixture(scope="module")
 def down():
-    return fleet("down").stdout
+    """`fleet down` after one host's nspawn died (SIGKILL): its container's processes are left running."""
+    orphans = set()
+    if nspawn_pids():
+        died = nspawn_pids()[0]
+        orphans = {int(p) for p in Path(f"/proc/{died}/task/{died}/children").read_text().split()}
+        os.kill(died, signal.SIGKILL)
+    output = fleet("down").stdout
+    return output, orphans
 
 
 def test_no_container_process_is_left(down):
     assert nspawn_pids() == []
+    assert not [pid for pid in down[1] if Path(f"/proc/{pid}").exists()], "a dead container's processes survived"
+
+
+def test_no_cgroup_is_left(down):
+    assert not list(Path("/sys/fs/cgroup").glob("*/mcp-fleet")) and not Path("/sys/fs/cgroup/mcp-fleet").exists()
 
 
 def test_no_namespace_or_link_is_left(down):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fleet import core, network
+from fleet import cgroup, core, network
 from fleet.cli import main
 from fleet.machine import Machine
 
@@ -39,6 +39,14 @@ def test_missing_tools_name_the_package(capsys, layout, as_root, monkeypatch):
     code, err = run_cli(capsys, "up")
     assert code == 2
     assert "debootstrap (apt-get install debootstrap)" in err and "systemd-nspawn (apt-get install systemd-container)" in err
+    assert not layout.state_root.exists()
+
+
+def test_a_machine_without_a_usable_cgroup2_is_refused_before_anything(capsys, layout, quiet_machine, monkeypatch):
+    no_cgroup2 = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+    monkeypatch.setattr(cgroup, "MOUNTINFO", type("Fake", (), {"read_text": lambda self: no_cgroup2})())
+    code, err = run_cli(capsys, "up")
+    assert code == 2 and err.startswith("fleet: error: no writable cgroup2 hierarchy is mounted") and "\n" not in err
     assert not layout.state_root.exists()
 
 
