@@ -116,10 +116,8 @@ def _exporter(package, environment, args, restart=False):
         user=EXPORTER_USER, group=EXPORTER_USER, mode="640", environment=environment, args=args,
     )
     apt.packages(name=f"Install {package}", packages=[package], no_recommends=True, update=True, cache_time=3600)
-    # Retried: systemd 257 may fail to spawn a unit's process when other hosts' systemd restart units at the same
-    # moment ("Failed to spawn executor"; measured on the fleet, docs/fleet.md), and the exporters restart together.
     systemd.service(name=f"{package} runs and starts at boot", service=package, running=True, enabled=True,
-                    restarted=restart or config.will_change, _retries=2, _retry_delay=2)
+                    restarted=restart or config.will_change)
 
 
 @deploy("Metrics: node exporter and the tier's textfile metrics", data_defaults=DEFAULTS)

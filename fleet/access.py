@@ -52,43 +52,20 @@ class Access:
             return False
 
     def wait_booted(self, host_name, timeout=90):
-        """Until ssh answers and systemd says the boot finished; a host that boots degraded is an error.
-
-        Returns the units started again because systemd could not spawn them (see _retry_spawn_failures)."""
+        """Until ssh answers and systemd says the boot finished; a host that boots degraded is an error."""
         deadline = time.monotonic() + timeout
         while not self.answers(host_name):
             if time.monotonic() > deadline:
                 raise FleetError(f"host {host_name} did not answer ssh within {timeout}s; see its console.log under the fleet state dir")
             time.sleep(0.5)
         state = self.run(host_name, "systemctl is-system-running --wait", timeout=timeout, check=False).stdout.strip()
-        retried = self._retry_spawn_failures(host_name) if state == "degraded" else []
-        if retried:
-            state = self.run(host_name, "systemctl is-system-running --wait", timeout=timeout, check=False).stdout.strip()
         if state != "running":
             failed = self._failed_units(host_name)
             why = self.run(host_name, f"journalctl -b -n 1 --no-pager -o cat -u {failed[0]}", check=False).stdout.strip() if failed else ""
             raise FleetError(f"host {host_name} booted {state!r}: {', '.join(failed) or '?'} failed ({why or 'no log'}); see `fleet ssh {host_name} systemctl --failed`")
-        return retried
 
     def _failed_units(self, host_name):
         return [line.split()[0] for line in self.run(host_name, "systemctl --failed --no-legend --plain", check=False).stdout.splitlines()]
-
-    def _retry_spawn_failures(self, host_name):
-        """Start again the units that never ran because systemd could not spawn their process.
-
-        Seen on these machines only during a host's first boot, on boot-time oneshots (systemd-user-sessions,
-        journal-catalog-update): "Failed to spawn executor: No such file or directory", Result=resources.
-        A unit that ran and failed is left failed, and reported.
-        """
-        failed = self._failed_units(host_name)
-        if not failed:
-            return []
-        results = self.run(host_name, "systemctl show --property=Result --value " + " ".join(failed)).stdout.split()
-        spawn_failures = [unit for unit, result in zip(failed, results) if result == "resources"]
-        if spawn_failures != failed:
-            return []
-        self.run(host_name, "systemctl reset-failed && systemctl start " + " ".join(spawn_failures), timeout=120)
-        return spawn_failures
 
     def clear(self):
         for path in (self.config, self.known_hosts):

@@ -31,8 +31,3 @@ portal_kms_key_id = s3_archive().get("data_kms_key_id", "")
 portal_kms_endpoint_url = s3_archive().get("endpoint_url", "")
 portal_kms_region = s3_archive().get("region", "us-east-1")
 portal_kms_credentials = ".fleet/s3/portal-keys.json"
-
-# The dashboard refresh (every 5 min by default) runs daily on the fleet: systemd in the fleet's containers now and
-# then fails to spawn a unit's process for half a minute and more ("Failed to spawn executor"), seen on timer runs
-# of this job during CI. The tests start the job themselves; prod keeps the default.
-dashboard_refresh_schedule = "*-*-* 03:40:00"

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from fleet.access import Access
@@ -21,18 +20,9 @@ def fleet(*args, check=True, timeout=900):
     return result
 
 
-# systemd's answer when it could not spawn a unit's process at all (Result=resources; docs/fleet.md, "Failed to spawn
-# executor"): the unit never ran, so running the same command again tests the same thing.
-SPAWN_FAILED = "failed because of unavailable resources or another system error"
-
-
 def on(host, command, check=True, timeout=120):
-    """Run a shell command on a fleet host over ssh; the result (stdout and stderr as text). A `systemctl start`
-    that systemd could not even spawn is run once more."""
+    """Run a shell command on a fleet host over ssh; the result (stdout and stderr as text)."""
     result = subprocess.run(ACCESS.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0 and command.startswith("systemctl start") and SPAWN_FAILED in result.stderr:
-        time.sleep(1)
-        result = subprocess.run(ACCESS.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{host}: `{command}` exited {result.returncode}: {result.stderr.strip()}")
     return result

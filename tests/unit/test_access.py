@@ -1,6 +1,9 @@
 """/etc/hosts blocks and the ssh client files."""
 
+import pytest
+
 from fleet.access import HOSTS_BEGIN, HOSTS_END, Access, host_etc_hosts, hosts_block, replace_block, update_machine_hosts
+from fleet.errors import FleetError
 from fleet.topology import load
 
 MACHINE_HOSTS = "127.0.0.1 localhost\n127.0.0.1 vm\n"
@@ -53,19 +56,15 @@ class ScriptedAccess(Access):
         return type("Result", (), {"stdout": out})()
 
 
-def test_units_systemd_could_not_spawn_are_started_again(layout):
+def test_a_host_that_boots_degraded_is_one_line_naming_the_failed_unit(layout):
     access = ScriptedAccess(layout, {
+        "systemctl is-system-running": "degraded\n",
         "systemctl --failed": "systemd-user-sessions.service loaded failed failed Permit User Sessions\n",
-        "systemctl show --property=Result": "resources\n",
+        "journalctl": "Failed to spawn executor: No such file or directory\n",
     })
-    assert access._retry_spawn_failures("pg-primary") == ["systemd-user-sessions.service"]
-    assert access.ran[-1] == "systemctl reset-failed && systemctl start systemd-user-sessions.service"
-
-
-def test_a_unit_that_ran_and_failed_is_not_retried(layout):
-    access = ScriptedAccess(layout, {
-        "systemctl --failed": "a.service loaded failed failed A\nb.service loaded failed failed B\n",
-        "systemctl show --property=Result": "resources\nexit-code\n",
-    })
-    assert access._retry_spawn_failures("pg-primary") == []
-    assert not any("systemctl start" in command for command in access.ran)
+    access.answers = lambda host_name, timeout=None: True
+    with pytest.raises(FleetError) as refused:
+        access.wait_booted("pg-primary")
+    assert str(refused.value).startswith("host pg-primary booted 'degraded': systemd-user-sessions.service failed "
+                                         "(Failed to spawn executor")
+    assert not any("systemctl start" in command for command in access.ran)  # reported, never retried
