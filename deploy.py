@@ -20,6 +20,7 @@ from deploys.replication import slots, standby, standby_settings, synchronous_se
 from deploys.roles import roles
 from deploys.schema import migrations, portal_jobs
 from deploys.tls import certificates
+from deploys.transport import send_without_delay
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 # One unreachable host stops the run before any operation: a tier half-deployed around a missing host is
@@ -30,6 +31,7 @@ DATABASE_GROUPS = {"primary", "replicas"}
 TIER_GROUPS = DATABASE_GROUPS | {"pgbouncer"}
 replica = "replicas" in host.groups
 
+send_without_delay()
 baseline()
 if DATABASE_GROUPS & set(host.groups):
     server_packages()
