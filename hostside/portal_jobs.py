@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The portal's scheduled jobs (mcp-audit-partitions.service, mcp-dashboard-refresh.service), run as postgres
-in the portal's database as portal_maintenance. A cluster in recovery has nothing to do: the units are on every
-database host so that they follow a failover.
+in the portal's database as portal_maintenance. A cluster in recovery, or not running, has nothing to do: the units
+are on every database host so that they follow a failover.
 
     portal_jobs.py audit-partitions --cluster 17/main --database portal --ahead 3 --min-ahead 2
     portal_jobs.py dashboard-refresh --cluster 17/main --database portal
@@ -17,8 +17,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import textfile  # noqa: E402  (installed side by side)
+from hostside import textfile
 
 ROLE = "portal_maintenance"
 # Maintenance DDL takes brief exclusive locks: give up rather than queue the portal's queries behind them.
@@ -65,15 +64,20 @@ def dashboard_refresh(args):
 JOBS = {"audit-partitions": audit_partitions, "dashboard-refresh": dashboard_refresh}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv):
+    parser = argparse.ArgumentParser(prog="mcp-portal-jobs", description=__doc__.split("\n\n")[0])
     parser.add_argument("job", choices=sorted(JOBS))
     parser.add_argument("--cluster", required=True)
     parser.add_argument("--database", required=True)
     parser.add_argument("--ahead", type=int, default=3)
     parser.add_argument("--min-ahead", type=int, default=2)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv[1:])
     try:
+        if subprocess.run(["pg_isready", "--cluster", args.cluster, "-q"]).returncode != 0:
+            # Stopped, starting or being rebuilt: the primary, where the job acts, is elsewhere (or down, which
+            # monitoring reports as such), not a failure of this job.
+            print(f"{args.job}: the cluster is not accepting connections here; nothing to do")
+            return 0
         if psql(args, "select pg_is_in_recovery()") == "t":
             print(f"{args.job}: the cluster is in recovery (a standby); nothing to do")
             return 0
@@ -85,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv))
