@@ -12,6 +12,8 @@ from deploys.base import baseline
 from deploys.encryption import data_keys
 from deploys.fencing import fencing
 from deploys.heartbeat import heartbeat_table, heartbeat_writer
+from deploys.hostside import programs
+from deploys.knobs import check_inventory
 from deploys.monitoring import node_metrics, pgbouncer_metrics, postgres_metrics
 from deploys.ordering import barrier
 from deploys.pgbouncer import databases, pooled_connections, pooler
@@ -32,10 +34,11 @@ TIER_GROUPS = DATABASE_GROUPS | {"pgbouncer"}
 replica = "replicas" in host.groups
 
 send_without_delay()
+check_inventory()  # every host's knobs, before any fact or operation
 baseline()
 if DATABASE_GROUPS & set(host.groups):
     server_packages()
-    archiving = wal_archiver()
+    archiving = wal_archiver(programs_changed=programs())
     fencing()
     configuration(reload_when=certificates(owner="postgres"), pooled=pooled_connections(),
                   extra_settings={**archiving, **synchronous_settings(), **(standby_settings() if replica else {})})

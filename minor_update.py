@@ -9,12 +9,14 @@ from pyinfra import config, host
 from deploys.base import baseline
 from deploys.postgres import minor_update
 from deploys.replication import check_reality
+from deploys.knobs import check_inventory
 from deploys.transport import send_without_delay
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 config.FAIL_PERCENT = 0  # the turns need every database host
 
 send_without_delay()
+check_inventory()
 baseline()
 if {"primary", "replicas"} & set(host.groups):
     check_reality()  # the primary restarts last: it must be the live one

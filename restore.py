@@ -9,12 +9,14 @@ from pyinfra import config, host, inventory
 from pyinfra.api.exceptions import DeployError
 
 from deploys.backups import restore
+from deploys.knobs import check_inventory, knobs
 from deploys.transport import send_without_delay
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 
 send_without_delay()
-target = host.data.get("restore_host")
+check_inventory()
+target = knobs().restore_host
 database_hosts = [h.name for h in inventory.get_group("primary", []) + inventory.get_group("replicas", [])]
 if target not in database_hosts:
     raise DeployError(f"restore.py needs --data restore_host=HOST, one of the inventory's database hosts "

@@ -33,7 +33,7 @@ keys = json.load(open(config["credentials_file"]))
 env = dict(os.environ, AWS_ACCESS_KEY_ID=keys["access_key_id"], AWS_SECRET_ACCESS_KEY=keys["secret_access_key"],
            AWS_DEFAULT_REGION=config["region"])
 bucket, url, kms = config["bucket"], config["endpoint_url"], config["kms_key_id"]
-program = "/usr/local/lib/mcp-portal/wal_archive.py"
+program = "/usr/local/sbin/mcp-wal-archive"
 
 def ours(name, socket):
     path = f"/var/tmp/bench-{name}.json"
@@ -52,7 +52,7 @@ methods = {
     "ours, resident uploader": ours("uploader", "/var/tmp/bench-uploader.sock"),
 }
 uploader = subprocess.Popen(["runuser", "-u", "postgres", "--", "env", "MCP_WAL_ARCHIVE_CONFIG=/var/tmp/bench-uploader.json",
-                             "python3", program, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             program, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 while not os.path.exists("/var/tmp/bench-uploader.sock"):
     time.sleep(0.1)

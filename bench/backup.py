@@ -56,7 +56,7 @@ while psql("select last_archived_wal from pg_stat_archiver") < segment:
 scratch = "/var/tmp/bench-restore"
 subprocess.run(f"rm -rf {scratch} && install -d -o postgres -m 700 {scratch}", shell=True, check=True)
 seconds["restore, ours: files (download, check, unpack, verify)"] = timed(
-    f"runuser -u postgres -- /usr/local/lib/mcp-portal/base_backup.py restore {scratch}/ours --target-name bench-{sys.argv[1]}")
+    f"runuser -u postgres -- /usr/local/sbin/mcp-base-backup restore {scratch}/ours --target-name bench-{sys.argv[1]}")
 size = int(subprocess.run(f"du -sb {scratch}/ours | cut -f1", shell=True, capture_output=True, text=True).stdout)
 started = time.monotonic()
 subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/17/bin/pg_ctl", "-D", f"{scratch}/ours", "-w",

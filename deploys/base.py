@@ -6,12 +6,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import files
 
-DEFAULTS = {
-    # PostgreSQL 17 comes from this release's archive; anything else is refused before a change is made.
-    "supported_os": {"name": "Debian", "major": 13},
-}
-
-
+from deploys.knobs import knobs
 
 
 def inventory_problem(groups):
@@ -31,18 +26,18 @@ def inventory_problem(groups):
     return None
 
 
-@deploy("Host baseline", data_defaults=DEFAULTS)
+@deploy("Host baseline")
 def baseline():
     problem = inventory_problem({name: [h.name for h in inventory.get_group(name, [])]
                                  for name in ("primary", "replicas", "pgbouncer")})
     if problem:
         raise DeployError(problem)
     distro = host.get_fact(LinuxDistribution)
-    wanted = host.data.supported_os
-    if (distro["name"], distro["major"]) != (wanted["name"], wanted["major"]):
+    wanted = knobs().supported_os
+    if (distro["name"], distro["major"]) != (wanted.name, wanted.major):
         raise DeployError(
             f"{host.name} runs {distro['name']} {distro['major']}; this tier supports "
-            f"{wanted['name']} {wanted['major']} only (group_data supported_os)"
+            f"{wanted.name} {wanted.major} only (group_data supported_os)"
         )
     files.template(
         name="Record this host's roles in /etc/mcp-portal/roles",

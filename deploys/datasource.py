@@ -15,9 +15,20 @@ def source_of(key, of=None):
             return f"group_data/{group}.py"
     if key in inventory.get_data():
         return "group_data/all.py"
-    return "the deploy's DEFAULTS"
+    return "the default (deploys/knobs.py)"
 
 
 def address_of(other):
     """The address a host is reached at: its inventory ssh_hostname, else its name."""
     return other.data.get("ssh_hostname", other.name)
+
+
+def refused(exc, of=None):
+    """The DeployError for a check's one-line `exc` (its message may start with the knob it is about): the host,
+    where that knob was set, and the message."""
+    from pyinfra.api.exceptions import DeployError
+
+    from deploys.knobs import KNOBS
+    of = of or host
+    knob = str(exc).split(":", 1)[0]
+    return DeployError(f"{of.name}: {source_of(knob, of)}: {exc}" if knob in KNOBS else f"{of.name}: {exc}")

@@ -1,8 +1,18 @@
 """Custom pyinfra facts: the state the deploys decide from at plan time, so `--dry` tells the truth."""
 
 import json
+from shlex import quote
 
 from pyinfra.api import FactBase
+
+
+def psql_query(major, cluster, sql, database=None, **variables):
+    """Shell: `sql` (fixed text) on psql's stdin, as postgres on the cluster, with `variables` as psql variables
+    (the SQL reads them as :'name' or :"name", so psql quotes them); unaligned, tuples only."""
+    target = f" -d {quote(database)}" if database else ""
+    settings = "".join(f" -v {name}={quote(str(value))}" for name, value in variables.items())
+    return (f"printf '%s\\n' {quote(sql)} | runuser -u postgres -- psql -XtA --cluster {major}/{cluster}{target} "
+            f"-v ON_ERROR_STOP=1{settings}")
 
 
 class AptHolds(FactBase):
@@ -21,7 +31,7 @@ class AptVersions(FactBase):
     default = dict
 
     def command(self, packages):
-        return f"apt-cache policy {' '.join(packages)}"
+        return "apt-cache policy " + " ".join(quote(p) for p in packages)
 
     def process(self, output):
         versions, package = {}, None
@@ -69,7 +79,7 @@ class PostgresJsonQuery(FactBase):
 
     def command(self, major, cluster):
         return (f"if pg_lsclusters --no-header {major} {cluster} 2>/dev/null | grep -q online; then "
-                f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster} -c \"{self.query}\"; fi")
+                f"{psql_query(major, cluster, self.query)}; fi")
 
     def process(self, output):
         text = "".join(output).strip()
@@ -125,7 +135,7 @@ class FreeBytes(FactBase):
     """Bytes available to unprivileged writers on the filesystem holding `path` (its nearest existing parent)."""
 
     def command(self, path):
-        return f"p={path}; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); done; df -B1 --output=avail \"$p\" | tail -1"
+        return f"p={quote(path)}; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); done; df -B1 --output=avail \"$p\" | tail -1"
 
     def process(self, output):
         return int(output[0].strip())
@@ -147,21 +157,23 @@ class ObjectComment(FactBase):
     LOOKUP = {"function": ("to_regprocedure", "pg_proc"), "table": ("to_regclass", "pg_class")}
 
     def command(self, major, cluster, database, kind, signature):
-        psql = f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster}"
         resolve, catalog = self.LOOKUP[kind]
-        return (f"if {psql} -c \"select 1 from pg_database where datname = '{database}'\" 2>/dev/null | grep -q 1; then "
-                f"{psql} -d {database} -c \"select coalesce(obj_description({resolve}('{signature}'), '{catalog}'), '')\"; fi")
+        return _in_database(major, cluster, database, None,
+                            f"select coalesce(obj_description({resolve}(:'signature'), '{catalog}'), '')",
+                            signature=signature)
 
     def process(self, output):
         return "".join(output).strip()
 
 
-def _in_database(major, cluster, database, relation, sql):
-    """Shell: run `sql` in `database` when the database and `relation` exist; print nothing otherwise."""
-    psql = f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster}"
-    return (f"if {psql} -c \"select 1 from pg_database where datname = '{database}'\" 2>/dev/null | grep -q 1 "
-            f"&& {psql} -d {database} -c \"select to_regclass('{relation}') is not null\" | grep -q t; then "
-            f"{psql} -d {database} -c \"{sql}\"; fi")
+def _in_database(major, cluster, database, relation, sql, **variables):
+    """Shell: run `sql` in `database` when the database and `relation` (if any) exist; print nothing otherwise."""
+    exists = psql_query(major, cluster, "select 1 from pg_database where datname = :'datname'", datname=database)
+    checks = f"{exists} 2>/dev/null | grep -q 1"
+    if relation:
+        found = psql_query(major, cluster, "select to_regclass(:'relation') is not null", database, relation=relation)
+        checks += f" && {found} | grep -q t"
+    return f"if {checks}; then {psql_query(major, cluster, sql, database, **variables)}; fi"
 
 
 class SqitchChanges(FactBase):
@@ -171,7 +183,7 @@ class SqitchChanges(FactBase):
     def command(self, major, cluster, database, project):
         return _in_database(major, cluster, database, "sqitch.changes",
                             "select json_object_agg(change, script_hash order by committed_at) "
-                            f"from sqitch.changes where project = '{project}'")
+                            "from sqitch.changes where project = :'project'", project=project)
 
     @staticmethod
     def default():
@@ -202,11 +214,10 @@ class UngrantedFunctions(FactBase):
         return None
 
     def command(self, major, cluster, role, functions):
-        checks = ", ".join(f"'{f}'" for f in functions)
-        query = (f"select f from unnest(array[{checks}]) f where case when exists (select 1 from pg_roles where "
-                 f"rolname = '{role}') then not has_function_privilege('{role}', f, 'execute') else true end")
+        query = ("select f from unnest(string_to_array(:'functions', ';')) f where case when exists (select 1 from "
+                 "pg_roles where rolname = :'role') then not has_function_privilege(:'role', f, 'execute') else true end")
         return (f"if pg_lsclusters --no-header {major} {cluster} 2>/dev/null | grep -q online; then echo checked; "
-                f"runuser -u postgres -- psql -XtA --cluster {major}/{cluster} -c \"{query}\"; fi")
+                f"{psql_query(major, cluster, query, role=role, functions=';'.join(functions))}; fi")
 
     def process(self, output):
         return [line.strip() for line in output[1:] if line.strip()]

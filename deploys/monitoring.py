@@ -13,53 +13,25 @@ import bcrypt
 from cryptography import x509
 from pyinfra import host, inventory
 from pyinfra.api import deploy
-from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import FindInFile
 from pyinfra.operations import apt, files, server, systemd
 
 from deploys import secrets, tls
-from deploys.backups import DEFAULTS as BACKUP_DEFAULTS
 from deploys.backups import drill_host
-from deploys.datasource import address_of, source_of
-from deploys.pgbouncer import DEFAULTS as PGBOUNCER_DEFAULTS
-from deploys.postgres import DEFAULTS as POSTGRES_DEFAULTS
-from deploys.replication import DEFAULTS as REPLICATION_DEFAULTS
+from deploys.datasource import address_of
+from deploys.knobs import knobs
 from deploys.replication import lag_threshold_mb, slot_name
-from hostside import textfile
+from hostside import layout, textfile
 
-DEFAULTS = {
-    **tls.DEFAULTS,
-    "postgres_port": POSTGRES_DEFAULTS["postgres_port"],
-    "pgbouncer_port": PGBOUNCER_DEFAULTS["pgbouncer_port"],
-    "drill_host": BACKUP_DEFAULTS["drill_host"],
-    "metrics_listen_address": "",  # empty: the host's inventory address
-    "node_exporter_port": 9100,
-    "postgres_exporter_port": 9187,
-    "pgbouncer_exporter_port": 9127,
-    # Prometheus's basic-auth user; its password: $MCP_PG_PASSWORD_SCRAPE_<USER> or
-    # <secrets_dir>/passwords/scrape_<user> (made for local and staging).
-    "metrics_scrape_user": "prometheus",
-    "metrics_role": "monitoring",  # the PostgreSQL and PgBouncer login the exporters use (pg_monitor, stats_users)
-    # What the alert rules hold the tier to, exported by each host (tier.prom); the replicas' lag
-    # thresholds are replication's (replica_purposes, replica_lag_threshold_mb).
-    "replica_purposes": REPLICATION_DEFAULTS["replica_purposes"],
-    "replica_lag_threshold_mb": REPLICATION_DEFAULTS["replica_lag_threshold_mb"],
-    "wal_archive_max_age_s": 900,  # archive_timeout is 300 s and the heartbeat writes every 10 s
-    "backup_max_age_h": 26,  # backup_schedule is daily
-    "backup_retention_max_age_h": 26,
-    "drill_max_age_h": 8 * 24,  # drill_schedule is weekly
-}
-METRICS_DIR = "/var/lib/mcp-portal/metrics"
-TLS_DIR = "/etc/mcp-portal/exporter-tls"
-WEB_CONFIG = "/etc/mcp-portal/exporter-web.yml"
-QUERIES = "/etc/mcp-portal/postgres-exporter-queries.yaml"
+METRICS_DIR = layout.METRICS_DIR
+TLS_DIR = layout.config("exporter-tls")
+WEB_CONFIG = layout.config("exporter-web.yml")
+QUERIES = layout.config("postgres-exporter-queries.yaml")
 EXPORTER_USER = "prometheus"  # Debian's exporters run as it (the PgBouncer one is moved to it)
-THRESHOLDS = ("wal_archive_max_age_s", "backup_max_age_h", "backup_retention_max_age_h",
-              "drill_max_age_h")
 
 
-def _listen(port_knob):
-    return f"{host.data.metrics_listen_address or address_of(host)}:{host.data.get(port_knob)}"
+def _listen(port):
+    return f"{knobs().metrics_listen_address or address_of(host)}:{port}"
 
 
 def _password_hash(user):
@@ -74,30 +46,20 @@ def _password_hash(user):
     return bcrypt.hashpw(password, bcrypt.gensalt(10)).decode()
 
 
-def _thresholds():
-    values = {}
-    for knob in THRESHOLDS:
-        value = host.data.get(knob)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise DeployError(f"{host.name}: {source_of(knob)}: {knob} = {value!r}; set a number > 0")
-        values[knob] = value
-    return values
-
-
 def _tier_gauges(database_host):
     """The static half of the alerts' comparisons: limits from group_data, the certificate's expiry (tier.prom)."""
-    limits = _thresholds()
+    k = knobs()
     certificate = x509.load_pem_x509_certificate(tls.local_files()[1].read_bytes())
     gauges = [("mcp_tls_certificate_not_after_timestamp_seconds", "When this host's TLS certificate expires.",
                int(certificate.not_valid_after_utc.timestamp()))]
     if database_host:
         gauges += [
             ("mcp_wal_archive_max_age_seconds", "Oldest a primary's last archived WAL may be (wal_archive_max_age_s).",
-             limits["wal_archive_max_age_s"]),
+             k.wal_archive_max_age_s),
             ("mcp_base_backup_max_age_seconds", "Oldest a primary's last base backup may be (backup_max_age_h).",
-             limits["backup_max_age_h"] * 3600),
+             k.backup_max_age_h * 3600),
             ("mcp_backup_retention_max_age_seconds", "Oldest a primary's last retention run may be.",
-             limits["backup_retention_max_age_h"] * 3600),
+             k.backup_retention_max_age_h * 3600),
         ]
         # On every database host, as any of them may be the primary the replicas stream from.
         gauges += [("mcp_replication_lag_threshold_bytes", "WAL the replica with this slot may replay behind the "
@@ -105,39 +67,39 @@ def _tier_gauges(database_host):
                     {"slot_name": slot_name(replica.name)}) for replica in inventory.get_group("replicas", [])]
     if database_host and host.name == drill_host():
         gauges.append(("mcp_restore_drill_max_age_seconds", "Oldest the last passed restore drill may be.",
-                       limits["drill_max_age_h"] * 3600))
+                       k.drill_max_age_h * 3600))
     return gauges
 
 
 def _exporter(package, environment, args, restart=False):
-    """Configure, then install (apt keeps the configuration), then run one exporter."""
-    config = files.template(
-        name=f"{package}'s configuration", src="templates/exporter.default.j2", dest=f"/etc/default/{package}",
-        user=EXPORTER_USER, group=EXPORTER_USER, mode="640", environment=environment, args=args,
-    )
+    """Configure, then install (apt keeps the configuration), then run one exporter. The configuration holds the
+    exporter's database password: written as a private file."""
+    config = secrets.put_private(f"{package}'s configuration",
+                                 secrets.render("templates/exporter.default.j2", environment=environment, args=args),
+                                 f"/etc/default/{package}", user=EXPORTER_USER, group=EXPORTER_USER, mode="640")
     apt.packages(name=f"Install {package}", packages=[package], no_recommends=True, update=True, cache_time=3600)
     systemd.service(name=f"{package} runs and starts at boot", service=package, running=True, enabled=True,
                     restarted=restart or config.will_change)
 
 
-@deploy("Metrics: node exporter and the tier's textfile metrics", data_defaults=DEFAULTS)
+@deploy("Metrics: node exporter and the tier's textfile metrics")
 def node_metrics(database_host):
     """Every host: the exporters' user, certificate and web configuration, then the node exporter."""
     server.group(name="The exporters' group", group=EXPORTER_USER, system=True)
     server.user(name="The exporters' user", user=EXPORTER_USER, group=EXPORTER_USER, system=True,
                 home="/var/lib/prometheus", shell="/usr/sbin/nologin", create_home=False)
     tls.certificates(owner=EXPORTER_USER, remote=TLS_DIR)
-    user = host.data.metrics_scrape_user
-    files.template(name="The exporters' web configuration (HTTPS, basic auth)", src="templates/exporter-web.yml.j2",
-                   dest=WEB_CONFIG, user="root", group=EXPORTER_USER, mode="640", tls=TLS_DIR, user_name=user,
-                   password_hash=_password_hash(user))
+    user = knobs().metrics_scrape_user
+    web = secrets.render("templates/exporter-web.yml.j2", tls=TLS_DIR, user_name=user, password_hash=_password_hash(user))
+    secrets.put_private("The exporters' web configuration (HTTPS, basic auth)", web, WEB_CONFIG, group=EXPORTER_USER,
+                        mode="640")
     owner = "postgres" if database_host else "root"  # the database hosts' programs write as postgres
     files.directory(name="The tier's textfile metrics", path=METRICS_DIR, user=owner, group=owner, mode="755")
     limits = "# Written by deploy.py (deploys/monitoring.py): what monitoring/alerts.yml compares this host with.\n"
     files.put(name="The alerts' limits for this host", src=io.StringIO(limits + textfile.render(_tier_gauges(database_host))),
               dest=f"{METRICS_DIR}/tier.prom", user="root", group="root", mode="644")
     _exporter("prometheus-node-exporter", {}, [
-        f"--web.listen-address={_listen('node_exporter_port')}", f"--web.config.file={WEB_CONFIG}",
+        f"--web.listen-address={_listen(knobs().node_exporter_port)}", f"--web.config.file={WEB_CONFIG}",
         f"--collector.textfile.directory={METRICS_DIR}"])
 
 
@@ -146,18 +108,18 @@ def _dsn(user, database, port):
     return f"postgresql://{user}:{password}@/{database}?host=/var/run/postgresql&port={port}&sslmode=disable"
 
 
-@deploy("Metrics: PostgreSQL exporter", data_defaults=DEFAULTS)
+@deploy("Metrics: PostgreSQL exporter")
 def postgres_metrics():
     queries = files.put(name="The tier's exporter queries", src="monitoring/postgres-exporter-queries.yaml",
                         dest=QUERIES, mode="644")
     _exporter("prometheus-postgres-exporter", {
-        "DATA_SOURCE_NAME": _dsn(host.data.metrics_role, "postgres", host.data.postgres_port),
-    }, [f"--web.listen-address={_listen('postgres_exporter_port')}", f"--web.config.file={WEB_CONFIG}",
+        "DATA_SOURCE_NAME": _dsn(knobs().metrics_role, "postgres", knobs().postgres_port),
+    }, [f"--web.listen-address={_listen(knobs().postgres_exporter_port)}", f"--web.config.file={WEB_CONFIG}",
         f"--extend.query-path={QUERIES}", "--collector.database_wraparound", "--collector.stat_wal_receiver"],
         restart=queries.will_change)
 
 
-@deploy("Metrics: PgBouncer exporter", data_defaults=DEFAULTS)
+@deploy("Metrics: PgBouncer exporter")
 def pgbouncer_metrics():
     # Debian runs it as postgres; as the exporters' user it can read their certificate. No PgBouncer process
     # metrics (empty pid file): those need the postgres user.
@@ -168,6 +130,6 @@ def pgbouncer_metrics():
     if unit.will_change:
         systemd.daemon_reload(name="Reload systemd units")
     _exporter("prometheus-pgbouncer-exporter", {
-        "PGBOUNCER_EXPORTER_CONNECTION_STRING": _dsn(host.data.metrics_role, "pgbouncer", host.data.pgbouncer_port),
-    }, [f"--web.listen-address={_listen('pgbouncer_exporter_port')}", f"--web.config.file={WEB_CONFIG}",
+        "PGBOUNCER_EXPORTER_CONNECTION_STRING": _dsn(knobs().metrics_role, "pgbouncer", knobs().pgbouncer_port),
+    }, [f"--web.listen-address={_listen(knobs().pgbouncer_exporter_port)}", f"--web.config.file={WEB_CONFIG}",
         "--pgBouncer.pid-file="], restart=unit.will_change)

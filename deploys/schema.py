@@ -11,38 +11,25 @@ docs/schema.md.
 
 import hashlib
 from pathlib import Path
+from shlex import quote
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import apt, files, server, systemd
 
-from deploys import pgconfig
 from deploys.datasource import source_of
 from deploys.facts import SqitchChanges
-from deploys.pgbouncer import DEFAULTS as PGBOUNCER_DEFAULTS
-from deploys.roles import DEFAULTS as ROLES_DEFAULTS
-
-DEFAULTS = {
-    **{key: PGBOUNCER_DEFAULTS[key] for key in ("postgres_major", "postgres_cluster", "portal_database",
-                                                 "portal_database_owner")},
-    "postgres_roles": ROLES_DEFAULTS["postgres_roles"],
-    # How long a migration waits for a lock before it fails cleanly (retry by re-running the deploy).
-    "schema_lock_timeout": "5s",
-    # The portal's scheduled jobs on the primary (hostside/portal_jobs.py), systemd OnCalendar syntax.
-    "audit_partitions_schedule": "*-*-* 03:30:00",
-    # Months of audit partitions made ahead of the current one; the job fails below audit_partitions_min_ahead.
-    "audit_partitions_ahead": 3,
-    "audit_partitions_min_ahead": 2,
-    "dashboard_refresh_schedule": "*:0/5",
-}
+from deploys.knobs import knobs
+from deploys.postgres import cluster
+from hostside import layout
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 REMOTE_SQL_DIR = "/usr/share/mcp-portal/sql"
 PROJECT = "mcp_portal"
 # The roles the migrations grant to (the deploy makes them from postgres_roles first).
 MIGRATION_ROLES = ("portal_owner", "portal_definer", "portal_app", "portal_admin", "portal_reporting",
                    "portal_maintenance", "monitoring")
-JOBS_PROGRAM = "/usr/local/lib/mcp-portal/portal_jobs.py"
+JOBS_PROGRAM = layout.program("portal-jobs")
 JOBS = {"mcp-audit-partitions": "audit_partitions_schedule", "mcp-dashboard-refresh": "dashboard_refresh_schedule"}
 
 
@@ -83,39 +70,31 @@ def roles_problem(roles):
     missing = [name for name in MIGRATION_ROLES if name not in roles]
     if missing:
         return f"postgres_roles lacks {', '.join(missing)}, which the migrations grant to; keep them (deploys/roles.py)"
-    if roles["portal_app"].get("bypassrls") or roles["portal_app"].get("member_of"):
+    if roles["portal_app"].bypassrls or roles["portal_app"].member_of:
         return "postgres_roles.portal_app must have neither bypassrls nor member_of: row-level security binds the app"
-    if not roles["portal_definer"].get("bypassrls") or roles["portal_definer"].get("login"):
+    if not roles["portal_definer"].bypassrls or roles["portal_definer"].login:
         return "postgres_roles.portal_definer must be bypassrls and not login: it owns the policies' helper functions"
-    if "portal_definer" not in roles["portal_owner"].get("member_of", []):
+    if "portal_definer" not in roles["portal_owner"].member_of:
         return "postgres_roles.portal_owner must be member_of portal_definer, to hand it the functions it owns"
     return None
 
 
 def sqitch_command(cluster, owner, lock_timeout, database, action):
     """Shell: sqitch `action` on `database` with the shipped sql/, as the schema's owner, with the lock timeout."""
-    return (f"cd {REMOTE_SQL_DIR} && runuser -u postgres -- env PGCLUSTER={cluster} "
-            f"PGOPTIONS='-c role={owner} -c lock_timeout={lock_timeout}' "
-            f"SQITCH_FULLNAME='mcp-portal deploy' SQITCH_EMAIL=deploy@mcp-portal.invalid sqitch {action} db:pg:{database}")
+    options = quote(f"-c role={owner} -c lock_timeout={lock_timeout.replace(' ', '')}")
+    return (f"cd {REMOTE_SQL_DIR} && runuser -u postgres -- env PGCLUSTER={cluster} PGOPTIONS={options} "
+            f"SQITCH_FULLNAME='mcp-portal deploy' SQITCH_EMAIL=deploy@mcp-portal.invalid sqitch {action} "
+            f"{quote('db:pg:' + database)}")
 
 
-@deploy("Portal schema", data_defaults=DEFAULTS)
+@deploy("Portal schema")
 def migrations():
     """On the primary: sql/ shipped, and sqitch deploys what is pending as portal_owner."""
-    if host.data.portal_database_owner != "portal_owner":
-        raise DeployError(f"{host.name}: {source_of('portal_database_owner')}: portal_database_owner = "
-                          f"{host.data.portal_database_owner!r}, but the migrations make their objects for "
-                          "portal_owner; keep portal_owner")
-    problem = roles_problem(host.data.postgres_roles)
+    k, pg = knobs(), cluster()
+    problem = roles_problem(k.postgres_roles)
     if problem:
         raise DeployError(f"{host.name}: {source_of('postgres_roles')}: {problem}")
-    try:
-        pgconfig.validate({"lock_timeout": host.data.schema_lock_timeout}, source_of("schema_lock_timeout"),
-                          key="schema_lock_timeout")
-    except pgconfig.ConfigError as exc:
-        raise DeployError(f"{host.name}: {exc}") from None
-    deployed = host.get_fact(SqitchChanges, major=host.data.postgres_major, cluster=host.data.postgres_cluster,
-                             database=host.data.portal_database, project=PROJECT)
+    deployed = host.get_fact(SqitchChanges, major=pg.major, cluster=pg.name, database=k.portal_database, project=PROJECT)
     try:
         pending = pending_changes(deployed)
     except ValueError as exc:
@@ -127,32 +106,26 @@ def migrations():
         logger.info(f"[{host.name}] Portal schema: all {len(deployed)} changes of sql/sqitch.plan are deployed")
         return
     server.shell(name=f"Deploy {len(pending)} migration(s): {', '.join(pending)}",
-                 commands=[sqitch_command(f"{host.data.postgres_major}/{host.data.postgres_cluster}",
-                                          host.data.portal_database_owner, host.data.schema_lock_timeout,
-                                          host.data.portal_database, "deploy --verify")])
+                 commands=[sqitch_command(pg.label, k.portal_database_owner, k.schema_lock_timeout, k.portal_database,
+                                          "deploy --verify")])
 
 
-@deploy("Portal jobs", data_defaults=DEFAULTS)
+@deploy("Portal jobs")
 def portal_jobs():
     """On every database host (a job acts only where the cluster is not in recovery, so it follows a failover):
     audit partitions made ahead and archived, and the dashboard refreshed, each on its timer."""
-    ahead, min_ahead = host.data.audit_partitions_ahead, host.data.audit_partitions_min_ahead
-    if not (isinstance(min_ahead, int) and isinstance(ahead, int) and 1 <= min_ahead <= ahead <= 24):
-        raise DeployError(f"{host.name}: {source_of('audit_partitions_ahead')}: audit_partitions_ahead = {ahead!r} and "
-                          f"audit_partitions_min_ahead = {min_ahead!r}; use whole months, 1 <= min_ahead <= ahead <= 24")
-    files.put(name="The portal jobs program", src="hostside/portal_jobs.py", dest=JOBS_PROGRAM, mode="755",
-              create_remote_dir=True)
+    k, pg = knobs(), cluster()
     timers = {}
     changed = False
     for unit, schedule_key in JOBS.items():
         job = unit.removeprefix("mcp-")
         service = files.template(
             name=f"{job} service", src="templates/portal-job.service.j2", dest=f"/etc/systemd/system/{unit}.service",
-            mode="644", program=JOBS_PROGRAM, job=job, database=host.data.portal_database, ahead=ahead,
-            min_ahead=min_ahead, cluster=f"{host.data.postgres_major}/{host.data.postgres_cluster}")
+            mode="644", program=JOBS_PROGRAM, job=job, database=k.portal_database, ahead=k.audit_partitions_ahead,
+            min_ahead=k.audit_partitions_min_ahead, cluster=pg.label)
         timers[unit] = files.template(
             name=f"{job} timer", src="templates/portal-job.timer.j2", dest=f"/etc/systemd/system/{unit}.timer",
-            mode="644", job=job, schedule=host.data.get(schedule_key))
+            mode="644", job=job, schedule=getattr(k, schedule_key))
         changed = changed or service.will_change or timers[unit].will_change
     if changed:
         systemd.daemon_reload(name="Reload systemd units")

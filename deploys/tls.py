@@ -19,13 +19,8 @@ from pyinfra.operations import files
 
 from deploys import secrets
 from deploys.datasource import address_of
-
-DEFAULTS = {
-    **secrets.DEFAULTS,
-    "tls_days": 397,
-    "tls_renew_days": 30,
-    "tls_remote_dir": "/etc/mcp-portal/tls",
-}
+from deploys.knobs import knobs
+from hostside import layout
 
 
 def names_of(name, address):
@@ -132,7 +127,7 @@ def local_files():
     tls_dir = secrets.directory() / "tls"
     if secrets.generated():
         sans = names_of(host.name, address_of(host))
-        cert_path, key_path = issue(tls_dir, host.name, sans, host.data.tls_days, host.data.tls_renew_days)
+        cert_path, key_path = issue(tls_dir, host.name, sans, knobs().tls_days, knobs().tls_renew_days)
         return tls_dir / "ca.crt", cert_path, key_path
     wanted = [tls_dir / "ca.crt", tls_dir / f"{host.name}.crt", tls_dir / f"{host.name}.key"]
     for path in wanted:
@@ -141,16 +136,14 @@ def local_files():
     return tuple(wanted)
 
 
-@deploy("TLS certificates", data_defaults=DEFAULTS)
-def certificates(owner="root", remote=None):
-    """Ship this host's CA certificate, certificate and key (0600, readable by `owner` only) to `remote`
-    (default: tls_remote_dir); returns the operations by what they ship, for the services that must reload
-    when one changes."""
+@deploy("TLS certificates")
+def certificates(owner="root", remote=layout.TLS_DIR):
+    """Ship this host's CA certificate, certificate and key (0600, readable by `owner` only) to `remote`;
+    returns the operations by what they ship, for the services that must reload when one changes."""
     ca, cert, key = local_files()
-    remote = remote or host.data.tls_remote_dir
     files.directory(name="TLS directory", path=remote, user="root", group=owner, mode="750")
     return {
         "CA certificate": files.put(name="CA certificate", src=str(ca), dest=f"{remote}/ca.crt", user="root", group=owner, mode="644"),
         "certificate": files.put(name="Host certificate", src=str(cert), dest=f"{remote}/server.crt", user="root", group=owner, mode="644"),
-        "TLS key": files.put(name="Host key", src=str(key), dest=f"{remote}/server.key", user=owner, group=owner, mode="600"),
+        "TLS key": secrets.put_private("Host key", key.read_text(), f"{remote}/server.key", user=owner, group=owner),
     }

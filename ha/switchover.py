@@ -10,9 +10,10 @@ pg_rewind. Anything wrong before the promotion puts the old primary back and res
 import time
 
 from deploys.fencing import PROGRAM as FENCE
+from deploys.knobs import knobs
 from deploys.replication import lag_threshold_mb
 from ha.tier import Refused, say
-from hostside import fence
+from hostside import fence, layout
 from hostside.wal_archive import lsn
 from inventory._primary import record_primary
 
@@ -23,7 +24,7 @@ LOST_PAUSE_S = 5  # a failover's pause: long enough for PgBouncer to take it
 BUSY = ("busy=''; "
         "systemctl is-active -q mcp-base-backup.service && busy=\"$busy base backup,\"; "
         "systemctl is-active -q mcp-restore-drill.service && busy=\"$busy restore drill,\"; "
-        "pgrep -f '[b]ase_backup.py restore' >/dev/null && busy=\"$busy point-in-time restore,\"; "
+        "pgrep -f '[m]cp-base-backup restore' >/dev/null && busy=\"$busy point-in-time restore,\"; "
         "echo \"$busy\"")
 
 
@@ -48,7 +49,7 @@ def preflight(tier, target):
     if not state["streaming"]:
         raise Refused(f"{target} is not streaming from {primary}; it would not receive the last WAL")
     lag = lsn(nodes[primary]["current_lsn"]) - lsn(state["replay_lsn"])
-    threshold = lag_threshold_mb(target, tier.hosts[target].data)
+    threshold = lag_threshold_mb(target, knobs(tier.hosts[target]))
     if lag > threshold * 2**20:
         raise Refused(f"{target} replays {lag / 2**20:.1f} MB behind {primary}, over its lag threshold "
                       f"({threshold} MB); wait for it to catch up or pick another replica")
@@ -112,7 +113,7 @@ def promote(tier, target, started):
 def switchover(tier, target):
     old = tier.primary
     preflight(tier, target)
-    major, cluster = tier.data(old, "postgres_major"), tier.data(old, "postgres_cluster")
+    pg = layout.Cluster(tier.data(old, "postgres_major"), tier.data(old, "postgres_cluster"))
     say(f"switchover {old} -> {target}: pausing PgBouncer")
     started = time.monotonic()
     try:
@@ -123,12 +124,12 @@ def switchover(tier, target):
                       "PgBouncer resumed") from None
     try:
         tier.run(old, f"{FENCE} stop 'switchover to {target}'")
-        checkpoint = tier.run(old, f"LC_ALL=C /usr/lib/postgresql/{major}/bin/pg_controldata "
-                                   f"/var/lib/postgresql/{major}/{cluster} | sed -n 's/^Latest checkpoint location: *//p'")[1]
+        checkpoint = tier.run(old, f"LC_ALL=C {pg.bin('pg_controldata')} {pg.data_directory} "
+                                   "| sed -n 's/^Latest checkpoint location: *//p'")[1]
         say(f"{old} stopped cleanly at {checkpoint}; waiting for {target} to replay it")
         _wait_replayed(tier, target, lsn(checkpoint))
     except Refused as exc:
-        tier.run(old, f"rm -f {fence.MARKER} && systemctl start postgresql@{major}-{cluster}", check=False)
+        tier.run(old, f"rm -f {fence.MARKER} && systemctl start {pg.unit}", check=False)
         resume(tier)
         raise Refused(f"{exc}; switchover abandoned: {old} restarted as the primary, PgBouncer resumed") from None
     repointed = promote(tier, target, started)

@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploys.pgbouncer import DEFAULTS as PGBOUNCER_DEFAULTS
+from deploys.knobs import knobs
 from deploys.replication import slot_name
+from hostside import layout
 
 REPO = Path(__file__).resolve().parent.parent
 DATABASE_GROUPS = ("primary", "replicas")
-DEFAULTS = PGBOUNCER_DEFAULTS  # PostgreSQL's and PgBouncer's knobs the steps read
 NODE_SQL = (
     "select json_build_object('in_recovery', pg_is_in_recovery(), "
     "'system_identifier', (select system_identifier::text from pg_control_system()), "
@@ -32,7 +32,7 @@ class Tier:
     def __init__(self, inventory_path):
         # pyinfra's CLI patches the standard library for gevent on import, as it does for a deploy
         from pyinfra.api import Config, State
-        from pyinfra.context import ctx_state
+        from pyinfra.context import ctx_inventory, ctx_state
         from pyinfra_cli.inventory import make_inventory
 
         self.inventory_path = str(Path(inventory_path).resolve())
@@ -40,6 +40,7 @@ class Tier:
         state.cwd = str(REPO)
         ctx_state.set(state)
         self.inventory = make_inventory(inventory_path, cwd=str(REPO))
+        ctx_inventory.set(self.inventory)
         state.init(self.inventory, Config())
         self.hosts = {h.name: h for h in self.inventory}
 
@@ -55,7 +56,7 @@ class Tier:
         return [n for g in DATABASE_GROUPS for n in self.group(g)]
 
     def data(self, name, key):
-        return self.hosts[name].data.get(key, DEFAULTS[key])
+        return getattr(knobs(self.hosts[name]), key)
 
     def reachable(self, name):
         host = self.hosts[name]
@@ -94,7 +95,7 @@ class Tier:
     def pgbouncer_command(self, name, command):
         """Shell for a command on the PgBouncer admin console, as its own OS user over the local socket (no password)."""
         port = self.data(name, "pgbouncer_port")
-        return f"runuser -u postgres -- psql -h /var/run/postgresql -p {port} -U pgbouncer pgbouncer -XtAq -c '{command}'"
+        return f"runuser -u postgres -- psql -h {layout.SOCKET_DIR} -p {port} -U pgbouncer pgbouncer -XtAq -c '{command}'"
 
     def pgbouncer(self, name, command, timeout=60):
         return self.run(name, self.pgbouncer_command(name, command), timeout=timeout)[1]

@@ -29,11 +29,8 @@ import sys
 import tarfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import textfile  # noqa: E402  (installed side by side)
-import wal_archive  # noqa: E402
+from hostside import layout, textfile, wal_archive
 
-BIN = "/usr/lib/postgresql/17/bin"
 RECORD = "backup.json"
 ARCHIVE = "base.tar.gz"
 
@@ -101,6 +98,7 @@ class Backups:
     def __init__(self, config):
         self.archive = wal_archive.Archive(config)
         self.config = config
+        self.bin = config["bin_directory"]
 
     def key(self, backup_id, name):
         return f"{self.archive.prefix}/backups/{backup_id}/{name}"
@@ -123,12 +121,12 @@ class Backups:
         os.makedirs(work, mode=0o700)
         try:
             say(f"{backup_id}: pg_basebackup (plain, WAL streamed, fast checkpoint, SHA-256 manifest)")
-            subprocess.run([f"{BIN}/pg_basebackup", "-D", data, "-Fp", "-X", "stream", "-c", "fast",
-                            "--manifest-checksums=SHA256", "-l", f"mcp-portal {backup_id}", "-h", "/var/run/postgresql"],
+            subprocess.run([f"{self.bin}/pg_basebackup", "-D", data, "-Fp", "-X", "stream", "-c", "fast",
+                            "--manifest-checksums=SHA256", "-l", f"mcp-portal {backup_id}", "-h", layout.SOCKET_DIR],
                            check=True)
             copied = time.time()
             say(f"{backup_id}: pg_verifybackup")
-            subprocess.run([f"{BIN}/pg_verifybackup", data], check=True)
+            subprocess.run([f"{self.bin}/pg_verifybackup", data], check=True)
             verified = time.time()
             timeline, start_lsn, end_lsn = wal_range(os.path.join(data, "backup_manifest"))
             packed = os.path.join(work, ARCHIVE)
@@ -230,7 +228,7 @@ class Backups:
             with tarfile.open(packed, "r:gz") as tar:
                 tar.extractall(unpack, filter="data")
             say("pg_verifybackup on the restored copy")
-            subprocess.run([f"{BIN}/pg_verifybackup", os.path.join(unpack, "data")], check=True)
+            subprocess.run([f"{self.bin}/pg_verifybackup", os.path.join(unpack, "data")], check=True)
             os.chmod(os.path.join(unpack, "data"), 0o700)
             if os.path.exists(datadir):
                 os.rmdir(datadir)  # empty, checked above
@@ -243,25 +241,20 @@ class Backups:
             with open(os.path.join(datadir, "standby.signal"), "w"):
                 pass
             return record
-        recovery_settings(datadir, targets)
+        recovery_settings(self.bin, datadir, targets)
         local_config(datadir)
         return record
 
 
-HOT_STANDBY_LIMITS = {"max_connections": "max_connections setting", "max_worker_processes": "max_worker_processes setting",
-                      "max_wal_senders": "max_wal_senders setting", "max_prepared_transactions": "max_prepared_xacts setting",
-                      "max_locks_per_transaction": "max_locks_per_xact setting"}
-
-
-def recovery_settings(datadir, targets, action="promote"):
+def recovery_settings(bin_directory, datadir, targets, action="promote"):
     """Replay from the archive to the target, then `action`. Written into the restored copy's own
     postgresql.auto.conf, so they win over any configuration file: archiving stays off (a clone shares the
     source's system identifier and must never write into its archive), and the limits recovery checks are
     the source's own (from pg_controldata)."""
-    control = subprocess.run([f"{BIN}/pg_controldata", datadir], check=True, capture_output=True, text=True).stdout
+    control = subprocess.run([f"{bin_directory}/pg_controldata", datadir], check=True, capture_output=True, text=True).stdout
     lines = dict(line.split(":", 1) for line in control.splitlines() if ":" in line)
-    settings = {name: lines[label].strip() for name, label in HOT_STANDBY_LIMITS.items()}
-    fetch = f"{os.path.abspath(wal_archive.__file__)} fetch %f %p"
+    settings = {name: lines[label].strip() for name, label in layout.HOT_STANDBY_SENSITIVE.items()}
+    fetch = f"{layout.program('wal-archive')} fetch %f %p"
     source = os.environ.get("MCP_WAL_ARCHIVE_CONFIG")  # another archive than this host's (restore.py's source)
     settings.update({"archive_mode": "off", "restore_command": f"MCP_WAL_ARCHIVE_CONFIG={source} {fetch}" if source else fetch,
                      "recovery_target_action": action, **targets})
@@ -320,10 +313,10 @@ def record_backup(record):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="base_backup.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mcp-base-backup", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
-    run.add_argument("--work-dir", default="/var/lib/postgresql/backup-work")
+    run.add_argument("--work-dir", required=True)
     sub.add_parser("list")
     retain = sub.add_parser("retain")
     retain.add_argument("--window-days", type=float, required=True)

@@ -19,12 +19,10 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import textfile  # noqa: E402  (installed side by side)
-import wal_archive  # noqa: E402
+from hostside import layout, textfile, wal_archive
 
-CONFIG = "/etc/mcp-portal/fence.json"
-MARKER = "/var/lib/mcp-portal/fenced"
+CONFIG = layout.config("fence.json")
+MARKER = f"{layout.STATE_DIR}/fenced"
 # The current WAL file's name starts with the timeline the primary writes on now; pg_control_checkpoint() would lag
 # behind a promotion until the next checkpoint, and a just-promoted primary must not read itself as replaced.
 TIMELINE_SQL = "select case when pg_is_in_recovery() then '' else pg_walfile_name(pg_current_wal_insert_lsn()) end"

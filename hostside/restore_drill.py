@@ -21,12 +21,9 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import base_backup  # noqa: E402  (installed side by side)
-import textfile  # noqa: E402
-import wal_archive  # noqa: E402
+from hostside import base_backup, layout, textfile, wal_archive
 
-RESULT = "/var/lib/mcp-portal/drill/last.json"
+RESULT = f"{layout.STATE_DIR}/drill/last.json"
 CANARY_SQL = ("select writer || '|' || extract(epoch from beat_at) || '|' || written_lsn from heartbeat.beat "
               "order by beat_at desc limit 1")
 
@@ -59,7 +56,7 @@ def drill(config, scratch, port, wait_s):
         record = backups.restore(datadir, {})
         result["backup"] = record["id"]
         base_backup.say(f"drill: starting the restored copy on port {port}")
-        subprocess.run([f"{base_backup.BIN}/pg_ctl", "-D", datadir, "-w", "-t", str(wait_s), "-l",
+        subprocess.run([f"{backups.bin}/pg_ctl", "-D", datadir, "-w", "-t", str(wait_s), "-l",
                         os.path.join(scratch, "log"), "-o", f"-p {port} -k {scratch}", "start"], check=True)
         query = lambda db, sql: subprocess.run(  # noqa: E731
             ["psql", "-XtAq", "-h", scratch, "-p", str(port), "-d", db, "-c", sql], check=True, capture_output=True,
@@ -75,7 +72,7 @@ def drill(config, scratch, port, wait_s):
             "canary_present": query("portal", f"select count(*) from heartbeat.beat where writer = '{writer}' "
                                               f"and extract(epoch from beat_at) >= {beat_at}") == "1",
         }
-        amcheck = subprocess.run([f"{base_backup.BIN}/pg_amcheck", "-h", scratch, "-p", str(port), "--all", "--heapallindexed",
+        amcheck = subprocess.run([f"{backups.bin}/pg_amcheck", "-h", scratch, "-p", str(port), "--all", "--heapallindexed",
                                   "--install-missing"], capture_output=True, text=True)
         checks["amcheck_clean"] = amcheck.returncode == 0
         if amcheck.returncode:
@@ -87,7 +84,7 @@ def drill(config, scratch, port, wait_s):
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if os.path.exists(os.path.join(datadir, "postmaster.pid")):
-            subprocess.run([f"{base_backup.BIN}/pg_ctl", "-D", datadir, "-m", "immediate", "stop"])
+            subprocess.run([f"{backups.bin}/pg_ctl", "-D", datadir, "-m", "immediate", "stop"])
         shutil.rmtree(scratch, ignore_errors=True)
         result["duration_s"] = round(time.time() - started, 1)
         os.makedirs(os.path.dirname(RESULT), exist_ok=True)
@@ -113,7 +110,7 @@ def record_drill(result):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="restore_drill.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mcp-restore-drill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scratch", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--wait-s", type=int, default=900)

@@ -12,15 +12,13 @@ stops the run (exit 1) with its batch rolled back. Configuration: /etc/mcp-porta
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import envelope  # noqa: E402  (installed side by side)
+from hostside import envelope, layout
 
-CONFIG = "/etc/mcp-portal/key-rotation.json"
+CONFIG = layout.config("key-rotation.json")
 REQUIRED = ("database", "role", "kms_key_id", "region", "access_key_id", "secret_access_key")
 ROLE = re.compile(r"^[a-z_][a-z0-9_]*$")  # it goes into the connection's options string unquoted
 TABLE = "user_server_configs"
@@ -177,7 +175,7 @@ def positive(text):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="rotate_keys.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mcp-rotate-keys", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=CONFIG)
     parser.set_defaults(batch=None, max_batches=None)
     commands = parser.add_subparsers(dest="command", required=True)

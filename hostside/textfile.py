@@ -4,7 +4,9 @@
 import os
 import sys
 
-DIRECTORY = "/var/lib/mcp-portal/metrics"
+from hostside import layout
+
+DIRECTORY = layout.METRICS_DIR
 
 
 def render(gauges):

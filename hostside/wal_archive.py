@@ -27,10 +27,9 @@ import struct
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import textfile  # noqa: E402  (installed side by side)
+from hostside import layout, textfile
 
-CONFIG = "/etc/mcp-portal/wal-archive.json"
+CONFIG = layout.config("wal-archive.json")
 COMPRESSIONS = {"none": (lambda data: data, lambda data: data), "gzip": (lambda data: gzip.compress(data, 1), gzip.decompress)}
 HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
 WAL_FILE = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleet.inventory import primary_record
+from hostside import layout
 from hostside.wal_archive import SEGMENT, lsn, segment_end, timeline_of
 from inventory._primary import database_groups
 from tests.drills.load import CREATE, TABLE, WriteLoad
@@ -141,9 +142,9 @@ def test_switchover_to_a_lagging_replica_is_refused(unchanged):
 
 def test_switchover_while_a_restore_runs_is_refused(unchanged):
     primary, replicas = roles()
-    # What the check looks for: a point-in-time restore's process (restore.py runs base_backup.py restore).
+    # What the check looks for: a point-in-time restore's process (restore.py runs mcp-base-backup restore).
     on(replicas[-1], "systemd-run --unit drill-restore -p Type=exec /bin/bash -c "
-                     "'exec -a \"/usr/bin/python3 /usr/local/lib/mcp-portal/base_backup.py restore\" sleep 120'")
+                     f"'exec -a \"/usr/bin/python3 -Iu {layout.program('base-backup')} restore\" sleep 120'")
     try:
         code, output = mcp_ha("switchover", LOCAL, "--to", replicas[0], check=False)
     finally:
@@ -209,13 +210,13 @@ def fenced_then_rejoined(old, new, ended, inventory=LOCAL, cut=True):
         eventually(lambda: on(old, "systemctl is-active postgresql@17-main", check=False).stdout.strip() != "active",
                    timeout=FENCE_BOUND_S)
         took = time.monotonic() - started
-    assert "fenced since" in on(old, "/usr/local/lib/mcp-portal/fence.py may-start", check=False).stderr
+    assert "fenced since" in on(old, f"{layout.program('fence')} may-start", check=False).stderr
     assert "mcp_fenced_timestamp_seconds" in on(old, f"cat {FENCE_METRIC}").stdout  # MCPPostgresFenced fires
     assert on(old, "systemctl start postgresql@17-main", check=False).returncode != 0  # never again as a primary
     parent = switch_timeline(new) - 1
     diverged = [name for name in on(old, "ls /var/lib/postgresql/17/main/pg_wal").stdout.split()
                 if SEGMENT.match(name) and timeline_of(name) == parent and segment_end(name) > ended]
-    pushed = on(old, f"runuser -u postgres -- /usr/local/lib/mcp-portal/wal_archive.py push "
+    pushed = on(old, f"runuser -u postgres -- {layout.program('wal-archive')} push "
                      f"/var/lib/postgresql/17/main/pg_wal/{diverged[0]} {diverged[0]}", check=False)
     assert pushed.returncode == 1 and "must not archive" in pushed.stderr
     output = deploy_with(inventory)
@@ -274,7 +275,7 @@ def test_failover_with_synchronous_replication_loses_no_row_the_clients_saw_comm
 def test_a_replica_rebuilt_from_the_newest_backup_replays_the_archive_across_the_drills_promotions():
     primary, replicas = roles()
     replica, datadir = replicas[-1], "/var/lib/postgresql/17/main"
-    program = "/usr/local/lib/mcp-portal/base_backup.py"
+    program = layout.program("base-backup")
     newest = json.loads(on(primary, f"runuser -u postgres -- {program} list").stdout.splitlines()[-1])
     written = portal(primary, f"insert into public.{TABLE} default values returning id").splitlines()[0]
     on(replica, f"systemctl stop postgresql@17-main && mv {datadir} {datadir}.broken")

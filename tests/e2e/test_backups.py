@@ -14,6 +14,7 @@ import pytest
 
 from fleet.layout import Layout
 from fleet.s3endpoint import client
+from hostside import layout
 from tests.e2e.test_deploy import PYINFRA, REPO
 from tests.e2e.test_wal_archive import BUCKET, PREFIX, eventually, psql
 from tests.fleet_helpers import fleet, on
@@ -219,7 +220,7 @@ def test_retention_keeps_a_restore_to_any_time_in_the_window_and_the_newest_back
     assert versions(s3, old_segment)
     opens = (kept["finished_at"] + inside) / 2  # the window opens after `kept` finished and before 'inside'
     window_days = (time.time() - opens) / 86400
-    retention = "/usr/local/lib/mcp-portal/base_backup.py retain --credentials /etc/mcp-portal/backup-retention.json"
+    retention = f"{layout.program('base-backup')} retain --credentials /etc/mcp-portal/backup-retention.json"
     on(PRIMARY, f"{retention} --window-days {window_days:.10f}")
     left = records(s3)
     assert [r["id"] for r in left] == [kept["id"], newest["id"]]
@@ -232,7 +233,7 @@ def test_retention_keeps_a_restore_to_any_time_in_the_window_and_the_newest_back
 
 
 def test_the_archive_keys_cannot_run_retention():
-    attempt = on(PRIMARY, "runuser -u postgres -- /usr/local/lib/mcp-portal/base_backup.py retain --window-days 0.000001 "
+    attempt = on(PRIMARY, f"runuser -u postgres -- {layout.program('base-backup')} retain --window-days 0.000001 "
                           "--credentials /etc/mcp-portal/wal-archiver.json", check=False)
     assert attempt.returncode != 0 and "AccessDenied" in attempt.stdout + attempt.stderr
 
@@ -295,7 +296,7 @@ def test_a_restore_into_a_directory_holding_files_leaves_them_alone():
 @pytest.mark.parametrize("targets, message", [
     ({"restore_host": "pgbouncer-1"}, "restore.py needs --data restore_host=HOST, one of the inventory's database hosts"),
     ({"restore_target_time": "2026-11-25 16:00:00+00", "restore_target_lsn": "0/3000000"},
-     "set one restore_target_* key, not restore_target_time, restore_target_lsn"),
+     "restore_target_time: set one restore_target_* key, not restore_target_time, restore_target_lsn"),
     ({"restore_source_prefix": "prod", "restore_source_credentials": "/nonexistent.json"},
      "the restore source's S3 credentials file /nonexistent.json is missing"),
 ])

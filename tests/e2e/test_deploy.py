@@ -86,7 +86,7 @@ def test_the_pgdg_repository_option_plans_a_signed_source_and_a_refresh():
     assert planned["PostgreSQL server | Refresh the package index (PGDG added)"][0] == database_hosts
     refused = pyinfra_run("--dry", "--data", "postgres_apt_repository=ubuntu")
     assert refused.returncode != 0
-    assert "--data on the command line: postgres_apt_repository = 'ubuntu'; use one of debian, pgdg" in refused.stderr
+    assert "--data on the command line: postgres_apt_repository = 'ubuntu': use 'debian' or 'pgdg'" in refused.stderr
 
 
 def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
@@ -99,21 +99,24 @@ def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("heartbeat_interval_s=7", "heartbeat_interval_s = 7; use a divisor of 60"),
-    ("wal_archive_sse=rot13", "wal_archive_sse = 'rot13'; use one of AES256, aws:kms"),
-    ("wal_archive_compression=zip", "wal_archive_compression = 'zip'; use one of none, gzip"),
+    ("heartbeat_interval_s=7", "heartbeat_interval_s = 7: use 1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60"),
+    ("wal_archive_sse=rot13", "wal_archive_sse = 'rot13': use 'AES256' or 'aws:kms'"),
+    ("wal_archive_compression=zip", "wal_archive_compression = 'zip': use 'none' or 'gzip'"),
     ("wal_archive_credentials=/nonexistent.json", "the WAL archive's S3 credentials file /nonexistent.json is missing"),
-    ("backup_retention_days=0", "backup_retention_days = 0; set the recovery window in days (> 0)"),
+    ("backup_retention_days=0", "backup_retention_days = 0: Input should be greater than 0"),
     ("drill_host=pgbouncer-1", "drill_host = 'pgbouncer-1' is not a database host of the inventory"),
     ('portal_database_users=["portal_app","nobody"]', "portal_database_users names nobody, not in postgres_roles"),
-    ("schema_lock_timeout=soon", "schema_lock_timeout"),
-    ("portal_database_owner=someone", "the migrations make their objects for portal_owner"),
-    ("audit_partitions_ahead=1", "audit_partitions_ahead = 1 and audit_partitions_min_ahead = 2"),
+    ("schema_lock_timeout=soon", "schema_lock_timeout = 'soon': lock_timeout = 'soon' is not a number"),
+    ("portal_database_owner=someone", "portal_database_owner = 'someone': use 'portal_owner'"),
+    ("audit_partitions_ahead=1", "audit_partitions_ahead 1 is less than audit_partitions_min_ahead 2"),
     ("portal_kms_key_id=", "portal_kms_key_id is not set"),
-    ("key_rotation_batch=0", "key_rotation_batch = 0; use rows per transaction between 1 and 100000"),
+    ("key_rotation_batch=0", "key_rotation_batch = 0: Input should be greater than or equal to 1"),
     ("portal_kms_credentials=/nonexistent.json", "the portal's KMS credentials file /nonexistent.json is missing"),
-    ("backup_max_age_h=soon", "backup_max_age_h = 'soon'; set a number > 0"),
-    ("synchronous_replication=yes", "synchronous_replication = 'yes'; use true or false"),
+    ("backup_max_age_h=soon", "backup_max_age_h = 'soon': Input should be a valid number"),
+    ("synchronous_replication=yes", "synchronous_replication = 'yes': use true or false"),
+    ("postgres_setings={}", "postgres_setings: unknown knob; did you mean postgres_settings?"),
+    ("wal_archive_prefix=../other", "wal_archive_prefix = '../other': path segments of letters"),
+    ('pgbouncer_pool={"auth_type": "trust"}', "pgbouncer_pool.auth_type: unknown key; pgbouncer_pool takes pool_mode"),
 ])
 def test_bad_group_data_is_one_line_before_any_change(override, message):
     on("pg-primary", "rm /etc/mcp-portal/roles")  # a change any run would make

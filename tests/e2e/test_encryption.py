@@ -9,7 +9,7 @@ import pytest
 
 from fleet.layout import Layout
 from fleet.s3endpoint import client
-from hostside import envelope
+from hostside import envelope, layout
 from tests.e2e.test_pgbouncer import connect
 from tests.e2e.test_schema import as_postgres
 from tests.fleet_helpers import on
@@ -18,7 +18,7 @@ PRIMARY = "pg-primary"
 TAG = "e2e-crypto"
 ROWS = 10
 TABLE = "user_server_configs"
-ROTATE = "runuser -u postgres -- /usr/local/lib/mcp-portal/rotate_keys.py"
+ROTATE = f"runuser -u postgres -- {layout.program('rotate-keys')}"
 
 
 def fleet_keys(user):

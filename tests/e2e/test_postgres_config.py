@@ -64,7 +64,7 @@ def test_bad_value_is_refused_before_any_host_changes(overrides):
     before = {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS}
     result = pyinfra_run("-y", *overrides('postgres_settings = {"work_mem": "12XB", "log_min_duration_statement": "1s"}'))
     assert result.returncode != 0
-    assert "group_data/local.py: postgres_settings.work_mem = '12XB': unit 'XB'" in result.stderr + result.stdout
+    assert "group_data/local.py: postgres_settings: work_mem = '12XB': unit 'XB'" in result.stderr + result.stdout
     assert {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS} == before
 
 
@@ -95,7 +95,7 @@ def test_a_connection_budget_max_connections_cannot_hold_is_refused(overrides):
     before = {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS}
     result = pyinfra_run("-y", *overrides("postgres_max_connections = 40"))
     assert result.returncode != 0
-    assert ("group_data/local.py: max_connections 40 is below the connection budget 50 (PgBouncer pgbouncer-1 32 + "
+    assert ("group_data/local.py: postgres_max_connections: max_connections 40 is below the connection budget 50 (PgBouncer pgbouncer-1 32 + "
             "monitoring (direct) 5 + jobs (direct) 5 + operators (direct) 5 + superuser_reserved_connections 3 + "
             "reserved_connections 0)") in result.stdout + result.stderr
     assert {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS} == before

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from deploys.schema import PROJECT, plan_changes, sqitch_command
+from hostside import layout
 from tests.e2e.test_pgbouncer import connect, password
 from tests.fleet_helpers import on
 
@@ -256,7 +257,7 @@ def test_partitions_run_ahead_and_the_horizon_is_a_metric():
 def test_a_short_horizon_fails_the_job_and_says_why():
     drop_month(month(3))
     drop_month(month(2))
-    short = on(PRIMARY, "runuser -u postgres -- python3 /usr/local/lib/mcp-portal/portal_jobs.py audit-partitions "
+    short = on(PRIMARY, f"runuser -u postgres -- {layout.program('portal-jobs')} audit-partitions "
                         "--cluster 17/main --database portal --ahead 1 --min-ahead 2", check=False)
     assert short.returncode == 1 and "only 1 months of audit partitions ahead (want 2)" in short.stderr
     run_partition_job()

@@ -12,11 +12,12 @@ import pytest
 
 from fleet.layout import Layout
 from fleet.s3endpoint import client
+from hostside import layout
 from tests.e2e.test_deploy import deploy, pyinfra_run
 from tests.fleet_helpers import fleet, on
 
 PRIMARY = "pg-primary"
-PROGRAM = "/usr/local/lib/mcp-portal/wal_archive.py"
+PROGRAM = layout.program("wal-archive")
 TIER = json.loads((Layout().local / "s3" / "tier.json").read_text()) if (Layout().local / "s3" / "tier.json").exists() else {}
 BUCKET, PREFIX = TIER.get("bucket"), "local"
 
@@ -163,8 +164,8 @@ def test_restore_command_refuses_an_object_that_does_not_match_its_checksum(s3):
 
 
 def test_the_database_hosts_keys_cannot_delete_from_the_archive():
-    attempt = on(PRIMARY, "python3 -c \"import sys; sys.path.insert(0, '/usr/local/lib/mcp-portal'); "
-                          "import wal_archive as w; c = w.load_config(); "
+    attempt = on(PRIMARY, f"python3 -c \"import sys; sys.path.insert(0, '{layout.LIB_DIR}'); "
+                          "from hostside import wal_archive as w; c = w.load_config(); "
                           f"w.client(c, 's3').delete_object(Bucket=c['bucket'], Key='{PREFIX}/cluster.json')\"",
                  check=False)
     assert attempt.returncode != 0 and "AccessDenied" in attempt.stderr

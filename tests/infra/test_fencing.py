@@ -3,6 +3,8 @@ unit refuses to start a fenced cluster as a primary, and no running cluster is f
 
 import time
 
+from hostside import layout
+
 UNIT = "mcp-fence"
 INTERVAL_S = 10  # fence_check_interval_s's default
 
@@ -21,6 +23,6 @@ def test_the_fence_runs_and_decided_within_its_interval(db_target):
 
 def test_postgresql_starts_only_through_the_fence_and_is_not_fenced(db_target):
     host = db_target.host
-    assert "fence.py may-start" in host.check_output("systemctl show -P ExecStartPre postgresql@17-main")
+    assert f"{layout.program('fence')} may-start" in host.check_output("systemctl show -P ExecStartPre postgresql@17-main")
     assert not host.file("/var/lib/mcp-portal/fenced").exists
     assert host.service("postgresql@17-main").is_running

@@ -4,6 +4,7 @@ a segment closed by this check reaches the archive (the primary's own pg_stat_ar
 import json
 import time
 
+from hostside import layout
 from tests.infra.test_postgres import psql
 
 UNIT = "mcp-wal-archive"
@@ -12,8 +13,8 @@ UNIT = "mcp-wal-archive"
 def test_archiving_is_on_with_the_deploys_archiver(db_target):
     host = db_target.host
     assert psql(host, "show archive_mode") == "on"
-    assert psql(host, "show archive_command").startswith("/usr/local/lib/mcp-portal/wal_archive.py push ")
-    assert psql(host, "show restore_command").startswith("/usr/local/lib/mcp-portal/wal_archive.py fetch ")
+    assert psql(host, "show archive_command").startswith(f"{layout.program('wal-archive')} push ")
+    assert psql(host, "show restore_command").startswith(f"{layout.program('wal-archive')} fetch ")
     assert host.service(f"{UNIT}.service").is_running and host.service(f"{UNIT}.service").is_enabled
 
 

@@ -24,7 +24,7 @@ class Listed(Backups):
     """Backups whose records are given, for choose(), in a prefix that cluster `owner` claimed (None: unclaimed)."""
 
     def __init__(self, records, owner="7"):
-        super().__init__({"bucket": "b", "prefix": "p", "system_identifier": "7"})
+        super().__init__({"bucket": "b", "prefix": "p", "system_identifier": "7", "bin_directory": "/nonexistent"})
         self.given = records
         self.archive.owner = lambda: owner
 

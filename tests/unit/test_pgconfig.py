@@ -1,24 +1,14 @@
-"""postgresql.conf as data: sizing, validation against PostgreSQL 17's catalogue, change detection."""
+"""postgresql.conf as data: sizing, validation against PostgreSQL 17's catalogue, change detection, restart plans."""
 
 import re
 
 import pytest
 
-from deploys.pgconfig import (ConfigError, catalogue, changes, connection_budget, hba_rules, memory_sizing, normalize,
-                               settings, validate)
-from deploys.postgres import DEFAULTS
+from deploys.knobs import HbaRule
+from deploys.pgconfig import (TIER_SETTINGS, ConfigError, catalogue, changes, connection_budget, hba_rules,
+                              memory_sizing, normalize, restart_plan, settings, validate)
 
 KNOWN = catalogue()
-
-
-class Data(dict):
-    """Attribute access like pyinfra's host.data."""
-
-    __getattr__ = dict.__getitem__
-
-
-def host_data(**overrides):
-    return Data(DEFAULTS, **overrides)
 
 
 @pytest.mark.parametrize(
@@ -62,46 +52,42 @@ def test_tiny_budget_is_refused():
     ],
 )
 def test_values_normalize_to_pg_settings_units(name, value, normalized):
-    assert normalize(name, value, KNOWN[name], "t") == normalized
+    assert normalize(name, value, KNOWN[name]) == normalized
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"shared_bufers": "1GB"}, "postgres_settings.shared_bufers is not a PostgreSQL 17 parameter (did you mean shared_buffers"),
-        ({"work_mem": "12XB"}, "postgres_settings.work_mem = '12XB': unit 'XB' is not one of B, kB, MB, GB, TB"),
-        ({"work_mem": "lots"}, "postgres_settings.work_mem = 'lots' is not a number"),
-        ({"max_connections": 0}, "postgres_settings.max_connections = 0 is out of range (1..262143)"),
-        ({"wal_level": "archive"}, "postgres_settings.wal_level = 'archive' is not one of minimal, replica, logical"),
-        ({"fsync": "maybe"}, "postgres_settings.fsync = 'maybe' is not a boolean"),
-        ({"max_connections": "100ms"}, "takes no unit"),
-        ({"port": 5433}, "postgres_settings.port is set by the deploy itself"),
-        (["work_mem"], "postgres_settings must be a mapping"),
+        ({"shared_bufers": "1GB"}, "shared_bufers is not a PostgreSQL 17 parameter (did you mean shared_buffers"),
+        ({"work_mem": "12XB"}, "work_mem = '12XB': unit 'XB' is not one of B, kB, MB, GB, TB"),
+        ({"work_mem": "lots"}, "work_mem = 'lots' is not a number"),
+        ({"max_connections": 0}, "max_connections = 0 is out of range (1..262143)"),
+        ({"wal_level": "archive"}, "wal_level = 'archive' is not one of minimal, replica, logical"),
+        ({"fsync": "maybe"}, "fsync = 'maybe' is not a boolean"),
+        ({"max_connections": "100ms"}, "max_connections = '100ms' takes no unit"),
+        ({"port": 5433}, "port is set by the deploy itself"),
     ],
 )
-def test_bad_settings_are_one_line_naming_file_and_key(overrides, message):
+def test_bad_settings_are_one_line_naming_the_parameter(overrides, message):
     with pytest.raises(ConfigError) as raised:
-        validate(overrides, "group_data/primary.py")
-    assert str(raised.value).startswith("group_data/primary.py: ")
-    assert message in str(raised.value) and "\n" not in str(raised.value)
+        validate(overrides)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
 
 
 def test_names_are_case_insensitive_and_extension_parameters_pass():
-    assert validate({"TimeZone": "UTC", "pg_stat_statements.max": 5000}, "t") == {"TimeZone": "UTC", "pg_stat_statements.max": "5000"}
+    assert validate({"TimeZone": "UTC", "pg_stat_statements.max": 5000}) == {"TimeZone": "UTC", "pg_stat_statements.max": "5000"}
 
 
-def test_settings_merge_defaults_sizing_and_overrides():
-    values = settings(host_data(postgres_memory_budget_mb=2048, postgres_settings={"work_mem": "16MB"}), lambda key: key)
-    assert values["shared_buffers"] == "512MB" and values["work_mem"] == "16MB"
+def test_the_tiers_own_settings_are_valid():
+    validate(TIER_SETTINGS)
+
+
+def test_settings_merge_the_tiers_sizing_overrides_and_what_other_components_add():
+    values = settings(2048, 100, {"work_mem": "16MB"}, {"archive_mode": "on"})
+    assert values["shared_buffers"] == "512MB" and values["work_mem"] == "16MB" and values["archive_mode"] == "on"
     assert values["allow_alter_system"] == "off" and values["wal_level"] == "replica"
-
-
-def test_settings_name_where_the_bad_key_came_from():
-    sources = {"postgres_settings": "group_data/replicas.py", "postgres_memory_budget_mb": "group_data/local.py"}
-    with pytest.raises(ConfigError, match="^group_data/replicas.py: postgres_settings.bogus "):
-        settings(host_data(postgres_settings={"bogus": 1}), sources.get)
-    with pytest.raises(ConfigError, match="^group_data/local.py: .*256 MB"):
-        settings(host_data(postgres_memory_budget_mb=100), sources.get)
+    with pytest.raises(ConfigError, match="^archive_mode = 'sometimes'"):
+        settings(1024, 100, {}, {"archive_mode": "sometimes"})  # another component's settings are checked too
 
 
 def live(**values):
@@ -120,29 +106,15 @@ def test_a_parameter_missing_on_the_host_is_a_change():
 
 
 def test_hba_rules_from_the_inventory_are_tls_and_scram():
-    rules = hba_rules(["198.51.100.12"], ["198.51.100.21"], "replicator", [], "t")
+    rules = hba_rules(["198.51.100.12"], ["198.51.100.21"], "replicator", [])
     assert rules == [("hostssl", "replication", "replicator", "198.51.100.12/32", "scram-sha-256"),
                      ("hostssl", "postgres", "replicator", "198.51.100.12/32", "scram-sha-256"),
                      ("hostssl", "all", "all", "198.51.100.21/32", "scram-sha-256")]
 
 
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        ([{"database": "all", "user": "all", "address": "10.0.0.0/8", "method": "trust"}], "method 'trust' is not allowed"),
-        ([{"database": "all", "user": "all", "address": "10.0.0.1/8"}], "address '10.0.0.1/8' is not a network"),
-        ([{"database": "all", "address": "10.0.0.0/8"}], "needs database, user and address"),
-        ({"database": "all"}, "postgres_hba_extra must be a list"),
-    ],
-)
-def test_bad_hba_rules_are_refused(extra, message):
-    with pytest.raises(ConfigError, match=message):
-        hba_rules([], [], "replicator", extra, "group_data/prod.py")
-
-
 def test_an_extra_admin_network_rule_is_kept():
-    rule = {"database": "all", "user": "dba", "address": "10.20.0.0/24", "method": "cert"}
-    assert hba_rules([], [], "replicator", [rule], "t") == [("hostssl", "all", "dba", "10.20.0.0/24", "cert")]
+    rule = HbaRule(database="all", user="dba", address="10.20.0.0/24", method="cert")
+    assert hba_rules([], [], "replicator", [rule]) == [("hostssl", "all", "dba", "10.20.0.0/24", "cert")]
 
 
 def test_a_parameter_the_file_no_longer_sets_is_a_change_back_to_its_default():
@@ -152,15 +124,11 @@ def test_a_parameter_the_file_no_longer_sets_is_a_change_back_to_its_default():
     assert changes({"work_mem": "4MB"}, on_host) == {"max_locks_per_transaction": "postmaster"}
 
 
-BUDGET_SOURCES = {"postgres_max_connections": "group_data/primary.py", "postgres_settings": "group_data/all.py",
-                  "postgres_direct_connections": "group_data/local.py"}
-
-
 def budget(desired=None, pooled=None, direct=None, standbys=2, streams=2):
     desired = {"max_connections": 100, "max_wal_senders": 10, "max_replication_slots": 10, **(desired or {})}
     connection_budget(desired, {"pgbouncer-1": 32} if pooled is None else pooled,
                       {"monitoring": 5, "jobs": 5, "operators": 5} if direct is None else direct,
-                      standbys, streams, BUDGET_SOURCES.get)
+                      standbys, streams)
 
 
 def test_the_defaults_fit_with_room_for_a_second_pooler():
@@ -173,7 +141,7 @@ def test_an_over_budget_host_is_refused_with_every_term_named():
     with pytest.raises(ConfigError) as raised:
         budget(desired={"max_connections": 49, "reserved_connections": 2})
     message = str(raised.value)
-    assert message.startswith("group_data/primary.py: max_connections 49 is below the connection budget 52 ")
+    assert message.startswith("postgres_max_connections: max_connections 49 is below the connection budget 52 ")
     assert ("(PgBouncer pgbouncer-1 32 + monitoring (direct) 5 + jobs (direct) 5 + operators (direct) 5 + "
             "superuser_reserved_connections 3 + reserved_connections 2)") in message
     assert "pgbouncer_pool.max_db_connections" in message and "\n" not in message
@@ -182,7 +150,7 @@ def test_an_over_budget_host_is_refused_with_every_term_named():
 @pytest.mark.parametrize(
     "desired, standbys, streams, message",
     [
-        ({"max_wal_senders": 5}, 2, 2, "group_data/all.py: max_wal_senders 5 is below the 6 that 2 standby(s) and 2 concurrent"),
+        ({"max_wal_senders": 5}, 2, 2, "postgres_settings: max_wal_senders 5 is below the 6 that 2 standby(s) and 2 concurrent"),
         ({"max_wal_senders": 10}, 9, 1, "max_wal_senders 10 is below the 11 that 9 standby(s)"),
         ({"max_replication_slots": 3}, 2, 2, "max_replication_slots 3 is below the 4 that"),
     ],
@@ -192,6 +160,42 @@ def test_wal_senders_and_slots_count_two_per_streaming_backup(desired, standbys,
         budget(desired=desired, standbys=standbys, streams=streams)
 
 
-def test_direct_connections_must_be_counts():
-    with pytest.raises(ConfigError, match=r"^group_data/local.py: postgres_direct_connections.jobs = 'five' must be"):
-        budget(direct={"jobs": "five"})
+def pg_settings(**values):
+    """A running cluster's pg_settings rows: (setting, boot_val) per parameter; its context from the catalogue."""
+    return {name: {"setting": str(setting), "boot_val": str(boot), "context": KNOWN[name]["context"],
+                   "source": "configuration file", "pending_restart": False} for name, (setting, boot) in values.items()}
+
+
+LIVE = pg_settings(max_locks_per_transaction=(128, 64), work_mem=(4096, 4096), shared_buffers=(16384, 16384))
+
+
+@pytest.mark.parametrize("desired, primary, turn, restart_for, decreased, reload", [
+    ({"max_locks_per_transaction": 128, "work_mem": "4MB", "shared_buffers": "128MB"}, True, None, [], {}, False),
+    ({"max_locks_per_transaction": 128, "work_mem": "8MB", "shared_buffers": "128MB"}, True, None, [], {}, True),
+    ({"max_locks_per_transaction": 128, "work_mem": "4MB", "shared_buffers": "256MB"}, False, "replica", ["shared_buffers"], {}, False),
+    ({"max_locks_per_transaction": 128, "work_mem": "4MB", "shared_buffers": "256MB"}, True, "primary last", ["shared_buffers"], {}, False),
+    # Lowered: the primary goes first, and the replicas wait to replay the new value before they restart.
+    ({"max_locks_per_transaction": 64, "work_mem": "4MB", "shared_buffers": "128MB"}, True, "primary first",
+     ["max_locks_per_transaction"], {"max_locks_per_transaction": "64"}, False),
+    ({"max_locks_per_transaction": 64, "work_mem": "4MB", "shared_buffers": "128MB"}, False, "replica",
+     ["max_locks_per_transaction"], {"max_locks_per_transaction": "64"}, False),
+    # No longer set: back to its default (boot_val 64), which is a decrease too.
+    ({"work_mem": "4MB", "shared_buffers": "128MB"}, True, "primary first", ["max_locks_per_transaction"],
+     {"max_locks_per_transaction": "64"}, False),
+])
+def test_the_restart_plan_follows_the_parameters_context_and_direction(desired, primary, turn, restart_for, decreased,
+                                                                        reload):
+    plan = restart_plan(desired, LIVE, primary, down=False)
+    assert (plan.turn, plan.restart_for, plan.decreased, plan.reload) == (turn, restart_for, decreased, reload)
+
+
+def test_a_pending_restart_is_carried_out_and_another_file_only_reloads():
+    pending = {**LIVE, "shared_buffers": {**LIVE["shared_buffers"], "pending_restart": True}}
+    same = {"max_locks_per_transaction": 128, "work_mem": "4MB", "shared_buffers": "128MB"}
+    assert restart_plan(same, pending, True, down=False).restart_for == ["shared_buffers"]
+    assert restart_plan(same, LIVE, True, down=False, reload_reasons=["pg_hba.conf"]).reload
+
+
+def test_a_stopped_cluster_is_neither_restarted_nor_reloaded():
+    plan = restart_plan({"shared_buffers": "1GB"}, {}, True, down=True, reload_reasons=["pg_hba.conf"])
+    assert (plan.turn, plan.reload, plan.changed) == (None, False, {})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploys.roles import DEFAULTS as ROLES_DEFAULTS
+from deploys.knobs import RoleSpec, Roles
 from deploys.schema import SQL_DIR, pending_changes, plan_changes, roles_problem, script_hash
 
 SQUAWK = Path(sys.executable).with_name("squawk")
@@ -88,12 +88,12 @@ def test_a_planned_change_without_its_scripts_is_refused(tmp_path):
 
 
 def roles_with(**changes):
-    roles = {name: dict(spec) for name, spec in ROLES_DEFAULTS["postgres_roles"].items()}
+    roles = dict(Roles().postgres_roles)
     for name, spec in changes.items():
         if spec is None:
             del roles[name]
         else:
-            roles[name] = spec
+            roles[name] = RoleSpec(**spec)
     return roles
 
 
