@@ -17,7 +17,7 @@ config.REQUIRE_PYINFRA_VERSION = "~=3.10"
 send_without_delay()
 check_inventory()
 target = knobs().restore_host
-database_hosts = [h.name for h in inventory.get_group("primary", []) + inventory.get_group("replicas", [])]
+database_hosts = [h.name for h in inventory.get_group("database", [])]
 if target not in database_hosts:
     raise DeployError(f"restore.py needs --data restore_host=HOST, one of the inventory's database hosts "
                       f"({', '.join(database_hosts)}); got {target!r}")

@@ -1,4 +1,4 @@
-"""WAL archiving to S3 on every database host (the primary archives; a promoted replica takes over): the
+"""WAL archiving to S3 on every database host (the leader archives; whichever member Patroni promotes takes over): the
 host-side archiver (hostside/wal_archive.py) as archive_command and restore_command, its resident uploader,
 and a preflight at plan time that stops the run before a silently failing archive_command could be deployed.
 """
@@ -43,7 +43,7 @@ def _config():
         "endpoint_url": k.wal_archive_endpoint_url, "region": k.wal_archive_region,
         "bucket": k.wal_archive_bucket, "prefix": k.wal_archive_prefix, "sse": k.wal_archive_sse,
         "kms_key_id": k.wal_archive_kms_key_id, "compression": k.wal_archive_compression,
-        "credentials_file": CREDENTIALS, "socket": f"/run/{UNIT}/socket", "claim_prefix": "primary" in host.groups,
+        "credentials_file": CREDENTIALS, "socket": f"/run/{UNIT}/socket", "claim_prefix": True,
         "data_directory": pg.data_directory, "bin_directory": pg.bin_directory,
     }
 
@@ -52,8 +52,8 @@ def _preflight(config):
     """From the control machine, with the host's keys and clock: refuse what would make archiving fail."""
     pg = cluster()
     node = host.get_fact(PostgresNode, major=pg.major, cluster=pg.name)
-    # The prefix's owner matters on the primary; a replica is the primary's clone, or about to become one.
-    owner = node.get("system_identifier") if config["claim_prefix"] else None
+    # Every member is of the cluster that owns the prefix (a new member is about to be cloned: it tells nothing yet).
+    owner = node.get("system_identifier")
     problems = wal_archive.preflight(dict(config, credentials_file=str(_credentials_file())),
                                      host.get_fact(Date).timestamp(), owner)
     if problems:

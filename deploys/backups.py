@@ -1,18 +1,18 @@
-"""Base backups on a timer (verified, uploaded next to the WAL archive, on the primary only) and point-in-time
-restores from them (restore.py). hostside/base_backup.py does the work on the host; docs/backups.md."""
+"""Base backups, retention and the restore drill on timers on every database host, each acting where Patroni's leader
+is (a standby's run says so and does nothing), and point-in-time restores from the backups (restore.py).
+hostside/base_backup.py does the work on the host; docs/backups.md."""
 
 import io
 import json
 from shlex import quote
 
-from pyinfra import host, inventory
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server, systemd
 
 from deploys import secrets
 from deploys.archive import UNIT as ARCHIVE_UNIT
-from deploys.datasource import source_of
 from deploys.facts import PostgresClusters
 from deploys.knobs import knobs
 from hostside import layout
@@ -30,15 +30,6 @@ TARGETS = ("time", "lsn", "xid", "name")
 
 def _retention_credentials():
     return secrets.keys_file("backup_retention_credentials", "s3", "backup-retention.json")
-
-
-def drill_host():
-    names = [h.name for h in inventory.get_group("replicas", []) + inventory.get_group("primary", [])]
-    chosen = knobs().drill_host or names[0]
-    if chosen not in names:
-        raise DeployError(f"{host.name}: {source_of('drill_host')}: drill_host = {chosen!r} is not a database host "
-                          f"of the inventory ({', '.join(names)})")
-    return chosen
 
 
 @deploy("Base backups")
@@ -78,9 +69,8 @@ def base_backups():
                     enabled=True, restarted=units[1].will_change)
     systemd.service(name="Retention timer runs and starts at boot", service=f"{RETENTION_UNIT}.timer", running=True,
                     enabled=True, restarted=units[3].will_change)
-    drills = host.name == drill_host()
-    systemd.service(name="Restore drill timer runs on the drill host only",
-                    service=f"{DRILL_UNIT}.timer", running=drills, enabled=drills, restarted=drills and units[5].will_change)
+    systemd.service(name="Restore drill timer runs and starts at boot", service=f"{DRILL_UNIT}.timer", running=True,
+                    enabled=True, restarted=units[5].will_change)
 
 
 def _restore_source():

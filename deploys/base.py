@@ -12,24 +12,25 @@ from deploys.knobs import knobs
 def inventory_problem(groups):
     """What is wrong with the tier's shape, or None. `groups`: {group: [host names]} of the inventory.
 
-    One primary; at least one PgBouncer (clients reach the tier through it); replicas may be none (PgBouncer's
-    read-only entry then goes to the primary); no host both primary and replica.
+    At least one database host (Patroni picks the leader among them; the first listed bootstraps a new cluster) and
+    one PgBouncer host (clients reach the tier through them); the groups primary and replicas of the layout before
+    Patroni are refused, as the deploy would ignore them.
     """
-    primaries, replicas = groups.get("primary", []), groups.get("replicas", [])
-    if len(primaries) != 1:
-        return (f"the inventory needs exactly one host in group primary, has {len(primaries)} "
-                f"({', '.join(primaries) or 'none'}); a replica with no primary cannot be deployed either")
+    stale = [g for g in ("primary", "replicas") if groups.get(g)]
+    if stale:
+        return (f"the inventory has group(s) {', '.join(stale)}: the database hosts are one group, database, and "
+                "Patroni decides who leads (docs/inventories.md)")
+    if not groups.get("database"):
+        return "the inventory's group database is empty or missing; add the database hosts (docs/inventories.md)"
     if not groups.get("pgbouncer"):
         return "the inventory's group pgbouncer is empty or missing; the tier's clients connect through PgBouncer: add a host"
-    if primaries[0] in replicas:
-        return f"{primaries[0]} is in both groups primary and replicas; put it in one"
     return None
 
 
 @deploy("Host baseline")
 def baseline():
     problem = inventory_problem({name: [h.name for h in inventory.get_group(name, [])]
-                                 for name in ("primary", "replicas", "pgbouncer")})
+                                 for name in ("primary", "replicas", "database", "pgbouncer")})
     if problem:
         raise DeployError(problem)
     distro = host.get_fact(LinuxDistribution)

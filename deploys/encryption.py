@@ -1,6 +1,6 @@
 """The portal's envelope encryption on the database hosts: hostside/envelope.py (AES-256-GCM outside PostgreSQL,
 data keys wrapped by a KMS master key) and hostside/rotate_keys.py, with their configuration and KMS keys.
-The first data key is made by the deploy when the primary has none (a fact), so the portal can encrypt as soon
+The first data key is made by the deploy when the leader has none (a fact), so the portal can encrypt as soon
 as the schema is there; rotation is an operator's command (docs/schema.md). docs/secrets.md for the keys."""
 
 import json
@@ -46,12 +46,12 @@ def _config():
 
 
 @deploy("Portal encryption")
-def data_keys():
-    """On every database host: the key rotation's configuration. On the primary: a first data key if none."""
+def data_keys(leading):
+    """On every database host: the key rotation's configuration. On the leader (`leading`): a first data key if none."""
     pg = cluster()
     secrets.put_private("The key rotation's configuration (KMS keys; postgres only)",
                         json.dumps(_config(), indent=1, sort_keys=True) + "\n", CONFIG, user="postgres", group="postgres")
-    if "primary" in host.groups and host.get_fact(ActiveDataKey, major=pg.major, cluster=pg.name,
-                                                   database=knobs().portal_database) is None:
+    if leading and host.get_fact(ActiveDataKey, major=pg.major, cluster=pg.name,
+                                 database=knobs().portal_database) is None:
         server.shell(name="Make the portal's first data key",
                      commands=[f"runuser -u postgres -- {layout.program('rotate-keys')} --config {CONFIG} new-key"])

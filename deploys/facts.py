@@ -5,6 +5,8 @@ from shlex import quote
 
 from pyinfra.api import FactBase
 
+from hostside import layout
+
 
 def psql_query(major, cluster, sql, database=None, **variables):
     """Shell: `sql` (fixed text) on psql's stdin, as postgres on the cluster, with `variables` as psql variables
@@ -221,3 +223,42 @@ class UngrantedFunctions(FactBase):
 
     def process(self, output):
         return [line.strip() for line in output[1:] if line.strip()]
+
+class PatroniMembers(FactBase):
+    """The cluster as this host's Patroni reports it (GET /cluster: {"members": [{"name", "role", "state", "lag",
+    "timeline", "tags", ...}], "scope"}); {} when Patroni is not installed or does not answer."""
+
+    @staticmethod
+    def default():
+        return {}
+
+    def command(self):
+        return f"if [ -x {layout.program('cluster')} ]; then {layout.program('cluster')} members; fi"
+
+    def process(self, output):
+        return json.loads("".join(output).strip() or "{}")
+
+
+class PatroniConfig(FactBase):
+    """The cluster's dynamic configuration in etcd (GET /config on this host's Patroni); None when it cannot tell."""
+
+    @staticmethod
+    def default():
+        return None
+
+    def command(self):
+        return f"if [ -x {layout.program('cluster')} ]; then {layout.program('cluster')} config 2>/dev/null; fi; true"
+
+    def process(self, output):
+        text = "".join(output).strip()
+        return json.loads(text) if text else None
+
+
+class DeviceExists(FactBase):
+    """Whether `path` exists and is a character device (a watchdog)."""
+
+    def command(self, path):
+        return f"if [ -c {quote(path)} ]; then echo yes; else echo no; fi"
+
+    def process(self, output):
+        return output[0].strip() == "yes"

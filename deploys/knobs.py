@@ -146,7 +146,6 @@ class Base(Knobs):
     secrets_dir: _shaped(LOCAL_PATH) = Field(".secrets/default", description="Where an environment's secrets are on the control machine, outside git (docs/secrets.md).")
     tls_days: int = Field(397, ge=1, le=3650, description="Validity of a certificate the deploy issues, in days.")
     tls_renew_days: int = Field(30, ge=1, le=365, description="A generated certificate this close to expiry is re-issued.")
-    primary_record: LocalPath = Field("", description="Set by the inventory: the file that names the primary (inventory/_primary.py); not a knob to set by hand.")
 
 
 class HbaRule(Knobs):
@@ -171,12 +170,11 @@ class Postgres(Knobs):
     postgres_replication_user: Role = Field("replicator", description="The role replicas and pg_rewind connect as (in postgres_roles).")
     postgres_hba_extra: list[HbaRule] = Field([], description="More pg_hba.conf rules, hostssl only: {database, user, address (CIDR), method (scram-sha-256 or cert)}.")
     postgres_memory_budget_mb: int = Field(1024, ge=256, le=4 * 2**20, description="Memory PostgreSQL may use on the host; sizes shared_buffers and friends (not /proc/meminfo).")
-    postgres_max_connections: int = Field(100, ge=10, le=10000, description="max_connections; the connection budget must fit in it.")
+    postgres_max_connections: int = Field(200, ge=10, le=10000, description="max_connections; the connection budget must fit in it (two PgBouncer hosts take 124 of the default 200).")
     postgres_direct_connections: dict[_shaped(LABEL), Annotated[int, Field(ge=0, le=10000)]] = Field(
         {"monitoring": 5, "jobs": 5, "operators": 5}, description="Connections made around PgBouncer, by purpose (counted in the connection budget).")
     postgres_basebackup_streams: int = Field(2, ge=0, le=16, description="pg_basebackup -X stream runs that may overlap (backup, a replica's clone).")
     postgres_wal_headroom_mb: int = Field(2048, ge=0, le=2**30, description="Free space the WAL volume keeps beyond max_slot_wal_keep_size.")
-    postgres_start_timeout_s: Seconds = Field(600, description="How long a (re)start may take before systemd fails it.")
     postgres_settings: dict[str, SettingValue] = Field({}, description="postgresql.conf parameters over the tier's own (deploys/pgconfig.py), each checked against PostgreSQL 17's catalogue.")
 
     @field_validator("postgres_settings")
@@ -234,14 +232,64 @@ class Roles(Knobs):
 
 
 class Replication(Knobs):
-    """Streaming replicas and their purposes."""
+    """Streaming replication and what each database host does while it is a replica."""
 
     applies: ClassVar[str] = "database hosts"
-    replica_purposes: dict[HostName, Literal["realtime", "reporting"]] = Field({}, description="{replica: purpose}; realtime (fresh reads, 10 MB lag) unless named here, or reporting (long queries, 100 MB).")
-    replica_lag_threshold_mb: dict[HostName, Annotated[int, Field(ge=1, le=2**20)]] = Field({}, description="{replica: MB} overriding its purpose's lag threshold (alerts, switchover).")
-    synchronous_replication: bool = Field(False, description="A commit returns once ANY 1 sync-eligible replica has flushed it (needs two eligible replicas).")
-    replica_sync_eligible: dict[HostName, bool] = Field({}, description="{replica: false} leaves a replica out of the synchronous quorum.")
-    fence_check_interval_s: int = Field(10, ge=1, le=300, description="How often a primary asks the archive whether it was replaced (the fence, docs/failover.md).")
+    replica_purposes: dict[HostName, Literal["realtime", "reporting"]] = Field({}, description="{database host: purpose} while it is a replica: realtime (fresh reads, 10 MB lag, preferred for failover) unless named here, or reporting (long queries, 100 MB).")
+    replica_lag_threshold_mb: dict[HostName, Annotated[int, Field(ge=1, le=2**20)]] = Field({}, description="{database host: MB} overriding its purpose's lag threshold (read-only routing, alerts, switchover).")
+    synchronous_replication: bool = Field(False, description="Patroni's quorum mode: a commit returns once ANY 1 sync-eligible replica has flushed it.")
+    replica_sync_eligible: dict[HostName, bool] = Field({}, description="{database host: false} leaves it out of the synchronous quorum (Patroni's nosync tag).")
+
+
+class Patroni(Knobs):
+    """Patroni: the cluster's consensus on who leads, failover, and PostgreSQL's process on every database host."""
+
+    applies: ClassVar[str] = "database hosts"
+    patroni_scope: _shaped(Shape("cluster name", r"[a-z][a-z0-9-]{0,62}", "lower-case letters, digits and -")) = Field("mcp-portal", description="The cluster's name in etcd (one per tier).")
+    patroni_ttl: int = Field(30, ge=20, le=600, description="Seconds the leader lock lives without renewal: a leader that cannot renew it within this stops being writable, and a replica may take over.")
+    patroni_loop_wait: int = Field(10, ge=1, le=300, description="Seconds between Patroni's checks on each member.")
+    patroni_retry_timeout: int = Field(10, ge=3, le=300, description="Seconds Patroni retries etcd and PostgreSQL before it counts an operation failed.")
+    patroni_maximum_lag_on_failover_mb: int = Field(1, ge=0, le=2**20, description="A replica more than this behind the leader (MB of WAL) is not promoted by a failover.")
+    patroni_primary_start_timeout: int = Field(300, ge=0, le=3600, description="Seconds a crashed leader's PostgreSQL may take to start again in place before a failover; 0: fail over at once.")
+    patroni_watchdog: Literal["off", "automatic", "required"] = Field("required", description="Patroni's watchdog (/dev/watchdog): required in prod and staging, so a leader that stops renewing its lock is reset; off on the fleet (its containers share one kernel).")
+    patroni_restapi_port: Port = Field(8008, description="Patroni's REST API (HTTPS, on the host address).")
+
+    @model_validator(mode="after")
+    def _timings(self):
+        if self.patroni_loop_wait + 2 * self.patroni_retry_timeout > self.patroni_ttl:
+            raise ValueError(f"patroni_ttl {self.patroni_ttl} is less than patroni_loop_wait {self.patroni_loop_wait} "
+                             f"+ 2 x patroni_retry_timeout {self.patroni_retry_timeout}: a leader could lose its lock "
+                             "while it retries; raise patroni_ttl or lower the others")
+        return self
+
+
+class Etcd(Knobs):
+    """etcd, Patroni's consensus store: three members by default, TLS and client certificates only."""
+
+    applies: ClassVar[str] = "etcd members (the database hosts unless an etcd group names others)"
+    etcd_client_port: Port = Field(2379, description="etcd's client port (HTTPS, client certificates from the tier's CA).")
+    etcd_peer_port: Port = Field(2380, description="etcd's peer port (HTTPS, peer certificates from the tier's CA).")
+    etcd_heartbeat_interval_ms: int = Field(100, ge=10, le=5000, description="etcd's heartbeat interval.")
+    etcd_election_timeout_ms: int = Field(1000, ge=100, le=50000, description="etcd's election timeout (at least 5 heartbeats).")
+    etcd_minimum_members: int = Field(3, ge=1, le=9, description="Fewer etcd members than this are refused: 3 survive the loss of one.")
+
+    @model_validator(mode="after")
+    def _election(self):
+        if self.etcd_election_timeout_ms < 5 * self.etcd_heartbeat_interval_ms:
+            raise ValueError(f"etcd_election_timeout_ms {self.etcd_election_timeout_ms} is less than 5 heartbeats "
+                             f"(etcd_heartbeat_interval_ms {self.etcd_heartbeat_interval_ms})")
+        return self
+
+
+class Routing(Knobs):
+    """HAProxy beside PgBouncer: the read-write entry follows Patroni's leader, the read-only entry its replicas."""
+
+    applies: ClassVar[str] = "PgBouncer hosts"
+    haproxy_primary_port: Port = Field(5000, description="HAProxy's listener (loopback) for the leader; PgBouncer's read-write entry.")
+    haproxy_replica_port: Port = Field(5001, description="HAProxy's listener (loopback) for the replicas within their lag; PgBouncer's read-only entry.")
+    haproxy_check_interval_ms: int = Field(2000, ge=100, le=60000, description="How often HAProxy asks each member's Patroni what it is.")
+    haproxy_check_fall: int = Field(3, ge=1, le=10, description="Failed checks before HAProxy takes a member out (its connections are closed).")
+    haproxy_check_rise: int = Field(2, ge=1, le=10, description="Passed checks before HAProxy sends connections to a member.")
 
 
 class PoolSettings(Knobs):
@@ -323,7 +371,6 @@ class Backups(Knobs):
     backup_retention_days: float = Field(30, gt=0, le=3650, description="A restore to any moment of this many days stays possible.")
     backup_retention_schedule: Calendar = Field("*-*-* 04:00:00", description="When retention runs.")
     backup_retention_credentials: LocalPath = Field("", description="Keys that may delete (JSON like wal_archive_credentials); empty: <secrets_dir>/s3/backup-retention.json.")
-    drill_host: _shaped(HOST_NAME.optional()) = Field("", description="Where the restore drill runs; empty: the first replica, else the primary.")
     drill_schedule: Calendar = Field("Sun *-*-* 05:00:00", description="When the restore drill runs.")
     drill_scratch_dir: HostPath = Field("/var/lib/postgresql/restore-drill", description="The drill's scratch space.")
     drill_port: Port = Field(5434, description="The drill's scratch cluster's port.")
@@ -403,7 +450,8 @@ class Monitoring(Knobs):
     drill_max_age_h: float = Field(8 * 24, gt=0, le=24 * 365, description="Oldest the last passed restore drill may be.")
 
 
-COMPONENTS = (Base, Postgres, Roles, Replication, Pooler, Heartbeat, Archive, Backups, Schema, Encryption, Monitoring)
+COMPONENTS = (Base, Postgres, Roles, Replication, Patroni, Etcd, Routing, Pooler, Heartbeat, Archive, Backups, Schema,
+              Encryption, Monitoring)
 
 
 class Tier(*COMPONENTS):

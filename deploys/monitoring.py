@@ -17,7 +17,6 @@ from pyinfra.facts.files import FindInFile
 from pyinfra.operations import apt, files, server, systemd
 
 from deploys import secrets, tls
-from deploys.backups import drill_host
 from deploys.datasource import address_of
 from deploys.knobs import knobs
 from deploys.replication import lag_threshold_mb, slot_name
@@ -61,13 +60,14 @@ def _tier_gauges(database_host):
             ("mcp_backup_retention_max_age_seconds", "Oldest a primary's last retention run may be.",
              k.backup_retention_max_age_h * 3600),
         ]
-        # On every database host, as any of them may be the primary the replicas stream from.
-        gauges += [("mcp_replication_lag_threshold_bytes", "WAL the replica with this slot may replay behind the "
-                    "primary (replica_purposes, replica_lag_threshold_mb).", lag_threshold_mb(replica.name) * 2**20,
-                    {"slot_name": slot_name(replica.name)}) for replica in inventory.get_group("replicas", [])]
-    if database_host and host.name == drill_host():
+        # On every database host, as any of them may be the leader the others stream from.
+        gauges += [("mcp_replication_lag_threshold_bytes", "WAL the member with this slot may replay behind the "
+                    "leader (replica_purposes, replica_lag_threshold_mb).", lag_threshold_mb(member.name) * 2**20,
+                    {"slot_name": slot_name(member.name)}) for member in inventory.get_group("database", [])]
         gauges.append(("mcp_restore_drill_max_age_seconds", "Oldest the last passed restore drill may be.",
                        k.drill_max_age_h * 3600))
+        gauges.append(("mcp_watchdog_required", "1 when Patroni requires a watchdog here (patroni_watchdog).",
+                       int(k.patroni_watchdog == "required")))
     return gauges
 
 
@@ -100,7 +100,7 @@ def node_metrics(database_host):
               dest=f"{METRICS_DIR}/tier.prom", user="root", group="root", mode="644")
     _exporter("prometheus-node-exporter", {}, [
         f"--web.listen-address={_listen(knobs().node_exporter_port)}", f"--web.config.file={WEB_CONFIG}",
-        f"--collector.textfile.directory={METRICS_DIR}"])
+        f"--collector.textfile.directory={METRICS_DIR}", *(["--collector.watchdog"] if database_host else [])])
 
 
 def _dsn(user, database, port):

@@ -12,7 +12,7 @@ from deploys.datasource import address_of, source_of
 from deploys.facts import PostgresDatabases
 from deploys.knobs import knobs
 from deploys.postgres import cluster
-from deploys.replication import the_primary
+from deploys.routing import endpoints
 from deploys.sqlscript import identifier
 from deploys.tls import certificates
 from hostside import layout
@@ -25,11 +25,10 @@ AUTH_LOOKUP_CONNECTIONS = 2
 def pooled_connections():
     """{PgBouncer host: the most server connections it opens to one database host}, for the connection budget.
 
-    Counted for every database host, since any of them may become the primary: the read-write entry's cap and
-    the auth lookup's pool, plus the read-only entry's cap when there is no replica to send it to.
+    Counted for every database host, since any of them may lead: both entries' caps (with no replica within its lag,
+    the read-only entry reaches the leader too) and the auth lookup's pool.
     """
-    entries = 1 if inventory.get_group("replicas", []) else 2
-    return {pooler.name: entries * knobs(pooler).pgbouncer_pool.max_db_connections + AUTH_LOOKUP_CONNECTIONS
+    return {pooler.name: 2 * knobs(pooler).pgbouncer_pool.max_db_connections + AUTH_LOOKUP_CONNECTIONS
             for pooler in inventory.get_group("pgbouncer", [])}
 
 
@@ -69,9 +68,9 @@ def databases():
 
 @deploy("PgBouncer")
 def pooler():
-    k, primary = knobs(), the_primary()
-    replicas = inventory.get_group("replicas", []) or [primary]
+    k = knobs()
     auth_user, pool = k.pgbouncer_auth_user, k.pgbouncer_pool
+    read_write, read_only = endpoints()
     limits = files.template(
         name="Let PgBouncer open a descriptor per client and server connection",
         src="templates/pgbouncer-unit-override.conf.j2", dest="/etc/systemd/system/pgbouncer.service.d/mcp-portal.conf",
@@ -91,8 +90,7 @@ def pooler():
         name="Render pgbouncer.ini",
         src="templates/pgbouncer.ini.j2", dest="/etc/pgbouncer/pgbouncer.ini", user="postgres", group="postgres", mode="640",
         rw_name=k.pgbouncer_rw_entry, ro_name=k.pgbouncer_ro_entry, database=k.portal_database,
-        primary=address_of(primary), replicas=[address_of(r) for r in replicas], port=k.postgres_port,
-        auth_database=k.pgbouncer_auth_database, auth_user=auth_user, listen_addr=listen_addr,
+        read_write=read_write, read_only=read_only, auth_database=k.pgbouncer_auth_database, auth_user=auth_user, listen_addr=listen_addr,
         listen_port=k.pgbouncer_port, admin_users=k.pgbouncer_admin_users, stats_users=k.pgbouncer_stats_users,
         pool=pool.model_dump(), tls=layout.TLS_DIR, auth_connections=AUTH_LOOKUP_CONNECTIONS,
     )

@@ -15,11 +15,15 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from deploys import secrets, sqlscript
-from deploys.facts import PostgresRoles
+from deploys.facts import PostgresRoles, UngrantedFunctions
 from deploys.knobs import knobs
 from deploys.sqlscript import identifier, literal
 
 ATTRIBUTES = ("login", "replication", "bypassrls", "createdb", "createrole")
+# What pg_rewind reads on its source (PostgreSQL's list for a role that is not a superuser): Patroni rewinds a
+# replaced leader as the replication role.
+REWIND_FUNCTIONS = ("pg_catalog.pg_ls_dir(text,boolean,boolean)", "pg_catalog.pg_stat_file(text,boolean)",
+                    "pg_catalog.pg_read_binary_file(text)", "pg_catalog.pg_read_binary_file(text,bigint,bigint,boolean)")
 SCRAM = re.compile(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$")
 ITERATIONS = 4096
 
@@ -78,8 +82,9 @@ def statements(name, spec, live, password):
 
 @deploy("PostgreSQL roles")
 def roles():
-    """On the primary: every role of postgres_roles as specified; roles not listed are left alone (they may own data).
-    The SQL, verifiers included, reaches psql on its stdin: never a command line."""
+    """On the leader: every role of postgres_roles as specified; roles not listed are left alone (they may own data).
+    The SQL, verifiers included, reaches psql on its stdin: never a command line. The replication role may read
+    what pg_rewind compares."""
     k = knobs()
     live = host.get_fact(PostgresRoles, major=k.postgres_major, cluster=k.postgres_cluster)
     for name, spec in k.postgres_roles.items():
@@ -87,3 +92,11 @@ def roles():
         sql = statements(name, spec, live.get(name), password)
         if sql:
             sqlscript.run(f"Role {name}: {'create' if name not in live else 'update'}", "\n".join(sql))
+    user = k.postgres_replication_user
+    ungranted = host.get_fact(UngrantedFunctions, major=k.postgres_major, cluster=k.postgres_cluster, role=user,
+                              functions=REWIND_FUNCTIONS)
+    if ungranted is None:  # a cluster not running at plan time (a first deploy): grant, the role exists by then
+        ungranted = list(REWIND_FUNCTIONS)
+    if ungranted:
+        sqlscript.run(f"Let {user} read what pg_rewind compares ({len(ungranted)} functions)",
+                      f"grant execute on function {', '.join(ungranted)} to {identifier(user)};")

@@ -13,7 +13,6 @@ from fleet.access import Access
 from fleet.aptproxy import CACHE_DIR as APT_CACHE_DIR
 from fleet.aptproxy import AptProxy
 from fleet.errors import FleetError
-from fleet.inventory import primary_record
 from fleet.layout import Layout
 from fleet.machine import NSPAWN_RUNTIME, Machine
 from fleet.s3endpoint import S3Endpoint, endpoint_url
@@ -151,7 +150,6 @@ class Fleet:
         if (self.layout.read_state() or {}).get("mounted_runtime") and os.path.ismount(NSPAWN_RUNTIME):
             run(["umount", str(NSPAWN_RUNTIME)])
         self.access.clear()
-        primary_record(self.layout).unlink(missing_ok=True)  # a new fleet starts with the topology's primary
         self.s3.forget()
         shutil.rmtree(self.layout.state_root, ignore_errors=True)
         if purge:

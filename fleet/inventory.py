@@ -25,11 +25,6 @@ def pyinfra_groups(topology=None, layout=None):
     }
 
 
-def primary_record(layout=None):
-    """Where the local inventory records which database host is the primary (inventory/_primary.py)."""
-    return (layout or Layout()).local / "primary"
-
-
 def s3_archive(layout=None):
     """The tier's bucket, endpoint and KMS key on the fleet's S3 endpoint ({} before `fleet up` made them)."""
     path = (layout or Layout()).local / "s3" / "tier.json"

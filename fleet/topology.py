@@ -10,8 +10,8 @@ import yaml
 from fleet.errors import FleetError
 
 TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
-GROUPS = ("primary", "replicas", "pgbouncer", "s3")
-SINGLETON_GROUPS = ("primary", "s3")
+GROUPS = ("database", "pgbouncer", "etcd", "s3")
+SINGLETON_GROUPS = ("s3",)
 # A host name is also a hostname and part of a network namespace name: keep it short and plain.
 HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # Linux interface names are at most 15 characters.

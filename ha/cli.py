@@ -1,12 +1,13 @@
-"""mcp-ha: move the tier's primary (docs/failover.md).
+"""mcp-ha: the tier's leadership, as Patroni runs it (docs/failover.md).
 
-    mcp-ha status INVENTORY                   each database host's role, timeline, WAL positions; PgBouncer's targets
-    mcp-ha switchover INVENTORY --to HOST     planned: clients paused, not failed; the old primary rejoins
-    mcp-ha failover INVENTORY                 the primary is lost: promote the most advanced replica
+    mcp-ha status INVENTORY                   each member's role, state, timeline and lag (Patroni's view); what
+                                              each PgBouncer host's HAProxy routes to
+    mcp-ha switchover INVENTORY --to HOST     planned: clients paused, not failed; Patroni hands leadership over
+
+A failover needs no command: Patroni elects a new leader when the old one is lost, and HAProxy follows it.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,41 +18,39 @@ from ha.tier import Refused, Tier, say  # noqa: E402
 
 
 def status(tier):
-    for name in tier.database_hosts:
-        if not tier.reachable(name):
-            print(f"{name:<24} unreachable")
+    members = tier.members()
+    if not members:
+        print("no Patroni member answers: the cluster is not running (or not deployed yet)")
+    for name, member in members.items():
+        lag = member.get("lag", "")
+        print(f"{name:<24} {member['role']:<14} {member['state']:<10} timeline {member.get('timeline', '?')}"
+              + (f" lag {lag}" if lag != "" else "") + f" tags {member.get('tags', {})}")
+    for pooler in tier.group("pgbouncer"):
+        if not tier.reachable(pooler):
+            print(f"{pooler:<24} unreachable")
             continue
-        node = tier.node(name)
-        role = "down" if not node else "standby" if node["in_recovery"] else "primary"
-        where = "" if not node else (f"received {node['receive_lsn']} replayed {node['replay_lsn']} "
-                                     f"streaming={node['streaming']}" if node["in_recovery"] else f"at {node['current_lsn']}")
-        listed = "primary" if name == tier.primary else "replica"
-        print(f"{name:<24} {role:<8} (inventory: {listed}) {where}")
-    for name in tier.group("pgbouncer"):
-        rows = tier.pgbouncer(name, "SHOW DATABASES").splitlines() if tier.reachable(name) else []
-        targets = {row.split("|")[0]: row.split("|")[1] for row in rows}
-        print(f"{name:<24} pgbouncer {json.dumps(targets, sort_keys=True)}")
+        routes = {listener: [s for s, status in tier.haproxy_servers(pooler, listener).items() if status == "UP"]
+                  for listener in ("primary", "replicas")}
+        print(f"{pooler:<24} read-write -> {', '.join(routes['primary']) or 'nothing'}; "
+              f"read-only -> {', '.join(routes['replicas']) or 'nothing'}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="mcp-ha", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("status", "switchover", "failover"):
+    for name in ("status", "switchover"):
         command = commands.add_parser(name)
         command.add_argument("inventory", help="e.g. inventory/prod.py")
         if name == "switchover":
-            command.add_argument("--to", required=True, metavar="HOST", help="the replica to promote")
+            command.add_argument("--to", required=True, metavar="HOST", help="the replica to hand leadership to")
     args = parser.parse_args(argv)
     try:
         tier = Tier(args.inventory)
         if args.command == "status":
             status(tier)
-        elif args.command == "switchover":
+        else:
             from ha.switchover import switchover
             switchover(tier, args.to)
-        else:
-            from ha.failover import failover
-            failover(tier)
     except Refused as exc:
         say(f"{args.command} refused: {exc}")
         return 1

@@ -2,22 +2,14 @@
 and sudo, one command at a time, so each step can wait on the last one's result."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+from shlex import quote
 
 from deploys.knobs import knobs
-from deploys.replication import slot_name
 from hostside import layout
 
 REPO = Path(__file__).resolve().parent.parent
-DATABASE_GROUPS = ("primary", "replicas")
-NODE_SQL = (
-    "select json_build_object('in_recovery', pg_is_in_recovery(), "
-    "'system_identifier', (select system_identifier::text from pg_control_system()), "
-    "'receive_lsn', pg_last_wal_receive_lsn()::text, 'replay_lsn', pg_last_wal_replay_lsn()::text, "
-    "'current_lsn', (case when pg_is_in_recovery() then null else pg_current_wal_lsn() end)::text, "
-    "'streaming', (select status = 'streaming' from pg_stat_wal_receiver))")
+HAPROXY_SOCKET = "/run/haproxy/admin.sock"
 
 
 class Refused(Exception):
@@ -48,12 +40,8 @@ class Tier:
         return [h.name for h in self.inventory.get_group(name, [])]
 
     @property
-    def primary(self):
-        return self.group("primary")[0]
-
-    @property
     def database_hosts(self):
-        return [n for g in DATABASE_GROUPS for n in self.group(g)]
+        return self.group("database")
 
     def data(self, name, key):
         return getattr(knobs(self.hosts[name]), key)
@@ -80,46 +68,32 @@ class Tier:
             raise Refused(f"{name}: `{command}` failed: {output.stderr.strip() or output.stdout.strip()}")
         return ok, output.stdout.strip()
 
-    def psql(self, name, sql, timeout=60):
-        cluster = f"{self.data(name, 'postgres_major')}/{self.data(name, 'postgres_cluster')}"
-        return self.run(name, f"runuser -u postgres -- psql --cluster {cluster} -XtAq -v ON_ERROR_STOP=1 -c \"{sql}\"",
-                        timeout=timeout)[1]
+    def members(self):
+        """{member: Patroni's view of it} from the first database host whose Patroni answers; {} when none does."""
+        for name in self.database_hosts:
+            if self.reachable(name):
+                found = json.loads(self.run(name, layout.program("cluster") + " members", check=False)[1] or "{}")
+                if found.get("members"):
+                    return {m["name"]: m for m in found["members"]}
+        return {}
 
-    def node(self, name):
-        """The cluster's state ({} when down or unreachable): recovery, system identifier, LSNs, streaming."""
-        try:
-            return json.loads(self.psql(name, NODE_SQL, timeout=15) or "{}")
-        except Refused:
-            return {}
-
-    def pgbouncer_command(self, name, command):
-        """Shell for a command on the PgBouncer admin console, as its own OS user over the local socket (no password)."""
-        port = self.data(name, "pgbouncer_port")
-        return f"runuser -u postgres -- psql -h {layout.SOCKET_DIR} -p {port} -U pgbouncer pgbouncer -XtAq -c '{command}'"
+    def cluster(self, name, command, timeout=120):
+        """mcp-cluster `command` on database host `name` (its Patroni's REST API)."""
+        return self.run(name, f"{layout.program('cluster')} {command}", timeout=timeout)[1]
 
     def pgbouncer(self, name, command, timeout=60):
-        return self.run(name, self.pgbouncer_command(name, command), timeout=timeout)[1]
+        """A command on the PgBouncer admin console, as its own OS user over the local socket (no password)."""
+        port = self.data(name, "pgbouncer_port")
+        return self.run(name, f"runuser -u postgres -- psql -h {layout.SOCKET_DIR} -p {port} -U pgbouncer pgbouncer "
+                              f"-XtAq -c {quote(command)}", timeout=timeout)[1]
 
-    def pgbouncer_rows(self, name, command):
-        """A SHOW command's rows as dicts."""
-        header, *rows = self.run(name, self.pgbouncer_command(name, command).replace("-XtAq", "-XAq"))[1].splitlines()
-        return [dict(zip(header.split("|"), row.split("|"))) for row in rows if "|" in row]
+    def haproxy(self, name, command):
+        """A command on HAProxy's runtime API (its admin socket) on PgBouncer host `name`."""
+        return self.run(name, f"echo {quote(command)} | socat stdio {HAPROXY_SOCKET}")[1]
 
-    def ensure_slots(self, primary, for_hosts):
-        """A physical slot on `primary` for each of `for_hosts` (PostgreSQL does not carry slots over a promotion)."""
-        for name in for_hosts:
-            slot = slot_name(name)
-            self.psql(primary, f"select pg_create_physical_replication_slot('{slot}', true) where not exists "
-                               f"(select 1 from pg_replication_slots where slot_name = '{slot}')")
-
-    def deploy(self, *limit):
-        """`pyinfra -y INVENTORY deploy.py` (limited to `limit` hosts or groups when given), output shown."""
-        args = [str(Path(sys.executable).with_name("pyinfra")), "-y", self.inventory_path, "deploy.py"]
-        for target in limit:
-            args += ["--limit", target]
-        say(f"running {' '.join(args[1:])}")
-        result = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
-            raise Refused("the deploy failed:\n  " + "\n  ".join(tail))
-        return result.stdout
+    def haproxy_servers(self, name, listener):
+        """{server: status} of an HAProxy listener on PgBouncer host `name` (UP, DOWN, MAINT, ...)."""
+        rows = self.haproxy(name, "show stat").splitlines()
+        header = rows[0].lstrip("# ").split(",")
+        stats = [dict(zip(header, row.split(","))) for row in rows[1:] if row]
+        return {s["svname"]: s["status"] for s in stats if s["pxname"] == listener and s["svname"] not in ("FRONTEND", "BACKEND")}

@@ -51,9 +51,14 @@ def psql_db(database, sql):
 
 
 def on_standby(what):
-    """True (and says so) on a standby: `what` runs where the primary is."""
+    """True (and says so) where `what` has nothing to do: it runs on the leader only (Patroni moves it; the timers
+    are on every database host), and this host's PostgreSQL is a standby or is not running."""
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if subprocess.run([*as_postgres, "pg_isready", "-q"]).returncode != 0:
+        say(f"PostgreSQL does not accept connections here: {what} run on the leader only; nothing to do")
+        return True
     if psql("select pg_is_in_recovery()") == "t":
-        say(f"this host is a standby (pg_is_in_recovery() is true): {what} run on the primary only; nothing to do")
+        say(f"this host is a standby (pg_is_in_recovery() is true): {what} run on the leader only; nothing to do")
         return True
     return False
 

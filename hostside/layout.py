@@ -21,7 +21,7 @@ PROGRAMS = {
     "restore-drill": "restore_drill",
     "portal-jobs": "portal_jobs",
     "rotate-keys": "rotate_keys",
-    "fence": "fence",
+    "cluster": "cluster",
 }
 
 # Lowering one of these on a primary stops a standby that still has the higher value: each with its line in
@@ -76,6 +76,15 @@ class Cluster(NamedTuple):
     @property
     def unit(self):
         return f"postgresql@{self.major}-{self.name}"
+
+    @property
+    def patroni_unit(self):
+        """Debian's Patroni instance for this cluster (PostgreSQL runs under it, never as postgresql@)."""
+        return f"patroni@{self.major}-{self.name}"
+
+    @property
+    def patroni_config(self):
+        return f"/etc/patroni/{self.major}-{self.name}.yml"
 
     @property
     def log_file(self):

@@ -1,11 +1,11 @@
-"""The local fleet (`fleet up`, or `make local`): hosts and addresses come from fleet/topology.yaml; which database
-host is the primary, from the record the failover commands keep in .fleet/primary (the topology's until then)."""
+"""The local fleet (`fleet up`, or `make local`): hosts and addresses come from fleet/topology.yaml. The database
+hosts are one group: Patroni decides which of them leads (the first listed bootstraps the cluster)."""
 
-from fleet.inventory import primary_record, pyinfra_groups
-from inventory._primary import database_groups
+from fleet.inventory import pyinfra_groups
 
 _groups = pyinfra_groups()
 
-primary, replicas = database_groups(primary_record(), _groups["primary"] + _groups["replicas"])
+database = _groups["database"]
 pgbouncer = _groups["pgbouncer"]
+etcd = _groups["etcd"]  # empty: the database hosts are the etcd members
 s3 = _groups["s3"]

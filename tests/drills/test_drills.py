@@ -114,8 +114,8 @@ def unchanged():
 
 
 def test_switchover_to_a_host_outside_the_inventory_is_refused(unchanged):
-    code, output = mcp_ha("switchover", LOCAL, "--to", "pg-replica-9", check=False)
-    assert code == 1 and "pg-replica-9 is not one of the inventory's database hosts" in output
+    code, output = mcp_ha("switchover", LOCAL, "--to", "pg-9", check=False)
+    assert code == 1 and "pg-9 is not one of the inventory's database hosts" in output
 
 
 def test_switchover_to_a_stopped_replica_is_refused(unchanged):

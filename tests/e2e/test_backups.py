@@ -20,7 +20,7 @@ from tests.e2e.test_wal_archive import BUCKET, PREFIX, eventually, psql
 from tests.fleet_helpers import fleet, on
 from tests.metrics import scrape, value
 
-PRIMARY, RESTORE_HOST = "pg-primary", "pg-replica-2"
+PRIMARY, RESTORE_HOST = "pg-1", "pg-3"
 UNIT = "mcp-base-backup.service"
 FAILURE = f"/var/lib/mcp-portal/failures/{UNIT}.json"
 
@@ -87,8 +87,8 @@ def unit_failed(host, unit):
 
 
 def test_on_a_replica_the_backup_does_nothing_and_says_why(s3, backup):
-    on("pg-replica-1", f"systemctl start {UNIT}")
-    journal = on("pg-replica-1", f"journalctl -u {UNIT} --no-pager -o cat").stdout
+    on("pg-2", f"systemctl start {UNIT}")
+    journal = on("pg-2", f"journalctl -u {UNIT} --no-pager -o cat").stdout
     assert "base backups run on the primary only; nothing to do" in journal
     assert records(s3)[-1]["id"] >= backup["id"]  # and nothing newer came from the replica
     assert all(r["system_identifier"] == backup["system_identifier"] for r in records(s3))
@@ -238,7 +238,7 @@ def test_the_archive_keys_cannot_run_retention():
     assert attempt.returncode != 0 and "AccessDenied" in attempt.stdout + attempt.stderr
 
 
-DRILL_HOST, DRILL = "pg-replica-1", "mcp-restore-drill.service"
+DRILL_HOST, DRILL = "pg-2", "mcp-restore-drill.service"
 
 
 def run_drill():

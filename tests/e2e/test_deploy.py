@@ -57,31 +57,31 @@ def test_deploy_converges_then_a_second_run_changes_nothing():
 
 def test_dry_run_tells_the_truth_about_drift():
     assert set(planned_changes().values()) == {("-", "-")}
-    on("pg-replica-1", "rm /etc/mcp-portal/roles")
+    on("pg-2", "rm /etc/mcp-portal/roles")
     drifted = {op: plan for op, plan in planned_changes().items() if plan != ("-", "-")}
-    assert list(drifted.values()) == [("1 (pg-replica-1)", "-")]
+    assert list(drifted.values()) == [("1 (pg-2)", "-")]
     deploy()
-    assert on("pg-replica-1", "test -f /etc/mcp-portal/roles").returncode == 0
+    assert on("pg-2", "test -f /etc/mcp-portal/roles").returncode == 0
 
 
 def test_an_unreachable_host_stops_the_run_before_any_change():
-    on("pg-primary", "rm /etc/mcp-portal/roles")  # a change the run would make
-    fleet("cut", "pg-replica-2")
+    on("pg-1", "rm /etc/mcp-portal/roles")  # a change the run would make
+    fleet("cut", "pg-3")
     try:
         result = pyinfra_run("-y")
     finally:
-        fleet("heal", "pg-replica-2")
+        fleet("heal", "pg-3")
     assert result.returncode != 0
-    assert "[pg-replica-2] Could not connect" in result.stdout + result.stderr
-    assert on("pg-primary", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
+    assert "[pg-3] Could not connect" in result.stdout + result.stderr
+    assert on("pg-1", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
     deploy()
-    assert on("pg-primary", "test -e /etc/mcp-portal/roles").returncode == 0
+    assert on("pg-1", "test -e /etc/mcp-portal/roles").returncode == 0
 
 
 def test_the_pgdg_repository_option_plans_a_signed_source_and_a_refresh():
     # Not applied: apt.postgresql.org is out of this machine's reach. The plan shows what prod would get.
     planned = planned_changes("--data", "postgres_apt_repository=pgdg")
-    database_hosts = "3 (pg-primary, pg-replica-1, pg-replica-2)"
+    database_hosts = "3 (pg-1, pg-2, pg-3)"
     assert planned["PostgreSQL server | PGDG apt repository"][0] == database_hosts
     assert planned["PostgreSQL server | Refresh the package index (PGDG added)"][0] == database_hosts
     refused = pyinfra_run("--dry", "--data", "postgres_apt_repository=ubuntu")
@@ -94,8 +94,8 @@ def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert grand_total(result.stderr)[1:3] == (0, 0)
-    versions = on("pg-replica-1", "dpkg-query -W -f '${Version}' postgresql-17").stdout
-    assert versions == on("pg-replica-1", "apt-cache policy postgresql-17 | sed -n 's/ *Candidate: //p'").stdout.strip()
+    versions = on("pg-2", "dpkg-query -W -f '${Version}' postgresql-17").stdout
+    assert versions == on("pg-2", "apt-cache policy postgresql-17 | sed -n 's/ *Candidate: //p'").stdout.strip()
 
 
 @pytest.mark.parametrize("override, message", [
@@ -119,9 +119,9 @@ def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
     ('pgbouncer_pool={"auth_type": "trust"}', "pgbouncer_pool.auth_type: unknown key; pgbouncer_pool takes pool_mode"),
 ])
 def test_bad_group_data_is_one_line_before_any_change(override, message):
-    on("pg-primary", "rm /etc/mcp-portal/roles")  # a change any run would make
+    on("pg-1", "rm /etc/mcp-portal/roles")  # a change any run would make
     result = pyinfra_run("-y", "--data", override)
     assert result.returncode != 0 and message in result.stderr
     assert f"--data on the command line: {override.split('=')[0]}" in result.stderr or "credentials file" in message
-    assert on("pg-primary", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
+    assert on("pg-1", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
     deploy()

@@ -14,7 +14,7 @@ from tests.e2e.test_pgbouncer import connect
 from tests.e2e.test_schema import as_postgres
 from tests.fleet_helpers import on
 
-PRIMARY = "pg-primary"
+PRIMARY = "pg-1"
 TAG = "e2e-crypto"
 ROWS = 10
 TABLE = "user_server_configs"

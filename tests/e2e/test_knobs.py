@@ -24,8 +24,8 @@ def checksums():
     ('wal_archive_prefix = "../other"', "wal_archive_prefix = '../other': path segments"),
     ('postgres_settings = {"log_line_prefix": "%m\\nssl = off"}', "postgres_settings: 'log_line_prefix': one line"),
     ('backup_schedule = "daily\\nExecStartPre=/bin/true"', "backup_schedule = 'daily\\nExecStartPre=/bin/true'"),
-    ('replica_purposes = {"pg-replica-9": "reporting"}',
-     "replica_purposes names pg-replica-9, not a database host of the inventory (pg-primary, pg-replica-1, pg-replica-2)"),
+    ('replica_purposes = {"pg-9": "reporting"}',
+     "replica_purposes names pg-9, not a database host of the inventory (pg-1, pg-2, pg-3)"),
 ], ids=["typo", "hba injection", "pool auth_type", "prefix", "setting newline", "unit newline", "unknown replica"])
 def test_a_bad_knob_changes_no_file_on_any_host(tmp_path, group_data, message):
     (tmp_path / "local.py").write_text(group_data + "\n")  # the fleet's group: over group_data/local.py
@@ -33,5 +33,5 @@ def test_a_bad_knob_changes_no_file_on_any_host(tmp_path, group_data, message):
     result = pyinfra_run("-y", "--group-data", str(tmp_path))
     assert result.returncode != 0
     errors = [line for line in (result.stdout + result.stderr).splitlines() if message in line]
-    assert errors and errors[0].strip().startswith("pg-primary: group_data/local.py: "), result.stderr[-2000:]
+    assert errors and errors[0].strip().startswith("pg-1: group_data/local.py: "), result.stderr[-2000:]
     assert checksums() == before

@@ -24,8 +24,8 @@ from tests.metrics import SECRETS, fetch, password, scrape, value
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_PORT = 19090
 ALERTS = REPO / "monitoring" / "alerts.yml"
-REPLICAS = ["pg-replica-1", "pg-replica-2"]
-SLOTS = ["replica_pg_replica_1", "replica_pg_replica_2"]
+REPLICAS = ["pg-2", "pg-3"]
+SLOTS = ["pg_2", "pg_3"]
 DATABASE_HOSTS = [PRIMARY, *REPLICAS]
 ARCHIVE_ALERT = 'ALERTS{alertname="MCPWalArchiveFailing"'
 POSTGRES_JOB = {"instance": PRIMARY, "job": "mcp-postgres", "server": "/var/run/postgresql:5432"}
@@ -84,12 +84,12 @@ def test_every_host_exports_its_certificates_expiry_and_readable_tier_metrics():
             certificate.not_valid_after_utc.timestamp())
         assert value(node, "node_textfile_scrape_error") == 0, host
         assert (value(node, "mcp_base_backup_max_age_seconds") == 26 * 3600) == (host in DATABASE_HOSTS)
-        # Replication's thresholds (group_data/local.py: pg-replica-1 realtime 10 MB, pg-replica-2 reporting 100 MB)
+        # Replication's thresholds (group_data/local.py: pg-2 realtime 10 MB, pg-3 reporting 100 MB)
         # on every database host, for whichever is the primary.
         thresholds = {slot: value(node, "mcp_replication_lag_threshold_bytes", slot_name=slot) for slot in SLOTS}
         assert thresholds == ({SLOTS[0]: 10 * 2**20, SLOTS[1]: 100 * 2**20} if host in DATABASE_HOSTS
                               else {SLOTS[0]: None, SLOTS[1]: None})
-        assert (value(node, "mcp_restore_drill_max_age_seconds") == 8 * 86400) == (host == "pg-replica-1")
+        assert (value(node, "mcp_restore_drill_max_age_seconds") == 8 * 86400) == (host == "pg-2")
 
 
 def test_the_postgres_exporter_sees_each_servers_role_and_replication():
@@ -128,7 +128,7 @@ def test_scrapes_need_tls_and_the_password_and_reach_only_the_named_address():
 
 def test_prometheus_scrapes_every_exporter_and_evaluates_every_rule_on_the_fleets_data(prometheus):
     up = {(r["metric"]["job"], r["metric"]["instance"]) for r in prometheus("up == 1")}
-    assert ("mcp-postgres", "pg-replica-2") in up and ("mcp-pgbouncer", "pgbouncer-1") in up and len(up) == 8
+    assert ("mcp-postgres", "pg-3") in up and ("mcp-pgbouncer", "pgbouncer-1") in up and len(up) == 8
     # The joins the rules rely on hold on real data: each standby's lag, seen on the primary, against its own threshold.
     joined = prometheus("mcp_standby_replay_lag_bytes - on(instance, slot_name) group_left() mcp_replication_lag_threshold_bytes")
     assert sorted((r["metric"]["instance"], r["metric"]["slot_name"]) for r in joined) == [(PRIMARY, s) for s in SLOTS]

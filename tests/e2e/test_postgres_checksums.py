@@ -6,7 +6,7 @@ import pytest
 from tests.e2e.test_deploy import deploy, pyinfra_run
 from tests.fleet_helpers import fleet, on
 
-HOST = "pg-replica-2"
+HOST = "pg-3"
 
 
 def psql(sql):

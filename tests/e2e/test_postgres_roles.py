@@ -13,13 +13,13 @@ REPO = Path(__file__).resolve().parents[2]
 PASSWORDS = REPO / ".secrets/local/passwords"
 
 
-def login(role, password, sql, host="pg-primary", target="127.0.0.1", extra=""):
+def login(role, password, sql, host="pg-1", target="127.0.0.1", extra=""):
     conninfo = f"host={target} dbname=postgres user={role} sslmode=require connect_timeout=5 {extra}"
     return on(host, f"PGPASSWORD='{password}' psql '{conninfo}' -XtAc \"{sql}\"", check=False)
 
 
 def psql(sql):
-    return on("pg-primary", f"runuser -u postgres -- psql -XtAc \"{sql}\"").stdout.strip()
+    return on("pg-1", f"runuser -u postgres -- psql -XtAc \"{sql}\"").stdout.strip()
 
 
 def test_application_role_logs_in_with_its_secret_and_gets_its_guardrails():
@@ -56,9 +56,9 @@ def test_operator_password_from_the_environment_wins_over_the_file():
 
 def test_replicator_authenticates_from_a_replica_over_verified_tls():
     password = (PASSWORDS / "replicator").read_text().strip()
-    conninfo = ("host=pg-primary dbname=replication replication=true user=replicator sslmode=verify-full "
+    conninfo = ("host=pg-1 dbname=replication replication=true user=replicator sslmode=verify-full "
                 "sslrootcert=/etc/mcp-portal/tls/ca.crt connect_timeout=5")
-    result = on("pg-replica-1", f"PGPASSWORD='{password}' psql '{conninfo}' -XtAc 'IDENTIFY_SYSTEM'", check=False)
+    result = on("pg-2", f"PGPASSWORD='{password}' psql '{conninfo}' -XtAc 'IDENTIFY_SYSTEM'", check=False)
     assert result.returncode == 0 and result.stdout.startswith(psql("select system_identifier from pg_control_system()"))
 
 

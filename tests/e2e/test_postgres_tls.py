@@ -19,7 +19,7 @@ CA = REPO / ".secrets/local/tls/ca.crt"
 
 def connect_error(**params):
     with pytest.raises(psycopg.OperationalError) as raised:
-        psycopg.connect(host="pg-primary", dbname="postgres", user="probe", password="wrong", connect_timeout=5, **params)
+        psycopg.connect(host="pg-1", dbname="postgres", user="probe", password="wrong", connect_timeout=5, **params)
     return str(raised.value)
 
 
@@ -51,15 +51,15 @@ def test_a_certificate_from_another_ca_is_refused(tmp_path):
     ("disable", "no pg_hba.conf entry for replication connection"),
 ])
 def test_a_replica_may_replicate_over_tls_only(sslmode, expected):
-    conninfo = (f"host=pg-primary dbname=replication replication=true user=replicator password=wrong "
+    conninfo = (f"host=pg-1 dbname=replication replication=true user=replicator password=wrong "
                 f"sslmode={sslmode} sslrootcert=/etc/mcp-portal/tls/ca.crt connect_timeout=5")
-    result = on("pg-replica-1", f"psql '{conninfo}' -c 'IDENTIFY_SYSTEM'", check=False)
+    result = on("pg-2", f"psql '{conninfo}' -c 'IDENTIFY_SYSTEM'", check=False)
     assert result.returncode != 0 and expected in result.stderr
 
 
 def test_operator_supplied_tls_that_is_missing_is_refused_before_any_change(tmp_path):
-    before = on("pg-primary", "md5sum /etc/mcp-portal/tls/server.crt").stdout
+    before = on("pg-1", "md5sum /etc/mcp-portal/tls/server.crt").stdout
     result = pyinfra_run("-y", "--data", "secrets_source=operator", "--data", f"secrets_dir={tmp_path}")
     assert result.returncode != 0
     assert f"missing secret {tmp_path}/tls/ca.crt" in result.stdout + result.stderr
-    assert on("pg-primary", "md5sum /etc/mcp-portal/tls/server.crt").stdout == before
+    assert on("pg-1", "md5sum /etc/mcp-portal/tls/server.crt").stdout == before

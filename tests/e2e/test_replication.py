@@ -11,7 +11,7 @@ from fleet.access import Access
 from fleet.layout import Layout
 from tests.fleet_helpers import fleet, on
 
-REPLICAS = ["pg-replica-1", "pg-replica-2"]
+REPLICAS = ["pg-2", "pg-3"]
 
 
 def psql(host, sql):
@@ -41,15 +41,15 @@ def run_with(inventory, *args):
 
 
 def test_a_write_on_the_primary_reaches_every_replica():
-    psql("pg-primary", "create table if not exists replication_probe(id int); insert into replication_probe values (7)")
+    psql("pg-1", "create table if not exists replication_probe(id int); insert into replication_probe values (7)")
     for replica in REPLICAS:
         eventually(lambda: on(replica, "runuser -u postgres -- psql -XtAc 'select count(*) from replication_probe'",
                               check=False).stdout.strip() not in ("", "0"))
         assert psql(replica, "select pg_is_in_recovery()") == "t"
-    psql("pg-primary", "drop table replication_probe")
+    psql("pg-1", "drop table replication_probe")
 
 
-@pytest.mark.parametrize("replica, feedback, delay", [("pg-replica-1", "on", "30s"), ("pg-replica-2", "off", "15min")])
+@pytest.mark.parametrize("replica, feedback, delay", [("pg-2", "on", "30s"), ("pg-3", "off", "15min")])
 def test_purpose_sets_standby_settings(replica, feedback, delay):
     assert psql(replica, "show hot_standby_feedback") == feedback
     assert psql(replica, "show max_standby_streaming_delay") == delay
@@ -60,77 +60,77 @@ def test_inventory_naming_a_standby_as_primary_is_refused_before_any_change(tmp_
                                        "pgbouncer = _g['pgbouncer']\n")
     result = run_with(swapped)
     assert result.returncode != 0
-    assert "the inventory names pg-replica-1 the primary, but it is in recovery" in result.stdout + result.stderr
-    assert psql("pg-replica-1", "select pg_is_in_recovery()") == "t"
+    assert "the inventory names pg-2 the primary, but it is in recovery" in result.stdout + result.stderr
+    assert psql("pg-2", "select pg_is_in_recovery()") == "t"
 
 
 def test_a_replica_leaves_the_inventory_then_joins_again_without_restarting_the_others(tmp_path):
     without = inventory_file(tmp_path, "primary = _g['primary']\nreplicas = _g['replicas'][:1]\npgbouncer = _g['pgbouncer']\n")
-    fleet("stop", "pg-replica-2")
+    fleet("stop", "pg-3")
     result = run_with(without)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Drop replication slot replica_pg_replica_2" in result.stderr + result.stdout
-    assert psql("pg-primary", "select string_agg(slot_name, ',') from pg_replication_slots") == "replica_pg_replica_1"
+    assert "Drop replication slot pg_3" in result.stderr + result.stdout
+    assert psql("pg-1", "select string_agg(slot_name, ',') from pg_replication_slots") == "pg_2"
 
-    before = {h: started(h) for h in ("pg-primary", "pg-replica-1")}
-    fleet("reset", "pg-replica-2")  # a new, bare host joins
+    before = {h: started(h) for h in ("pg-1", "pg-2")}
+    fleet("reset", "pg-3")  # a new, bare host joins
     output = deploy()
-    assert "Clone from pg-primary" in output
-    assert {h: started(h) for h in ("pg-primary", "pg-replica-1")} == before
-    eventually(lambda: psql("pg-primary", "select count(*) from pg_stat_replication where state = 'streaming'") == "2")
+    assert "Clone from pg-1" in output
+    assert {h: started(h) for h in ("pg-1", "pg-2")} == before
+    eventually(lambda: psql("pg-1", "select count(*) from pg_stat_replication where state = 'streaming'") == "2")
     assert grand_total(deploy())[1] == 0
 
 
 @pytest.mark.parametrize("body, message", [
     ("primary = _g['primary'] + _g['replicas'][:1]\nreplicas = _g['replicas'][1:]\npgbouncer = _g['pgbouncer']\n",
-     "the inventory needs exactly one host in group primary, has 2 (pg-primary, pg-replica-1)"),
+     "the inventory needs exactly one host in group primary, has 2 (pg-1, pg-2)"),
     ("replicas = _g['replicas']\npgbouncer = _g['pgbouncer']\n", "has 0 (none); a replica with no primary"),
     ("primary = _g['primary']\nreplicas = _g['replicas']\npgbouncer = []\n", "group pgbouncer is empty or missing"),
 ], ids=["two primaries", "no primary", "empty pgbouncer group"])
 def test_a_bad_inventory_is_refused_before_any_change(tmp_path, body, message):
-    on("pg-replica-2", "rm /etc/mcp-portal/roles")  # a change any run would make
+    on("pg-3", "rm /etc/mcp-portal/roles")  # a change any run would make
     result = run_with(inventory_file(tmp_path, body))
     assert result.returncode != 0 and message in result.stdout + result.stderr
-    assert on("pg-replica-2", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
+    assert on("pg-3", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
     deploy()
 
 
 def committing():
     """An insert on the primary, committing in the background: (its psql process, a way to see what it waits on)."""
-    psql("pg-primary", "create table if not exists sync_probe (at timestamptz)")
-    process = subprocess.Popen(Access(Layout()).ssh_argv("pg-primary", "runuser -u postgres -- psql -Xq -v "
+    psql("pg-1", "create table if not exists sync_probe (at timestamptz)")
+    process = subprocess.Popen(Access(Layout()).ssh_argv("pg-1", "runuser -u postgres -- psql -Xq -v "
                                "ON_ERROR_STOP=1 -c 'insert into sync_probe values (now())'"),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return process, lambda: psql("pg-primary", "select string_agg(wait_event, ',') from pg_stat_activity "
+    return process, lambda: psql("pg-1", "select string_agg(wait_event, ',') from pg_stat_activity "
                                                "where query like 'insert into sync_probe%'")
 
 
 def test_synchronous_replication_waits_for_any_one_replica():
     deploy("--data", "synchronous_replication=true")
     try:
-        names = "ANY 1 (replica_pg_replica_1, replica_pg_replica_2)"
-        assert psql("pg-primary", "show synchronous_standby_names") == names
-        eventually(lambda: psql("pg-primary", "select string_agg(sync_state, ',' order by application_name) "
+        names = "ANY 1 (pg_2, pg_3)"
+        assert psql("pg-1", "show synchronous_standby_names") == names
+        eventually(lambda: psql("pg-1", "select string_agg(sync_state, ',' order by application_name) "
                                               "from pg_stat_replication") == "quorum,quorum")
-        fleet("cut", "pg-replica-1")
+        fleet("cut", "pg-2")
         try:  # losing one candidate does not stop commits: the other acknowledges
             process, _ = committing()
             assert process.wait(timeout=30) == 0
-            fleet("cut", "pg-replica-2")
+            fleet("cut", "pg-3")
             try:  # with none left a commit waits for one
                 process, waiting_on = committing()
                 eventually(lambda: waiting_on() == "SyncRep")
                 time.sleep(3)
                 assert process.poll() is None and waiting_on() == "SyncRep"
             finally:
-                fleet("heal", "pg-replica-2")
+                fleet("heal", "pg-3")
             assert process.wait(timeout=60) == 0  # and returns once one is back
         finally:
-            fleet("heal", "pg-replica-1")
-        eventually(lambda: psql("pg-primary", "select count(*) from pg_stat_replication where state = 'streaming'")
+            fleet("heal", "pg-2")
+        eventually(lambda: psql("pg-1", "select count(*) from pg_stat_replication where state = 'streaming'")
                    == "2", timeout=60)
     finally:
         deploy()
-        psql("pg-primary", "drop table if exists sync_probe")
-    assert psql("pg-primary", "show synchronous_standby_names") == ""
-    assert psql("pg-primary", "select string_agg(distinct sync_state, ',') from pg_stat_replication") == "async"
+        psql("pg-1", "drop table if exists sync_probe")
+    assert psql("pg-1", "show synchronous_standby_names") == ""
+    assert psql("pg-1", "select string_agg(distinct sync_state, ',') from pg_stat_replication") == "async"

@@ -15,7 +15,7 @@ from hostside import layout
 from tests.e2e.test_pgbouncer import connect, password
 from tests.fleet_helpers import on
 
-PRIMARY = "pg-primary"
+PRIMARY = "pg-1"
 TAG = "e2e-schema"
 BULK_USERS = 2000
 SERVERS = 5
@@ -291,7 +291,7 @@ def test_old_months_move_to_the_archive_whole_and_expired_ones_are_dropped():
 
 
 def test_on_a_replica_the_jobs_do_nothing_and_say_why():
-    assert "in recovery" in run_partition_job("pg-replica-1")
+    assert "in recovery" in run_partition_job("pg-2")
 
 
 @pytest.fixture

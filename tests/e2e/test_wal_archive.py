@@ -16,7 +16,7 @@ from hostside import layout
 from tests.e2e.test_deploy import deploy, pyinfra_run
 from tests.fleet_helpers import fleet, on
 
-PRIMARY = "pg-primary"
+PRIMARY = "pg-1"
 PROGRAM = layout.program("wal-archive")
 TIER = json.loads((Layout().local / "s3" / "tier.json").read_text()) if (Layout().local / "s3" / "tier.json").exists() else {}
 BUCKET, PREFIX = TIER.get("bucket"), "local"

@@ -33,11 +33,11 @@ def test_every_name_resolves_on_every_host_and_here(fleet_up):
     for host in HOSTS:
         lines = on(host, "getent hosts " + " ".join(HOSTS)).stdout.splitlines()
         assert {line.split()[1]: line.split()[0] for line in lines} == {h.name: str(h.address) for h in TOPOLOGY.hosts}
-    assert socket.gethostbyname("pg-replica-2") == str(TOPOLOGY.host("pg-replica-2").address)
+    assert socket.gethostbyname("pg-3") == str(TOPOLOGY.host("pg-3").address)
 
 
 def test_hosts_do_not_share_files(fleet_up):
-    on("pg-primary", "echo only-here > /root/isolation-probe")
+    on("pg-1", "echo only-here > /root/isolation-probe")
     for host in HOSTS[1:]:
         assert on(host, "test -e /root/isolation-probe", check=False).returncode == 1
     machine_ids = {on(h, "cat /etc/machine-id").stdout for h in HOSTS}
@@ -51,12 +51,12 @@ def test_host_keys_are_per_host_and_pinned(fleet_up):
 
 def test_hosts_reach_only_the_fleet_subnet(fleet_up):
     """No default route: the apt proxy on the bridge is the only way out."""
-    assert on("pg-primary", "ip -4 route show").stdout.strip().splitlines() == [
-        f"{TOPOLOGY.subnet} dev eth0 proto kernel scope link src {TOPOLOGY.host('pg-primary').address}"
+    assert on("pg-1", "ip -4 route show").stdout.strip().splitlines() == [
+        f"{TOPOLOGY.subnet} dev eth0 proto kernel scope link src {TOPOLOGY.host('pg-1').address}"
     ]
     mirror = mirror_addresses(TOPOLOGY.mirror)[0]
     probe = f"python3 -c \"import socket; socket.create_connection(('{mirror}', 80), timeout=3)\""
-    assert "Network is unreachable" in on("pg-primary", probe, check=False).stderr
+    assert "Network is unreachable" in on("pg-1", probe, check=False).stderr
 
 
 def test_packages_install_through_the_caching_proxy_and_are_fetched_once(fleet_up):
@@ -66,15 +66,15 @@ def test_packages_install_through_the_caching_proxy_and_are_fetched_once(fleet_u
     def count(direction):
         return sum(1 for line in log.read_text().splitlines() if f"|{direction}|" in line and "/hello_" in line)
 
-    for host in ("pg-replica-1", "pg-replica-2"):  # a fleet left up by an earlier run may have it already
+    for host in ("pg-2", "pg-3"):  # a fleet left up by an earlier run may have it already
         on(host, "apt-get purge -y -qq hello >/dev/null; apt-get clean; rm -f /tmp/hello_*.deb")
     upstream, delivered = count("I"), count("O")
-    on("pg-replica-1", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hello", timeout=300)
-    assert on("pg-replica-1", "hello").stdout.strip() == "Hello, world!"
+    on("pg-2", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hello", timeout=300)
+    assert on("pg-2", "hello").stdout.strip() == "Hello, world!"
     assert count("O") == delivered + 1, "the package did not come through the proxy"
     assert count("I") <= upstream + 1
     upstream = count("I")
-    on("pg-replica-2", "apt-get update -qq && cd /tmp && apt-get download -qq hello", timeout=300)
+    on("pg-3", "apt-get update -qq && cd /tmp && apt-get download -qq hello", timeout=300)
     assert count("O") == delivered + 2
     assert count("I") == upstream, "the second host's download went upstream instead of the cache"
 
@@ -138,7 +138,7 @@ def test_kms_serves_data_keys(s3_credentials):
 
 def test_database_hosts_reach_the_endpoint_by_name(fleet_up):
     probe = "python3 -c \"import socket; socket.create_connection(('s3', 9000), timeout=3)\""
-    on("pg-primary", probe)
+    on("pg-1", probe)
 
 
 # -- one cgroup subtree per host ---------------------------------------------------------------------------
@@ -202,29 +202,29 @@ def test_ssh_command_runs_on_the_host(fleet_up):
 
 
 def test_unknown_host_is_one_line(fleet_up):
-    result = fleet("cut", "pg-replica-9", check=False)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "unknown host 'pg-replica-9'" in result.stderr
+    result = fleet("cut", "pg-9", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "unknown host 'pg-9'" in result.stderr
 
 
 def test_cut_isolates_a_running_host_and_heal_reconnects_it(fleet_up):
-    fleet("cut", "pg-replica-2")
+    fleet("cut", "pg-3")
     try:
-        assert not ACCESS.answers("pg-replica-2", timeout=5)
-        probe = "python3 -c \"import socket; socket.create_connection(('pg-replica-2', 22), timeout=3)\""
-        assert on("pg-primary", probe, check=False).returncode != 0
-        assert re.search(r"^pg-replica-2\s+\S+\s+cut\s+no", fleet("status", check=False).stdout, re.M)
+        assert not ACCESS.answers("pg-3", timeout=5)
+        probe = "python3 -c \"import socket; socket.create_connection(('pg-3', 22), timeout=3)\""
+        assert on("pg-1", probe, check=False).returncode != 0
+        assert re.search(r"^pg-3\s+\S+\s+cut\s+no", fleet("status", check=False).stdout, re.M)
     finally:
-        fleet("heal", "pg-replica-2")
-    assert on("pg-replica-2", "systemctl is-system-running").stdout.strip() == "running"
+        fleet("heal", "pg-3")
+    assert on("pg-3", "systemctl is-system-running").stdout.strip() == "running"
 
 
 def test_stop_powers_off_keeping_the_disk_and_start_boots_it(fleet_up):
-    on("pg-replica-2", "echo kept > /root/survives-power-off && sync")
-    fleet("stop", "pg-replica-2")
-    assert re.search(r"^pg-replica-2\s+\S+\s+stopped\s+no", fleet("status", check=False).stdout, re.M)
-    assert not ACCESS.answers("pg-replica-2", timeout=5)
-    fleet("start", "pg-replica-2")
-    assert on("pg-replica-2", "cat /root/survives-power-off").stdout.strip() == "kept"
+    on("pg-3", "echo kept > /root/survives-power-off && sync")
+    fleet("stop", "pg-3")
+    assert re.search(r"^pg-3\s+\S+\s+stopped\s+no", fleet("status", check=False).stdout, re.M)
+    assert not ACCESS.answers("pg-3", timeout=5)
+    fleet("start", "pg-3")
+    assert on("pg-3", "cat /root/survives-power-off").stdout.strip() == "kept"
 
 
 def test_reset_returns_a_host_to_bare(fleet_up):
@@ -236,14 +236,14 @@ def test_reset_returns_a_host_to_bare(fleet_up):
 
 def test_up_recovers_after_every_process_was_killed(fleet_up):
     """As before a CI run: nspawn processes killed, namespaces, mounts, bridge and state left behind."""
-    on("pg-primary", "echo before-kill > /root/kill-probe && sync")
+    on("pg-1", "echo before-kill > /root/kill-probe && sync")
     for pid in nspawn_pids():
         os.kill(pid, 9)
     assert not fleet("status", check=False).returncode == 0
     out = fleet("up").stdout
     assert f"({len(HOSTS)} booted)" in out
     assert fleet("status").returncode == 0
-    assert on("pg-primary", "cat /root/kill-probe").stdout.strip() == "before-kill"
+    assert on("pg-1", "cat /root/kill-probe").stdout.strip() == "before-kill"
     # Fresh endpoint, fresh keys: the fleet re-created its S3 user.
     credentials = json.loads((Layout().local / "s3.json").read_text())
     client("s3", credentials).list_buckets()

@@ -57,7 +57,7 @@ def test_no_hosts_entry_state_or_proxy_is_left(down):
 
 
 def test_commands_after_down_say_the_fleet_is_not_up(down):
-    result = fleet("ssh", "pg-primary", "true", check=False)
+    result = fleet("ssh", "pg-1", "true", check=False)
     assert result.returncode == 2 and "the fleet is not up" in result.stderr
     assert fleet("status", check=False).returncode == 1
 

@@ -16,7 +16,7 @@ def test_block_is_added_once_replaced_and_removed_leaving_the_rest(tmp_path):
     update_machine_hosts(block, path)
     update_machine_hosts(block, path)
     text = path.read_text()
-    assert text.startswith(MACHINE_HOSTS) and text.count(HOSTS_BEGIN) == 1 and "198.51.100.11\tpg-primary" in text
+    assert text.startswith(MACHINE_HOSTS) and text.count(HOSTS_BEGIN) == 1 and "198.51.100.11\tpg-1" in text
     update_machine_hosts("", path)
     assert path.read_text() == MACHINE_HOSTS
 
@@ -28,7 +28,7 @@ def test_replace_block_keeps_lines_after_the_block():
 
 def test_every_host_knows_every_name_including_its_own():
     text = host_etc_hosts(load())
-    for name in ("pg-primary", "pg-replica-1", "pg-replica-2", "pgbouncer-1", "s3", "fleet-gateway"):
+    for name in ("pg-1", "pg-2", "pg-3", "pgbouncer-1", "s3", "fleet-gateway"):
         assert f"\t{name}\n" in text
     assert text.startswith("127.0.0.1\tlocalhost\n")
 
@@ -36,11 +36,11 @@ def test_every_host_knows_every_name_including_its_own():
 def test_client_files_pin_host_keys_and_use_only_our_key(layout):
     access = Access(layout)
     layout.local.mkdir(parents=True)
-    access.write_client_files(load(), {"pg-primary": ["ssh-ed25519", "AAAAkey"]})
-    assert access.known_hosts.read_text() == "pg-primary,198.51.100.11 ssh-ed25519 AAAAkey\n"
+    access.write_client_files(load(), {"pg-1": ["ssh-ed25519", "AAAAkey"]})
+    assert access.known_hosts.read_text() == "pg-1,198.51.100.11 ssh-ed25519 AAAAkey\n"
     config = access.config.read_text()
     assert "StrictHostKeyChecking yes" in config and f"IdentityFile {access.key}" in config and "IdentitiesOnly yes" in config
-    assert "Host pg-primary\n  HostName 198.51.100.11\n" in config
+    assert "Host pg-1\n  HostName 198.51.100.11\n" in config
 
 
 class ScriptedAccess(Access):
@@ -64,7 +64,7 @@ def test_a_host_that_boots_degraded_is_one_line_naming_the_failed_unit(layout):
     })
     access.answers = lambda host_name, timeout=None: True
     with pytest.raises(FleetError) as refused:
-        access.wait_booted("pg-primary")
-    assert str(refused.value).startswith("host pg-primary booted 'degraded': systemd-user-sessions.service failed "
+        access.wait_booted("pg-1")
+    assert str(refused.value).startswith("host pg-1 booted 'degraded': systemd-user-sessions.service failed "
                                          "(Failed to spawn executor")
     assert not any("systemctl start" in command for command in access.ran)  # reported, never retried

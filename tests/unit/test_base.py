@@ -4,23 +4,22 @@ import pytest
 
 from deploys.base import inventory_problem
 
-FLEET = {"primary": ["pg-primary"], "replicas": ["pg-replica-1", "pg-replica-2"], "pgbouncer": ["pgbouncer-1"]}
+FLEET = {"database": ["pg-1", "pg-2", "pg-3"], "pgbouncer": ["pgbouncer-1", "pgbouncer-2"]}
 
 
-def test_the_fleet_and_a_tier_without_replicas_are_fine():
+def test_the_fleet_and_a_single_database_host_are_fine():
     assert inventory_problem(FLEET) is None
-    assert inventory_problem({**FLEET, "replicas": []}) is None
+    assert inventory_problem({**FLEET, "database": ["pg-1"]}) is None
 
 
 @pytest.mark.parametrize(
     "groups, message",
     [
-        ({**FLEET, "primary": ["pg-primary", "pg-replica-1"]},
-         "exactly one host in group primary, has 2 (pg-primary, pg-replica-1)"),
-        ({**FLEET, "primary": []}, "exactly one host in group primary, has 0 (none); a replica with no primary"),
-        ({"replicas": ["pg-replica-1"], "pgbouncer": ["pgbouncer-1"]}, "has 0 (none)"),
+        ({**FLEET, "database": []}, "group database is empty or missing"),
+        ({"pgbouncer": ["pgbouncer-1"]}, "group database is empty or missing"),
         ({**FLEET, "pgbouncer": []}, "group pgbouncer is empty or missing"),
-        ({**FLEET, "replicas": ["pg-primary"]}, "pg-primary is in both groups primary and replicas"),
+        ({**FLEET, "primary": ["pg-1"]}, "the inventory has group(s) primary: the database hosts are one group"),
+        ({"primary": ["pg-1"], "replicas": ["pg-2"], "pgbouncer": ["pgbouncer-1"]}, "group(s) primary, replicas"),
     ],
 )
 def test_bad_shapes_are_one_line_saying_what_to_do(groups, message):

@@ -50,7 +50,7 @@ def test_a_machine_without_a_usable_cgroup2_is_refused_before_anything(capsys, l
     assert not layout.state_root.exists()
 
 
-@pytest.mark.parametrize("command", [["ssh", "pg-primary"], ["stop", "s3"], ["cut", "pg-replica-1"], ["reset", "pgbouncer-1"]])
+@pytest.mark.parametrize("command", [["ssh", "pg-1"], ["stop", "s3"], ["cut", "pg-2"], ["reset", "pgbouncer-1"]])
 def test_host_commands_need_the_fleet_up(capsys, layout, as_root, command):
     code, err = run_cli(capsys, *command)
     assert (code, err) == (2, "fleet: error: the fleet is not up; run `fleet up` (or `make local`)")
@@ -58,8 +58,8 @@ def test_host_commands_need_the_fleet_up(capsys, layout, as_root, command):
 
 def test_unknown_host(capsys, layout, as_root):
     layout.write_state(subnet="198.51.100.0/24", bridge="mcpfleet0")
-    code, err = run_cli(capsys, "stop", "pg-primary-2")
-    assert code == 2 and "unknown host 'pg-primary-2': the fleet has pg-primary, pg-replica-1" in err
+    code, err = run_cli(capsys, "stop", "pg-1-2")
+    assert code == 2 and "unknown host 'pg-1-2': the fleet has pg-1, pg-2" in err
 
 
 def test_status_when_not_up_says_so_and_fails(capsys, layout, as_root):

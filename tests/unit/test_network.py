@@ -18,7 +18,7 @@ ROUTES = """default via 192.0.2.1 dev eth0
 def topology_on(subnet):
     raw = {
         "subnet": subnet, "bridge": "mcpfleet0", "suite": "trixie", "mirror": "http://deb.debian.org/debian",
-        "hosts": {"p": {"address": str(ipaddress.ip_network(subnet)[11]), "groups": ["primary"]},
+        "hosts": {"p": {"address": str(ipaddress.ip_network(subnet)[11]), "groups": ["database"]},
                   "s": {"address": str(ipaddress.ip_network(subnet)[12]), "groups": ["s3"]}},
     }
     return parse(raw, "fleet/topology.yaml")

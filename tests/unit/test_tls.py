@@ -13,16 +13,16 @@ from deploys.tls import issue, names_of, needs_new_certificate
 
 
 def test_names_cover_the_inventory_name_and_address():
-    assert names_of("pg-primary", "198.51.100.11") == [x509.DNSName("pg-primary"), x509.IPAddress(ipaddress.ip_address("198.51.100.11"))]
+    assert names_of("pg-1", "198.51.100.11") == [x509.DNSName("pg-1"), x509.IPAddress(ipaddress.ip_address("198.51.100.11"))]
     assert names_of("db-1", "db-1.internal") == [x509.DNSName("db-1"), x509.DNSName("db-1.internal")]
 
 
 def test_issued_once_then_reused_and_chained_to_the_ca(tmp_path):
-    sans = names_of("pg-primary", "198.51.100.11")
-    cert_path, key_path = issue(tmp_path, "pg-primary", sans, days=397, renew_days=30)
+    sans = names_of("pg-1", "198.51.100.11")
+    cert_path, key_path = issue(tmp_path, "pg-1", sans, days=397, renew_days=30)
     first = cert_path.read_bytes()
     assert oct(key_path.stat().st_mode & 0o777) == "0o600" and oct((tmp_path / "ca.key").stat().st_mode & 0o777) == "0o600"
-    issue(tmp_path, "pg-primary", sans, days=397, renew_days=30)
+    issue(tmp_path, "pg-1", sans, days=397, renew_days=30)
     assert cert_path.read_bytes() == first
     cert = x509.load_pem_x509_certificate(first)
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
@@ -30,11 +30,11 @@ def test_issued_once_then_reused_and_chained_to_the_ca(tmp_path):
 
 
 def test_renewed_when_names_change_or_expiry_nears(tmp_path):
-    sans = names_of("pg-primary", "198.51.100.11")
-    cert_path, _ = issue(tmp_path, "pg-primary", sans, days=397, renew_days=30)
+    sans = names_of("pg-1", "198.51.100.11")
+    cert_path, _ = issue(tmp_path, "pg-1", sans, days=397, renew_days=30)
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
     assert needs_new_certificate(cert_path, sans, 30, ca) is None
-    assert needs_new_certificate(cert_path, names_of("pg-primary", "198.51.100.99"), 30, ca) == "names changed"
+    assert needs_new_certificate(cert_path, names_of("pg-1", "198.51.100.99"), 30, ca) == "names changed"
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=380)
     assert needs_new_certificate(cert_path, sans, 30, ca, now=later).startswith("expires ")
     assert needs_new_certificate(tmp_path / "absent.crt", sans, 30, ca) == "missing"
@@ -42,7 +42,7 @@ def test_renewed_when_names_change_or_expiry_nears(tmp_path):
 
 def test_strict_verifiers_accept_the_chain(tmp_path):
     """Python 3.13 (as on the hosts) verifies with VERIFY_X509_STRICT by default: key identifiers are required."""
-    cert_path, key_path = issue(tmp_path, "pg-primary", names_of("pg-primary", "198.51.100.11"), 397, 30)
+    cert_path, key_path = issue(tmp_path, "pg-1", names_of("pg-1", "198.51.100.11"), 397, 30)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert_path, key_path)
     client = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
@@ -51,14 +51,14 @@ def test_strict_verifiers_accept_the_chain(tmp_path):
     with ours, theirs:
         accepted = threading.Thread(target=lambda: server.wrap_socket(theirs, server_side=True).close())
         accepted.start()
-        with client.wrap_socket(ours, server_hostname="pg-primary") as tls:
-            assert tls.getpeercert()["subject"] == ((("commonName", "pg-primary"),),)
+        with client.wrap_socket(ours, server_hostname="pg-1") as tls:
+            assert tls.getpeercert()["subject"] == ((("commonName", "pg-1"),),)
         accepted.join()
 
 
 def test_a_ca_without_key_identifiers_is_replaced_and_its_certificates_reissued(tmp_path):
-    sans = names_of("pg-primary", "198.51.100.11")
-    cert_path, _ = issue(tmp_path, "pg-primary", sans, 397, 30)
+    sans = names_of("pg-1", "198.51.100.11")
+    cert_path, _ = issue(tmp_path, "pg-1", sans, 397, 30)
     old_ca = (tmp_path / "ca.crt").read_bytes()
     key = serialization.load_pem_private_key((tmp_path / "ca.key").read_bytes(), None)
     ca = x509.load_pem_x509_certificate(old_ca)
@@ -67,7 +67,7 @@ def test_a_ca_without_key_identifiers_is_replaced_and_its_certificates_reissued(
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(key, hashes.SHA256()))
     (tmp_path / "ca.crt").write_bytes(bare.public_bytes(serialization.Encoding.PEM))
     first = cert_path.read_bytes()
-    issue(tmp_path, "pg-primary", sans, 397, 30)
+    issue(tmp_path, "pg-1", sans, 397, 30)
     assert (tmp_path / "ca.crt").read_bytes() not in (old_ca, bare.public_bytes(serialization.Encoding.PEM))
     assert cert_path.read_bytes() != first
     x509.load_pem_x509_certificate(cert_path.read_bytes()).verify_directly_issued_by(

@@ -13,8 +13,8 @@ GOOD = {
     "suite": "trixie",
     "mirror": "http://deb.debian.org/debian/",
     "hosts": {
-        "pg-primary": {"address": "198.51.100.11", "groups": ["primary"]},
-        "pg-replica-1": {"address": "198.51.100.12", "groups": ["replicas"]},
+        "pg-1": {"address": "198.51.100.11", "groups": ["database"]},
+        "pg-2": {"address": "198.51.100.12", "groups": ["database"]},
         "s3": {"address": "198.51.100.30", "groups": ["s3"]},
     },
 }
@@ -34,15 +34,15 @@ def with_change(path, value):
 
 def test_shipped_topology_is_the_documented_default():
     topology = load()
-    assert [h.name for h in topology.hosts] == ["pg-primary", "pg-replica-1", "pg-replica-2", "pgbouncer-1", "s3"]
+    assert [h.name for h in topology.hosts] == ["pg-1", "pg-2", "pg-3", "pgbouncer-1", "pgbouncer-2", "s3"]
     assert str(topology.gateway) == "198.51.100.1"
-    assert [h.name for h in topology.group("replicas")] == ["pg-replica-1", "pg-replica-2"]
+    assert [h.name for h in topology.group("database")] == ["pg-1", "pg-2", "pg-3"]
 
 
 def test_parse_derives_names_and_strips_the_mirror_slash():
     topology = parse(GOOD, "t.yaml")
-    primary = topology.host("pg-primary")
-    assert (primary.netns, primary.veth, primary.offset) == ("mcpf-pg-primary", "mf-11", 11)
+    first = topology.host("pg-1")
+    assert (first.netns, first.veth, first.offset) == ("mcpf-pg-1", "mf-11", 11)
     assert topology.mirror == "http://deb.debian.org/debian"
 
 
@@ -54,13 +54,13 @@ def test_parse_derives_names_and_strips_the_mirror_slash():
         (("subnet",), "198.51.100.0/33", "is not an IPv4 network"),
         (("subnet",), "198.51.100.0/30", "too small"),
         (("bridge",), "this-bridge-name-is-long", "bridge"),
-        (("hosts", "pg-primary", "address"), "10.0.0.5", "must be a host address of 198.51.100.0/24"),
-        (("hosts", "pg-primary", "address"), "198.51.100.1", "other than 198.51.100.1 (the bridge)"),
-        (("hosts", "pg-primary", "address"), "198.51.100.12", "host pg-replica-1: address 198.51.100.12 is already pg-primary's"),
-        (("hosts", "pg-primary", "groups"), ["primary", "dba"], "groups must be a non-empty list"),
-        (("hosts", "pg-primary", "groups"), ["replicas"], "group primary needs exactly one host, has 0"),
-        (("hosts", "Bad_Name"), {"address": "198.51.100.40", "groups": ["replicas"]}, "host name 'Bad_Name'"),
-        (("hosts", "pg-replica-1", "port"), 22, "give exactly 'address' and 'groups'"),
+        (("hosts", "pg-1", "address"), "10.0.0.5", "must be a host address of 198.51.100.0/24"),
+        (("hosts", "pg-1", "address"), "198.51.100.1", "other than 198.51.100.1 (the bridge)"),
+        (("hosts", "pg-1", "address"), "198.51.100.12", "host pg-2: address 198.51.100.12 is already pg-1's"),
+        (("hosts", "pg-1", "groups"), ["database", "dba"], "groups must be a non-empty list"),
+        (("hosts", "s3", "groups"), ["database"], "group s3 needs exactly one host, has 0"),
+        (("hosts", "Bad_Name"), {"address": "198.51.100.40", "groups": ["database"]}, "host name 'Bad_Name'"),
+        (("hosts", "pg-2", "port"), 22, "give exactly 'address' and 'groups'"),
     ],
 )
 def test_bad_topology_is_one_line_naming_the_file_and_key(path, value, message):
@@ -73,7 +73,7 @@ def test_bad_topology_is_one_line_naming_the_file_and_key(path, value, message):
 
 
 def test_unknown_host_lists_the_known_ones():
-    with pytest.raises(FleetError, match="unknown host 'pg-9'.*pg-primary, pg-replica-1, s3"):
+    with pytest.raises(FleetError, match="unknown host 'pg-9'.*pg-1, pg-2, s3"):
         parse(GOOD, "t.yaml").host("pg-9")
 
 
