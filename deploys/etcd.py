@@ -5,9 +5,12 @@ client certificates required: only holders of one the tier's CA issued (its host
 The configuration and the etcd user exist before the package is installed: its postinst starts etcd at once, and a
 member started with Debian's defaults would make a cluster of its own."""
 
+from shlex import quote
+
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import Directory
 from pyinfra.operations import apt, files, server, systemd
 
 from deploys import tls
@@ -71,6 +74,29 @@ def etcd_member():
     config = files.template(name="etcd's configuration (/etc/default/etcd)", src="templates/etcd.default.j2",
                             dest="/etc/default/etcd", mode="644", environment=environment)
     apt.packages(name="Install etcd", packages=["etcd-server", "etcd-client"], no_recommends=True)
+    data = {m.name: bool(m.get_fact(Directory, path=f"{DATA_DIR}/member")) for m in members()}
+    if any(data.values()) and not data[host.name]:
+        _replace_member(k, [m for m in members() if data[m.name]])
     # One member at a time: two restarting together would lose the quorum for a moment.
     systemd.service(name="etcd runs and starts at boot", service="etcd", running=True, enabled=True,
                     restarted=config.will_change or any(op.will_change for op in certificates.values()), _serial=True)
+
+
+def _replace_member(k, keeping):
+    """This member's data is gone (a rebuilt host) while the others keep the cluster: it leaves the membership and
+    joins again as a new member, starting from the others' data (ETCD_INITIAL_CLUSTER_STATE=existing, for this first
+    start only: a runtime drop-in that is gone at the next boot)."""
+    endpoints = ",".join(f"https://{address_of(m)}:{knobs(m).etcd_client_port}" for m in keeping)
+    peer = f"https://{address_of(host)}:{k.etcd_peer_port}"
+    etcdctl = (f"ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert={TLS_DIR}/ca.crt --cert={TLS_DIR}/server.crt "
+               f"--key={TLS_DIR}/server.key")
+    name = quote(host.name)
+    server.shell(name="Replace this etcd member (its data is gone; the other members keep the cluster)", commands=[
+        f"systemctl stop etcd && rm -rf {DATA_DIR}",
+        f"for id in $({etcdctl} member list | awk -F', ' -v n={name} '$3 == n {{print $1}}'); do "
+        f"{etcdctl} member remove $id; done",
+        f"{etcdctl} member add {name} --peer-urls={peer}",
+        "mkdir -p /run/systemd/system/etcd.service.d && printf '[Service]\\nEnvironmentFile=/run/mcp-etcd-join.env\\n' "
+        "> /run/systemd/system/etcd.service.d/mcp-join.conf && echo ETCD_INITIAL_CLUSTER_STATE=existing > /run/mcp-etcd-join.env",
+        "systemctl daemon-reload && systemctl start etcd",
+    ])

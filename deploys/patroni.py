@@ -21,11 +21,12 @@ from pyinfra.operations import apt, files, server, systemd
 from deploys import pgconfig, secrets
 from deploys.datasource import address_of, refused
 from deploys.etcd import client_endpoints
-from deploys.facts import DeviceExists, FreeBytes, PatroniConfig, PatroniMembers, PostgresClusters, PostgresSettings
+from deploys.facts import (DeviceExists, FreeBytes, PatroniConfig, PatroniMembers, PostgresClusters, PostgresNode,
+                           PostgresSettings)
 from deploys.knobs import knobs
 from deploys.ordering import barrier
 from deploys.postgres import EMPTY_CLUSTER_DATABASES, cluster, wait_for
-from deploys.replication import standby_settings, tags
+from deploys.replication import lag_threshold_mb, purpose_of, slot_name, standby_settings, tags
 from hostside import layout
 from hostside.cluster import config_patch
 
@@ -101,6 +102,9 @@ def patroni(archive, reload_when=None, pooled=None):
         desired = pgconfig.settings(k.postgres_memory_budget_mb, k.postgres_max_connections, k.postgres_settings, {
             "ssl_cert_file": f"{layout.TLS_DIR}/server.crt", "ssl_key_file": f"{layout.TLS_DIR}/server.key",
             "ssl_ca_file": f"{layout.TLS_DIR}/ca.crt", **standby_settings(host.name),
+            # Where Debian's clusters log (Patroni would send the log to its own journal otherwise).
+            "logging_collector": "on", "log_directory": "/var/log/postgresql",
+            "log_filename": pg.log_file.rsplit("/", 1)[1], "log_file_mode": "0640",
             **{n: v for n, v in archive.items() if n != "restore_command"}})
         rules = pgconfig.hba_rules([address_of(h) for h in database_hosts()],
                                    [address_of(h) for h in inventory.get_group("pgbouncer", [])],
@@ -141,6 +145,10 @@ def patroni(archive, reload_when=None, pooled=None):
         replication_user=k.postgres_replication_user,
         replication_password=secrets.password(k.postgres_replication_user), restore_command=restore_command,
         watchdog=k.patroni_watchdog, tags=tags(host.name)), pg.patroni_config, user="postgres", group="postgres")
+    files.put(name="Record this member's purpose, lag threshold and slot (read by tests/infra and SREs)",
+              src=io.StringIO(json.dumps({"purpose": purpose_of(host.name), "lag_threshold_mb": lag_threshold_mb(host.name),
+                                          "slot": slot_name(host.name)}, sort_keys=True) + "\n"),
+              dest=layout.config("member.json"), mode="644")
     systemd.service(name=f"{pg.patroni_unit} starts at boot", service=pg.patroni_unit, enabled=True)
 
     cluster_cmd = layout.program("cluster")
@@ -165,7 +173,8 @@ def patroni(archive, reload_when=None, pooled=None):
     plan = pgconfig.restart_plan(desired, live, host.name == lead, down=not live,
                                  reload_reasons=[label for label, op in triggers.items() if op.will_change])
     if plan.reload or plan.turn:
-        reasons = sorted(plan.changed) + [label for label, op in triggers.items() if op.will_change]
+        files_changed = [label for label, op in triggers.items() if op.will_change and label != "settings"]
+        reasons = sorted(plan.changed) + files_changed or ["settings"]
         server.shell(name=f"Patroni reloads ({', '.join(reasons)} changed)", commands=[f"{cluster_cmd} reload"])
     # Restarts go in turns: the leader first when a hot-standby-sensitive value went down, then the replicas one
     # at a time, then the leader. Every database host passes each barrier, so a turn starts only when the one
@@ -199,12 +208,15 @@ def _refuse_a_foreign_cluster(pg, lead):
         ours = next(h for h in database_hosts() if h.name == lead).get_fact(PostgresClusters).get(pg.label, {})
         if ours.get("system_identifier") == existing["system_identifier"]:
             return  # Patroni's: it rejoins (with pg_rewind when it diverged)
-    if existing["databases"] > EMPTY_CLUSTER_DATABASES:
+    running = host.get_fact(PostgresNode, major=pg.major, cluster=pg.name)  # {} when it is not running
+    if existing["databases"] > EMPTY_CLUSTER_DATABASES or running.get("holds_data"):
         raise DeployError(f"{host.name}: cluster {pg.label} holds data and is not of the Patroni cluster "
                           f"{knobs().patroni_scope} (system {existing['system_identifier']}); the deploy will not "
                           "replace it: move it away first (docs/failover.md)")
+    # Its configuration directory stays: the deploy renders it, and Patroni writes postgresql.conf there.
     server.shell(name=f"Remove the empty cluster {pg.label} Patroni did not make (this host clones the leader instead)",
-                 commands=[f"pg_dropcluster --stop {pg.major} {pg.name}"])
+                 commands=[f"pg_ctlcluster --skip-systemctl-redirect {pg.major} {pg.name} stop -m fast || true",
+                           f"systemctl stop {pg.unit} || true", f"rm -rf {pg.data_directory}"])
 
 
 def _start(pg, what, ready, **global_arguments):

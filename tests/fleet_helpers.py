@@ -1,5 +1,6 @@
 """What the fleet-level tiers share: the `fleet` command as an SRE runs it, and ssh into hosts."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,26 @@ def on(host, command, check=True, timeout=120):
 def nspawn_pids():
     out = subprocess.run(["pgrep", "-f", "systemd-nspawn -D /var/lib/mcp-fleet"], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
+
+
+DATABASE = [h.name for h in TOPOLOGY.group("database")]
+
+
+def members():
+    """{member: Patroni's view of it} (GET /cluster through mcp-cluster), from the first database host that answers."""
+    for host in DATABASE:
+        found = on(host, "/usr/local/sbin/mcp-cluster members", check=False).stdout.strip()
+        if found and found != "{}":
+            return {m["name"]: m for m in json.loads(found).get("members", [])}
+    return {}
+
+
+def leader():
+    """The member Patroni says leads, or None."""
+    return next((name for name, m in members().items() if m["role"] == "leader"), None)
+
+
+def replicas():
+    """The database hosts that do not lead, in topology order."""
+    lead = leader()
+    return [host for host in DATABASE if host != lead]

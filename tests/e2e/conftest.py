@@ -1,5 +1,5 @@
 """The deploy tier runs on one converged fleet: the first test of any file finds it deployed, with the topology's
-primary as the primary (the drills, tests/drills, may have left another host primary: it is switched back)."""
+first database host leading (the drills, tests/drills, may have left another leader: it is switched back)."""
 
 import subprocess
 import sys
@@ -7,16 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fleet.inventory import primary_record
 from tests.e2e.test_deploy import REPO, deploy
-from tests.fleet_helpers import TOPOLOGY
+from tests.fleet_helpers import DATABASE, leader
 
 
 @pytest.fixture(scope="session", autouse=True)
 def deployed():
     deploy()
-    home = TOPOLOGY.group("primary")[0].name
-    record = primary_record()
-    if record.exists() and record.read_text().strip() != home:
-        subprocess.run([str(Path(sys.executable).with_name("mcp-ha")), "switchover", "inventory/local.py", "--to", home],
-                       cwd=REPO, check=True, timeout=900)
+    if leader() != DATABASE[0]:
+        subprocess.run([str(Path(sys.executable).with_name("mcp-ha")), "switchover", "inventory/local.py", "--to",
+                        DATABASE[0]], cwd=REPO, check=True, timeout=900)

@@ -20,7 +20,7 @@ from tests.e2e.test_wal_archive import BUCKET, PREFIX, eventually, psql
 from tests.fleet_helpers import fleet, on
 from tests.metrics import scrape, value
 
-PRIMARY, RESTORE_HOST = "pg-1", "pg-3"
+PRIMARY, REPLICA, RESTORE_HOST = "pg-1", "pg-2", "pg-3"  # pg-1 leads (conftest.py)
 UNIT = "mcp-base-backup.service"
 FAILURE = f"/var/lib/mcp-portal/failures/{UNIT}.json"
 
@@ -87,9 +87,9 @@ def unit_failed(host, unit):
 
 
 def test_on_a_replica_the_backup_does_nothing_and_says_why(s3, backup):
-    on("pg-2", f"systemctl start {UNIT}")
-    journal = on("pg-2", f"journalctl -u {UNIT} --no-pager -o cat").stdout
-    assert "base backups run on the primary only; nothing to do" in journal
+    on(REPLICA, f"systemctl start {UNIT}")
+    journal = on(REPLICA, f"journalctl -u {UNIT} --no-pager -o cat").stdout
+    assert "base backups run on the leader only; nothing to do" in journal
     assert records(s3)[-1]["id"] >= backup["id"]  # and nothing newer came from the replica
     assert all(r["system_identifier"] == backup["system_identifier"] for r in records(s3))
 
@@ -238,7 +238,7 @@ def test_the_archive_keys_cannot_run_retention():
     assert attempt.returncode != 0 and "AccessDenied" in attempt.stdout + attempt.stderr
 
 
-DRILL_HOST, DRILL = "pg-2", "mcp-restore-drill.service"
+DRILL_HOST, DRILL = PRIMARY, "mcp-restore-drill.service"  # the drill acts where the leader is
 
 
 def run_drill():
@@ -256,7 +256,6 @@ def run_drill():
 def test_the_drill_restores_the_newest_backup_and_finds_the_canary(backup):
     # `backup` makes sure there is one; the drill restores whichever is newest.
     assert on(DRILL_HOST, "systemctl is-enabled mcp-restore-drill.timer").stdout.strip() == "enabled"
-    assert on(PRIMARY, "systemctl is-enabled mcp-restore-drill.timer", check=False).stdout.strip() == "disabled"
     result, outcome = run_drill()
     assert outcome == "success" and result["ok"], result
     assert result["checks"] == {"replay_reached_backup_end": True, "canary_present": True, "amcheck_clean": True}
@@ -265,6 +264,13 @@ def test_the_drill_restores_the_newest_backup_and_finds_the_canary(backup):
     assert value(metrics, "mcp_restore_drill_success") == 1
     assert value(metrics, "mcp_restore_drill_duration_seconds") == result["duration_s"]
     assert value(metrics, "mcp_restore_drill_last_success_timestamp_seconds") == result["started_at"] + result["duration_s"]
+
+
+def test_on_a_replica_the_drill_does_nothing_and_says_why():
+    assert on(REPLICA, "systemctl is-enabled mcp-restore-drill.timer").stdout.strip() == "enabled"  # it follows the leader
+    on(REPLICA, f"systemctl start {DRILL}")
+    log = on(REPLICA, f"journalctl -u {DRILL} -n 5 --no-pager -o cat").stdout
+    assert "the restore drill run on the leader only; nothing to do" in log
 
 
 def test_a_drill_on_a_backup_corrupted_inside_fails_loudly_and_is_recorded(s3):

@@ -104,7 +104,7 @@ def test_a_rolling_minor_update_of_an_up_to_date_fleet_changes_nothing():
     ("wal_archive_compression=zip", "wal_archive_compression = 'zip': use 'none' or 'gzip'"),
     ("wal_archive_credentials=/nonexistent.json", "the WAL archive's S3 credentials file /nonexistent.json is missing"),
     ("backup_retention_days=0", "backup_retention_days = 0: Input should be greater than 0"),
-    ("drill_host=pgbouncer-1", "drill_host = 'pgbouncer-1' is not a database host of the inventory"),
+    ("patroni_watchdog=sometimes", "patroni_watchdog = 'sometimes': use 'off', 'automatic' or 'required'"),
     ('portal_database_users=["portal_app","nobody"]', "portal_database_users names nobody, not in postgres_roles"),
     ("schema_lock_timeout=soon", "schema_lock_timeout = 'soon': lock_timeout = 'soon' is not a number"),
     ("portal_database_owner=someone", "portal_database_owner = 'someone': use 'portal_owner'"),

@@ -19,14 +19,16 @@ from tests.e2e.test_backups import UNIT as BACKUP_UNIT
 from tests.e2e.test_backups import records
 from tests.e2e.test_wal_archive import PRIMARY, archiver, eventually, switch
 from tests.fleet_helpers import fleet, on
+from deploys.tls import issue, names_of
 from tests.metrics import SECRETS, fetch, password, scrape, value
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_PORT = 19090
 ALERTS = REPO / "monitoring" / "alerts.yml"
 REPLICAS = ["pg-2", "pg-3"]
-SLOTS = ["pg_2", "pg_3"]
+SLOTS = ["pg_2", "pg_3"]  # Patroni's slots on the leader, one per other member
 DATABASE_HOSTS = [PRIMARY, *REPLICAS]
+POOLERS = ["pgbouncer-1", "pgbouncer-2"]
 ARCHIVE_ALERT = 'ALERTS{alertname="MCPWalArchiveFailing"'
 POSTGRES_JOB = {"instance": PRIMARY, "job": "mcp-postgres", "server": "/var/run/postgresql:5432"}
 
@@ -40,12 +42,18 @@ def prometheus(tmp_path_factory):
     config = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "5s", "evaluation_interval": "5s"}
     config["rule_files"] = [str(ALERTS)]
-    hosts = {"mcp-node": [*DATABASE_HOSTS, "pgbouncer-1"], "mcp-postgres": DATABASE_HOSTS, "mcp-pgbouncer": ["pgbouncer-1"]}
+    hosts = {"mcp-node": [*DATABASE_HOSTS, *POOLERS], "mcp-postgres": DATABASE_HOSTS, "mcp-pgbouncer": POOLERS,
+             "mcp-patroni": DATABASE_HOSTS, "mcp-etcd": DATABASE_HOSTS}
+    # etcd admits holders of a certificate from the tier's CA only: one for this Prometheus, as an operator issues it.
+    client_cert, client_key = issue(SECRETS / "tls", "prometheus", names_of("prometheus", "prometheus"), 30, 10)
     for job in config["scrape_configs"]:
         port = job["static_configs"][0]["targets"][0].rsplit(":", 1)[1]
         job["static_configs"] = [{"targets": [f"{host}:{port}" for host in hosts[job["job_name"]]]}]
-        job["tls_config"]["ca_file"] = str(SECRETS / "tls" / "ca.crt")
-        job["basic_auth"]["password_file"] = str(work / "password")
+        job["tls_config"] = {**job["tls_config"], "ca_file": str(SECRETS / "tls" / "ca.crt")}
+        if "cert_file" in job["tls_config"]:
+            job["tls_config"].update(cert_file=str(client_cert), key_file=str(client_key))
+        if "basic_auth" in job:
+            job["basic_auth"]["password_file"] = str(work / "password")
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     server = subprocess.Popen(["prometheus", f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
                                f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"],
@@ -56,12 +64,15 @@ def prometheus(tmp_path_factory):
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.load(response)["data"]["result"]
     try:
-        eventually(lambda: server.poll() is None and len(ready(query)) == 8, timeout=60,
-                   what="Prometheus scraping all 8 exporters")
+        eventually(lambda: server.poll() is None and len(ready(query)) == TARGETS, timeout=60,
+                   what=f"Prometheus scraping all {TARGETS} targets")
         yield query
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+TARGETS = 16  # node 5, postgres 3, pgbouncer 2, patroni 3, etcd 3
 
 
 def ready(query):
@@ -77,19 +88,21 @@ def s3():
 
 
 def test_every_host_exports_its_certificates_expiry_and_readable_tier_metrics():
-    for host in [*DATABASE_HOSTS, "pgbouncer-1"]:
+    for host in [*DATABASE_HOSTS, *POOLERS]:
         node = scrape(host, "node")
         certificate = x509.load_pem_x509_certificate((SECRETS / "tls" / f"{host}.crt").read_bytes())
         assert value(node, "mcp_tls_certificate_not_after_timestamp_seconds") == int(
             certificate.not_valid_after_utc.timestamp())
         assert value(node, "node_textfile_scrape_error") == 0, host
         assert (value(node, "mcp_base_backup_max_age_seconds") == 26 * 3600) == (host in DATABASE_HOSTS)
-        # Replication's thresholds (group_data/local.py: pg-2 realtime 10 MB, pg-3 reporting 100 MB)
-        # on every database host, for whichever is the primary.
-        thresholds = {slot: value(node, "mcp_replication_lag_threshold_bytes", slot_name=slot) for slot in SLOTS}
-        assert thresholds == ({SLOTS[0]: 10 * 2**20, SLOTS[1]: 100 * 2**20} if host in DATABASE_HOSTS
-                              else {SLOTS[0]: None, SLOTS[1]: None})
-        assert (value(node, "mcp_restore_drill_max_age_seconds") == 8 * 86400) == (host == "pg-2")
+        # Replication's thresholds (group_data/local.py: pg-1 and pg-2 realtime 10 MB, pg-3 reporting 100 MB)
+        # on every database host, for whichever leads.
+        slots = ["pg_1", *SLOTS]
+        thresholds = {slot: value(node, "mcp_replication_lag_threshold_bytes", slot_name=slot) for slot in slots}
+        assert thresholds == (dict(zip(slots, [10 * 2**20, 10 * 2**20, 100 * 2**20])) if host in DATABASE_HOSTS
+                              else dict.fromkeys(slots))
+        assert (value(node, "mcp_restore_drill_max_age_seconds") == 8 * 86400) == (host in DATABASE_HOSTS)
+        assert value(node, "mcp_watchdog_required") == (0 if host in DATABASE_HOSTS else None)  # off on the fleet
 
 
 def test_the_postgres_exporter_sees_each_servers_role_and_replication():
@@ -128,13 +141,17 @@ def test_scrapes_need_tls_and_the_password_and_reach_only_the_named_address():
 
 def test_prometheus_scrapes_every_exporter_and_evaluates_every_rule_on_the_fleets_data(prometheus):
     up = {(r["metric"]["job"], r["metric"]["instance"]) for r in prometheus("up == 1")}
-    assert ("mcp-postgres", "pg-3") in up and ("mcp-pgbouncer", "pgbouncer-1") in up and len(up) == 8
+    assert ("mcp-postgres", "pg-3") in up and ("mcp-pgbouncer", "pgbouncer-2") in up and len(up) == TARGETS
+    assert {("mcp-patroni", h) for h in DATABASE_HOSTS} | {("mcp-etcd", h) for h in DATABASE_HOSTS} <= up
+    # Patroni's and etcd's own series, as the HA alerts read them.
+    assert [r["metric"]["instance"] for r in prometheus("patroni_primary == 1")] == [PRIMARY]
+    assert len(prometheus("etcd_server_has_leader == 1")) == 3
     # The joins the rules rely on hold on real data: each standby's lag, seen on the primary, against its own threshold.
     joined = prometheus("mcp_standby_replay_lag_bytes - on(instance, slot_name) group_left() mcp_replication_lag_threshold_bytes")
     assert sorted((r["metric"]["instance"], r["metric"]["slot_name"]) for r in joined) == [(PRIMARY, s) for s in SLOTS]
     eventually(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in rules()), timeout=30,
                what="every rule evaluated")
-    assert len(rules()) == 28 and [r for r in rules() if r["health"] != "ok"] == []
+    assert len(rules()) == 35 and [r for r in rules() if r["health"] != "ok"] == []
     firing = [r["metric"]["alertname"] for r in prometheus('ALERTS{alertstate="firing"}')]
     assert firing == [], f"a healthy fleet fires {firing}"
 

@@ -7,7 +7,8 @@ import psycopg
 import pytest
 
 from tests.e2e.test_deploy import deploy
-from tests.fleet_helpers import on
+from tests.e2e.test_replication import eventually
+from tests.fleet_helpers import TOPOLOGY, on
 
 REPO = Path(__file__).resolve().parents[2]
 CA = REPO / ".secrets/local/tls/ca.crt"
@@ -17,23 +18,66 @@ def password(role):
     return (REPO / ".secrets/local/passwords" / role).read_text().strip()
 
 
-def connect(entry, role="portal_app", secret=None, **params):
+def connect(entry, role="portal_app", secret=None, host="pgbouncer-1", **params):
     params = {"sslmode": "verify-full", "sslrootcert": str(CA), **params}
-    return psycopg.connect(host="pgbouncer-1", port=6432, dbname=entry, user=role, connect_timeout=10,
+    return psycopg.connect(host=host, port=6432, dbname=entry, user=role, connect_timeout=10,
                            password=secret or password(role), prepare_threshold=None, autocommit=True, **params)
 
 
-def test_read_write_entry_reaches_the_primary_and_writes():
-    with connect("portal") as conn:
+ADDRESSES = {h.name: str(h.address) for h in TOPOLOGY.hosts}
+
+
+def served_by(entry, pooler="pgbouncer-1", times=6):
+    """The database hosts that answered `times` new connections to `entry` through `pooler`."""
+    names = {address: name for name, address in ADDRESSES.items()}
+    found = set()
+    for _ in range(times):
+        with connect(entry, host=pooler) as conn:
+            found.add(names[conn.execute("select host(inet_server_addr())").fetchone()[0]])
+    return found
+
+
+def haproxy(pooler, command):
+    return on(pooler, f"echo '{command}' | socat stdio /run/haproxy/admin.sock").stdout
+
+
+@pytest.mark.parametrize("pooler", ["pgbouncer-1", "pgbouncer-2"])
+def test_the_read_write_entry_of_every_pooler_reaches_the_leader_and_writes(pooler):
+    with connect("portal", host=pooler) as conn:
         assert conn.execute("select pg_is_in_recovery()").fetchone() == (False,)
         assert conn.execute("select txid_current()").fetchone()[0] > 0
+    assert served_by("portal", pooler) == {"pg-1"}
 
 
-def test_read_only_entry_reaches_a_replica_and_refuses_writes():
+def test_the_read_only_entry_reaches_the_replicas_and_refuses_writes():
     with connect("portal_ro") as conn:
         assert conn.execute("select pg_is_in_recovery()").fetchone() == (True,)
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("select txid_current()")
+    assert served_by("portal_ro", times=10) == {"pg-2", "pg-3"}
+
+
+def test_a_replica_past_its_lag_leaves_the_read_only_entry_until_it_catches_up():
+    """pg-2 (realtime: 10 MB) stops replaying while the leader writes 20 MB: HAProxy's check of its Patroni takes it
+    out, and back once it has replayed."""
+    on("pg-2", "runuser -u postgres -- psql -XtAc 'select pg_wal_replay_pause()'")
+    try:
+        on("pg-1", "runuser -u postgres -- psql -d portal -XtAc 'create table lag_probe as select "
+                   "repeat(md5(g::text), 8) from generate_series(1, 60000) g; drop table lag_probe'")
+        eventually(lambda: served_by("portal_ro") == {"pg-3"}, timeout=30)
+    finally:
+        on("pg-2", "runuser -u postgres -- psql -XtAc 'select pg_wal_replay_resume()'")
+    eventually(lambda: served_by("portal_ro", times=10) == {"pg-2", "pg-3"}, timeout=30)
+
+
+def test_with_no_replica_to_take_them_reads_go_to_the_leader():
+    for replica in ("pg-2", "pg-3"):
+        haproxy("pgbouncer-1", f"disable server replicas/{replica}")
+    try:
+        assert served_by("portal_ro") == {"pg-1"}
+    finally:
+        for replica in ("pg-2", "pg-3"):
+            haproxy("pgbouncer-1", f"enable server replicas/{replica}")
 
 
 @pytest.mark.parametrize("role", ["replicator", "postgres"])

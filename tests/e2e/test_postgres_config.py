@@ -1,13 +1,15 @@
-"""postgresql.conf changes on the fleet: reload for reload-class settings, restarts in order for postmaster ones,
-bad values refused before any host changes. Overrides go in an extra group data dir (pyinfra --group-data)."""
+"""Settings changes on the fleet, carried out through Patroni: reload for reload-class settings, restarts in order for
+postmaster ones, bad values refused before any host changes. Overrides go in an extra group data dir (pyinfra
+--group-data). pg-1 leads (tests/e2e/conftest.py)."""
 
 import pytest
 
 from tests.e2e.test_deploy import changed_operations, deploy, grand_total, planned_changes, pyinfra_run
-from tests.fleet_helpers import TOPOLOGY, on
+from tests.fleet_helpers import DATABASE, on
 
-DATABASE_HOSTS = [h.name for h in TOPOLOGY.group("primary") + TOPOLOGY.group("replicas")]
-CONF = "/etc/postgresql/17/main/postgresql.conf"
+DATABASE_HOSTS = DATABASE
+LEADER, REPLICAS = DATABASE[0], DATABASE[1:]
+CONF = "/etc/postgresql/17/main/mcp-portal.conf"
 
 
 def psql(host, sql):
@@ -32,32 +34,34 @@ def overrides(tmp_path):
 def test_reload_class_change_reloads_without_restart(overrides):
     before = started()
     output = deploy(*overrides('postgres_settings = {"log_min_duration_statement": "250ms"}'))
-    assert "Reload PostgreSQL (log_min_duration_statement changed)" in output and "Restart PostgreSQL" not in output
+    assert "Patroni reloads (log_min_duration_statement changed)" in output and "Restart PostgreSQL" not in output
     assert {h: psql(h, "show log_min_duration_statement") for h in DATABASE_HOSTS} == dict.fromkeys(DATABASE_HOSTS, "250ms")
     assert started() == before
 
 
-def test_restart_class_change_restarts_replicas_one_at_a_time_then_the_primary(overrides):
+def test_restart_class_change_restarts_replicas_one_at_a_time_then_the_leader(overrides):
     before = started()
     output = deploy(*overrides("postgres_memory_budget_mb = 768"))
-    assert "Restart PostgreSQL (replica; shared_buffers need a restart)" in output
+    assert "Restart PostgreSQL through Patroni (replica; shared_buffers need a restart)" in output
     after = started()
     assert all(after[h] > before[h] for h in DATABASE_HOSTS)
-    primary = TOPOLOGY.group("primary")[0].name
-    assert all(after[primary] > after[r.name] for r in TOPOLOGY.group("replicas"))
+    assert all(after[LEADER] > after[r] for r in REPLICAS)
     assert {h: psql(h, "show shared_buffers") for h in DATABASE_HOSTS} == dict.fromkeys(DATABASE_HOSTS, "192MB")
     assert grand_total(deploy(*overrides("postgres_memory_budget_mb = 768")))[1] == 0
 
 
-def test_decreased_hot_standby_setting_restarts_the_primary_first(overrides):
+def test_decreased_hot_standby_setting_restarts_the_leader_first(overrides):
+    # max_locks_per_transaction is one of the parameters Patroni takes from etcd only: the deploy writes it there.
     deploy(*overrides('postgres_settings = {"max_locks_per_transaction": 128}'))
+    assert {h: psql(h, "show max_locks_per_transaction") for h in DATABASE_HOSTS} == dict.fromkeys(DATABASE_HOSTS, "128")
     before = started()
     output = deploy(*overrides('postgres_settings = {"max_locks_per_transaction": 64}'))
-    assert "Restart PostgreSQL (primary first, max_locks_per_transaction decreased" in output
+    assert "Restart PostgreSQL through Patroni (leader first, max_locks_per_transaction decreased" in output
     after = started()
-    primary = TOPOLOGY.group("primary")[0].name
-    assert all(after[primary] < after[r.name] for r in TOPOLOGY.group("replicas"))
-    assert after[primary] > before[primary]
+    assert all(after[LEADER] < after[r] for r in REPLICAS)
+    assert after[LEADER] > before[LEADER]
+    assert {h: psql(h, "show max_locks_per_transaction") for h in DATABASE_HOSTS} == dict.fromkeys(DATABASE_HOSTS, "64")
+    assert grand_total(deploy(*overrides('postgres_settings = {"max_locks_per_transaction": 64}')))[1] == 0
 
 
 def test_bad_value_is_refused_before_any_host_changes(overrides):
@@ -81,8 +85,8 @@ def test_dry_run_after_a_group_data_edit_lists_what_the_real_run_then_changes(ov
     edit = overrides('postgres_settings = {"log_min_duration_statement": "300ms"}\nheartbeat_interval_s = 15')
     planned = {op: int(change.split()[0]) for op, (change, _) in planned_changes(*edit).items() if change != "-"}
     assert planned == {
-        "PostgreSQL configuration | Render postgresql.conf": 3,
-        "PostgreSQL configuration | Reload PostgreSQL (log_min_duration_statement changed)": 3,
+        "Patroni | Render the settings Patroni's postgresql.conf includes": 3,
+        "Patroni | Patroni reloads (log_min_duration_statement changed)": 3,
         "Heartbeat writer | Heartbeat timer": 1,
         "Heartbeat writer | Reload systemd units": 1,
         "Heartbeat writer | Heartbeat timer runs and starts at boot": 1,
@@ -93,9 +97,9 @@ def test_dry_run_after_a_group_data_edit_lists_what_the_real_run_then_changes(ov
 
 def test_a_connection_budget_max_connections_cannot_hold_is_refused(overrides):
     before = {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS}
-    result = pyinfra_run("-y", *overrides("postgres_max_connections = 40"))
+    result = pyinfra_run("-y", *overrides("postgres_max_connections = 100"))
     assert result.returncode != 0
-    assert ("group_data/local.py: postgres_max_connections: max_connections 40 is below the connection budget 50 (PgBouncer pgbouncer-1 32 + "
-            "monitoring (direct) 5 + jobs (direct) 5 + operators (direct) 5 + superuser_reserved_connections 3 + "
-            "reserved_connections 0)") in result.stdout + result.stderr
+    assert ("group_data/local.py: postgres_max_connections: max_connections 100 is below the connection budget 142 "
+            "(PgBouncer pgbouncer-1 62 + PgBouncer pgbouncer-2 62 + monitoring (direct) 5 + jobs (direct) 5 + "
+            "operators (direct) 5 + superuser_reserved_connections 3 + reserved_connections 0)") in result.stdout + result.stderr
     assert {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS} == before

@@ -1,5 +1,6 @@
-"""Streaming replicas on the fleet: data flows, purposes set real settings, replicas join and leave through
-the inventory, and the deploy refuses an inventory that disagrees with the live cluster."""
+"""Replication under Patroni on the fleet: data reaches every member, purposes set real settings and tags, a member
+whose Patroni stopped is brought back by the deploy without touching the others, a foreign inventory shape is
+refused before any change, and synchronous replication is Patroni's quorum mode. pg-1 leads (conftest.py)."""
 
 import subprocess
 import time
@@ -9,9 +10,10 @@ import pytest
 from tests.e2e.test_deploy import PYINFRA, REPO, deploy, grand_total
 from fleet.access import Access
 from fleet.layout import Layout
-from tests.fleet_helpers import fleet, on
+from tests.fleet_helpers import members, on
 
 REPLICAS = ["pg-2", "pg-3"]
+PATRONI = "patroni@17-main"
 
 
 def psql(host, sql):
@@ -40,7 +42,12 @@ def run_with(inventory, *args):
     return subprocess.run([PYINFRA, "-y", inventory, "deploy.py", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
-def test_a_write_on_the_primary_reaches_every_replica():
+def streaming():
+    """The members Patroni reports streaming."""
+    return sorted(name for name, m in members().items() if m["state"] == "streaming")
+
+
+def test_a_write_on_the_leader_reaches_every_replica():
     psql("pg-1", "create table if not exists replication_probe(id int); insert into replication_probe values (7)")
     for replica in REPLICAS:
         eventually(lambda: on(replica, "runuser -u postgres -- psql -XtAc 'select count(*) from replication_probe'",
@@ -49,44 +56,38 @@ def test_a_write_on_the_primary_reaches_every_replica():
     psql("pg-1", "drop table replication_probe")
 
 
-@pytest.mark.parametrize("replica, feedback, delay", [("pg-2", "on", "30s"), ("pg-3", "off", "15min")])
-def test_purpose_sets_standby_settings(replica, feedback, delay):
+@pytest.mark.parametrize("replica, feedback, delay, priority", [("pg-2", "on", "30s", 2), ("pg-3", "off", "15min", 1)])
+def test_purpose_sets_standby_settings_and_failover_priority(replica, feedback, delay, priority):
     assert psql(replica, "show hot_standby_feedback") == feedback
     assert psql(replica, "show max_standby_streaming_delay") == delay
+    assert members()[replica]["tags"]["failover_priority"] == priority
 
 
-def test_inventory_naming_a_standby_as_primary_is_refused_before_any_change(tmp_path):
-    swapped = inventory_file(tmp_path, "primary = [_g['replicas'][0]]\nreplicas = _g['primary'] + _g['replicas'][1:]\n"
-                                       "pgbouncer = _g['pgbouncer']\n")
-    result = run_with(swapped)
-    assert result.returncode != 0
-    assert "the inventory names pg-2 the primary, but it is in recovery" in result.stdout + result.stderr
-    assert psql("pg-2", "select pg_is_in_recovery()") == "t"
+def test_every_member_streams_from_the_leader_through_its_slot():
+    assert streaming() == REPLICAS
+    assert psql("pg-1", "select string_agg(slot_name || ':' || active, ',' order by slot_name) from pg_replication_slots") \
+        == "pg_2:true,pg_3:true"
 
 
-def test_a_replica_leaves_the_inventory_then_joins_again_without_restarting_the_others(tmp_path):
-    without = inventory_file(tmp_path, "primary = _g['primary']\nreplicas = _g['replicas'][:1]\npgbouncer = _g['pgbouncer']\n")
-    fleet("stop", "pg-3")
-    result = run_with(without)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "Drop replication slot pg_3" in result.stderr + result.stdout
-    assert psql("pg-1", "select string_agg(slot_name, ',') from pg_replication_slots") == "pg_2"
-
-    before = {h: started(h) for h in ("pg-1", "pg-2")}
-    fleet("reset", "pg-3")  # a new, bare host joins
+def test_a_member_whose_patroni_stopped_is_brought_back_without_touching_the_others():
+    others = {h: started(h) for h in ("pg-1", "pg-2")}
+    on("pg-3", f"systemctl stop {PATRONI}")  # a clean stop takes PostgreSQL down with it
+    eventually(lambda: "pg-3" not in members(), timeout=60)
     output = deploy()
-    assert "Clone from pg-1" in output
-    assert {h: started(h) for h in ("pg-1", "pg-2")} == before
-    eventually(lambda: psql("pg-1", "select count(*) from pg_stat_replication where state = 'streaming'") == "2")
+    assert "Start Patroni (joins the cluster led by pg-1)" in output
+    eventually(lambda: streaming() == REPLICAS, timeout=60)
+    assert {h: started(h) for h in ("pg-1", "pg-2")} == others
     assert grand_total(deploy())[1] == 0
 
 
 @pytest.mark.parametrize("body, message", [
-    ("primary = _g['primary'] + _g['replicas'][:1]\nreplicas = _g['replicas'][1:]\npgbouncer = _g['pgbouncer']\n",
-     "the inventory needs exactly one host in group primary, has 2 (pg-1, pg-2)"),
-    ("replicas = _g['replicas']\npgbouncer = _g['pgbouncer']\n", "has 0 (none); a replica with no primary"),
-    ("primary = _g['primary']\nreplicas = _g['replicas']\npgbouncer = []\n", "group pgbouncer is empty or missing"),
-], ids=["two primaries", "no primary", "empty pgbouncer group"])
+    ("primary = _g['database'][:1]\nreplicas = _g['database'][1:]\npgbouncer = _g['pgbouncer']\n",
+     "the inventory has group(s) primary, replicas: the database hosts are one group, database"),
+    ("pgbouncer = _g['pgbouncer']\n", "the inventory's group database is empty or missing"),
+    ("database = _g['database']\npgbouncer = []\n", "group pgbouncer is empty or missing"),
+    ("database = _g['database']\netcd = _g['database'][:2]\npgbouncer = _g['pgbouncer']\n",
+     "etcd has 2 member(s) (pg-1, pg-2), fewer than etcd_minimum_members 3"),
+], ids=["the layout before Patroni", "no database group", "empty pgbouncer group", "two etcd members"])
 def test_a_bad_inventory_is_refused_before_any_change(tmp_path, body, message):
     on("pg-3", "rm /etc/mcp-portal/roles")  # a change any run would make
     result = run_with(inventory_file(tmp_path, body))
@@ -106,31 +107,32 @@ def committing():
 
 
 def test_synchronous_replication_waits_for_any_one_replica():
+    """Patroni's quorum mode, strict: a commit returns once one replica has it; with none, it waits. The replicas are
+    stopped through Patroni, not cut off: etcd runs on the database hosts, and two of them cut off would take its
+    quorum (and the leader's lock) with them."""
     deploy("--data", "synchronous_replication=true")
     try:
-        names = "ANY 1 (pg_2, pg_3)"
-        assert psql("pg-1", "show synchronous_standby_names") == names
+        eventually(lambda: psql("pg-1", "show synchronous_standby_names") == 'ANY 1 ("pg-2","pg-3")', timeout=60)
         eventually(lambda: psql("pg-1", "select string_agg(sync_state, ',' order by application_name) "
-                                              "from pg_stat_replication") == "quorum,quorum")
-        fleet("cut", "pg-2")
+                                        "from pg_stat_replication") == "quorum,quorum")
+        on("pg-2", f"systemctl stop {PATRONI}")
         try:  # losing one candidate does not stop commits: the other acknowledges
             process, _ = committing()
             assert process.wait(timeout=30) == 0
-            fleet("cut", "pg-3")
+            on("pg-3", f"systemctl stop {PATRONI}")
             try:  # with none left a commit waits for one
                 process, waiting_on = committing()
                 eventually(lambda: waiting_on() == "SyncRep")
                 time.sleep(3)
                 assert process.poll() is None and waiting_on() == "SyncRep"
             finally:
-                fleet("heal", "pg-3")
-            assert process.wait(timeout=60) == 0  # and returns once one is back
+                on("pg-3", f"systemctl start {PATRONI}")
+            assert process.wait(timeout=90) == 0  # and returns once one is back
         finally:
-            fleet("heal", "pg-2")
-        eventually(lambda: psql("pg-1", "select count(*) from pg_stat_replication where state = 'streaming'")
-                   == "2", timeout=60)
+            on("pg-2", f"systemctl start {PATRONI}")
+        eventually(lambda: streaming() == REPLICAS, timeout=90)
     finally:
         deploy()
         psql("pg-1", "drop table if exists sync_probe")
-    assert psql("pg-1", "show synchronous_standby_names") == ""
+    eventually(lambda: psql("pg-1", "show synchronous_standby_names") == "", timeout=60)
     assert psql("pg-1", "select string_agg(distinct sync_state, ',') from pg_stat_replication") == "async"

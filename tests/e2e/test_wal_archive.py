@@ -13,6 +13,7 @@ import pytest
 from fleet.layout import Layout
 from fleet.s3endpoint import client
 from hostside import layout
+from hostside.wal_archive import CURRENT_TIMELINE_SQL
 from tests.e2e.test_deploy import deploy, pyinfra_run
 from tests.fleet_helpers import fleet, on
 
@@ -96,21 +97,21 @@ def test_a_different_segment_under_an_archived_name_is_refused_loudly(s3):
 
 
 def test_a_segment_past_the_end_of_its_timeline_in_the_archive_is_refused(s3):
-    """The archiver's own refusal (the last line): the fence, which would stop this primary on seeing the same
-    history file, is held off for the test (tests/drills exercises it)."""
-    history = b"1\t0/3000000\tno recovery target\n"
-    on(PRIMARY, "systemctl stop mcp-fence")
-    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/history/00000002.history", Body=history,
+    """The archiver's own refusal, a second line of defence behind Patroni: a segment of a timeline the archive shows
+    a later one replaced (a history file put there by hand here) is not archived."""
+    timeline = int(psql(f"select {CURRENT_TIMELINE_SQL}"))
+    later = f"{timeline + 1:08X}.history"
+    history = f"{timeline}\t0/3000000\tno recovery target\n".encode()
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/history/{later}", Body=history,
                   Metadata={"sha256": hashlib.sha256(history).hexdigest(), "compression": "none"})
     failed = int(archiver()["failed"])
     try:
         name = switch()
         eventually(lambda: int(archiver()["failed"]) > failed, what="a failed archive attempt")
         log = on(PRIMARY, "tail -n 200 /var/log/postgresql/postgresql-17-main.log").stdout
-        assert f"{name} is on timeline 1, which the archive shows ended at 0/3000000 (timeline 2)" in log
+        assert f"{name} is on timeline {timeline}, which the archive shows ended at 0/3000000 (timeline {timeline + 1})" in log
     finally:
-        s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/history/00000002.history")
-        on(PRIMARY, "systemctl start mcp-fence")
+        s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/history/{later}")
     eventually(lambda: archiver()["last_archived"] >= name, what=f"{name} archived after the history file left")
 
 
@@ -178,7 +179,7 @@ def test_the_database_hosts_keys_cannot_delete_from_the_archive():
 ])
 def test_the_preflight_stops_a_deploy_that_could_not_archive(s3, override, message):
     s3.put_object(Bucket=BUCKET, Key="someone-else/cluster.json", Body=b"{}", Metadata={"system-identifier": "1234567890"})
-    conf = "/etc/postgresql/17/main/postgresql.conf"
+    conf = "/etc/postgresql/17/main/mcp-portal.conf"
     before = on(PRIMARY, f"md5sum {conf}").stdout
     result = pyinfra_run("-y", "--data", override)
     assert result.returncode != 0 and message in result.stderr
@@ -204,7 +205,7 @@ def test_during_an_s3_outage_the_preflight_stops_the_deploy_unless_switched_off(
         assert refused.returncode != 0 and "cannot reach the S3 endpoint" in refused.stderr
         # --limit: on the fleet the endpoint is an inventory host, and a cut host is unreachable by ssh as well.
         shipped = pyinfra_run("-y", "--data", "wal_archive_preflight=false",
-                              "--limit", "primary", "--limit", "replicas", "--limit", "pgbouncer")
+                              "--limit", "database", "--limit", "pgbouncer")
         assert shipped.returncode == 0, shipped.stderr[-2000:]
     finally:
         fleet("heal", "s3")

@@ -1,4 +1,4 @@
-"""PostgreSQL on the database hosts (groups primary and replicas)."""
+"""PostgreSQL on the database hosts (group database), run by Patroni."""
 
 import pytest
 
@@ -14,9 +14,9 @@ def psql(host, sql, database="postgres"):
     return host.check_output("runuser -u postgres -- psql -d %s -XtAc %s", database, sql)
 
 
-def test_postgresql_17_runs_and_starts_at_boot(db):
-    assert db.service("postgresql@17-main").is_running
-    assert db.service("postgresql").is_enabled
+def test_postgresql_17_runs_under_patroni_which_starts_at_boot(db):
+    assert db.service("patroni@17-main").is_running and db.service("patroni@17-main").is_enabled
+    assert db.file("/etc/systemd/system/postgresql@17-main.service").linked_to == "/dev/null"  # never started beside it
     assert psql(db, "show server_version_num").startswith("17")
 
 
@@ -40,10 +40,10 @@ def test_alter_system_cannot_drift_from_the_repository(db):
     assert result.rc != 0 and "ALTER SYSTEM is not allowed" in result.stderr
 
 
-def test_postgresql_conf_is_rendered_by_the_deploy(db):
-    conf = db.file("/etc/postgresql/17/main/postgresql.conf")
-    assert conf.user == "postgres" and conf.mode == 0o644
-    assert conf.contains("^# Rendered by deploy.py")
+def test_the_settings_are_the_deploys_included_by_patronis_postgresql_conf(db):
+    conf = db.file("/etc/postgresql/17/main/mcp-portal.conf")
+    assert conf.user == "postgres" and conf.mode == 0o644 and conf.contains("^# Rendered by deploy.py")
+    assert db.file("/etc/postgresql/17/main/postgresql.conf").contains("^include '/etc/postgresql/17/main/mcp-portal.conf'")
 
 
 def test_listens_on_loopback_and_its_own_address_only(db_target):

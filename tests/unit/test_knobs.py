@@ -76,6 +76,9 @@ def test_pyinfras_own_keys_pass():
     ({"postgres_listen_address": "0.0.0.0 #"}, "postgres_listen_address = '0.0.0.0 #': an IP address"),
     ({"metrics_scrape_user": "prometheus: $2b$"}, "metrics_scrape_user"),
     ({"schema_lock_timeout": "soon"}, "schema_lock_timeout = 'soon': lock_timeout = 'soon' is not a number"),
+    ({"patroni_ttl": 20, "patroni_loop_wait": 15}, "patroni_ttl 20 is less than patroni_loop_wait 15 + 2 x patroni_retry_timeout 10"),
+    ({"etcd_election_timeout_ms": 400}, "etcd_election_timeout_ms 400 is less than 5 heartbeats"),
+    ({"patroni_scope": "MCP Portal"}, "patroni_scope = 'MCP Portal'"),
 ])
 def test_a_bad_value_is_one_line_naming_host_file_and_key(values, message):
     assert message in refused(**values)
