@@ -6,6 +6,7 @@ from shlex import quote
 from pyinfra.api import FactBase
 
 from hostside import layout
+from hostside.wal_archive import CURRENT_TIMELINE_SQL
 
 
 def psql_query(major, cluster, sql, database=None, **variables):
@@ -118,10 +119,7 @@ class PostgresNode(PostgresJsonQuery):
 
     query = ("select json_build_object('in_recovery', pg_is_in_recovery(), "
              "'system_identifier', (select system_identifier::text from pg_control_system()), "
-             # The timeline it is on now: pg_control_checkpoint() lags a promotion until the next checkpoint.
-             "'timeline', (case when pg_is_in_recovery() then coalesce((select received_tli from pg_stat_wal_receiver), "
-             "(select timeline_id from pg_control_checkpoint())) "
-             "else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end), "
+             f"'timeline', {CURRENT_TIMELINE_SQL}, "
              "'lsn', (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text, "
              f"'holds_data', ({HOLDS_DATA_SQL}))")
 

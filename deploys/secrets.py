@@ -61,18 +61,19 @@ def put_private(name, content, dest, user="root", group="root", mode="600", as_u
     travels on the command's stdin (never in argv, a log or an upload left in /tmp), lands in a temporary file
     mktemp makes beside `dest` with umask 077, and is renamed over `dest` once owned and moded. `as_user`
     writes it: the owner of the directory when that is not root, so root never writes where another user could
-    plant a link. The plan compares the file's SHA-1, owner and mode (facts): a converged file is no change."""
+    plant a link. The plan compares the file's SHA-1, owner and mode (facts, read here: inside the operation they
+    would run with its stdin): a converged file is no change."""
     content = content if content.endswith("\n") else content + "\n"  # what the command's stdin delivers
-    return _private_file(name=name, dest=dest, digest=hashlib.sha1(content.encode()).hexdigest(), user=user,
-                         group=group, mode=mode, as_user=as_user, _stdin=content)
+    current = host.get_fact(File, path=dest)
+    converged = bool(current) and (current["user"], current["group"], current["mode"]) == (user, group, int(mode)) \
+        and host.get_fact(Sha1File, path=dest) == hashlib.sha1(content.encode()).hexdigest()
+    return _private_file(name=name, dest=dest, user=user, group=group, mode=mode, as_user=as_user,
+                         converged=converged, _stdin=content)
 
 
 @operation()
-def _private_file(dest, digest, user, group, mode, as_user):
-    current = host.get_fact(File, path=dest)
-    ownership = (user, group, int(mode))
-    if current and (current["user"], current["group"], current["mode"]) == ownership \
-            and host.get_fact(Sha1File, path=dest) == digest:
+def _private_file(dest, user, group, mode, as_user, converged):
+    if converged:
         host.noop(f"{dest} is converged")
         return
     tmp = '"$tmp"'

@@ -34,7 +34,9 @@ def canary(archive, wait_s):
     if not row:
         raise wal_archive.ArchiveError("no heartbeat row to use as the canary: is mcp-heartbeat.timer running?")
     writer, beat_at, lsn = row.split("|")
-    timeline = int(base_backup.psql_db("postgres", "select timeline_id from pg_control_checkpoint()"))
+    # The timeline the canary was written on: a standby's received one (pg_control_checkpoint() lags a promotion
+    # until the standby's next restartpoint, and the drill would wait for a segment name that never comes).
+    timeline = int(base_backup.psql_db("postgres", f"select {wal_archive.CURRENT_TIMELINE_SQL}"))
     segment = f"{timeline:08X}{base_backup.segment_number(lsn):016X}"
     deadline = time.monotonic() + wait_s
     while archive._head(archive.key(segment)) is None:

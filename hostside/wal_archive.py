@@ -36,6 +36,11 @@ WAL_FILE = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$")
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 WAL_SEGMENT_BYTES = 16 * 2**20
 SEGMENTS_PER_ID = 2**32 // WAL_SEGMENT_BYTES
+# The timeline a cluster is on now (an SQL expression): a standby's received one, a primary's current WAL file's.
+# pg_control_checkpoint() lags a promotion until the next checkpoint or restartpoint.
+CURRENT_TIMELINE_SQL = ("(case when pg_is_in_recovery() then coalesce((select received_tli from pg_stat_wal_receiver), "
+                        "(select timeline_id from pg_control_checkpoint())) "
+                        "else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end)")
 HANDOFF_TIMEOUT_S = 600  # the uploader answers within this, or the push fails (PostgreSQL retries)
 MAX_CLOCK_SKEW_S = 300  # S3 refuses signatures beyond 15 min; warn well before
 
