@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from remote import on
+from remote import leader, on
 
-HOST = "pg-primary"
+HOST = leader()
 SEGMENTS = 20
 RESULTS = Path(__file__).resolve().parent / "results" / "archive.md"
 

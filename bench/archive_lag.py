@@ -15,9 +15,9 @@ import platform
 import sys
 from pathlib import Path
 
-from remote import on
+from remote import leader, on
 
-HOST = "pg-primary"
+HOST = leader()
 LOAD_S, CLIENTS, SCALE = 120, 4, 20
 RESULTS = Path(__file__).resolve().parent / "results"
 

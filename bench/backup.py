@@ -19,9 +19,9 @@ import platform
 import sys
 from pathlib import Path
 
-from remote import on
+from remote import leader, on
 
-HOST = "pg-primary"
+HOST = leader()
 SCALE = 150  # pgbench scale: 15M accounts, a data directory over 2 GiB
 RESULTS = Path(__file__).resolve().parent / "results" / "backup.md"
 

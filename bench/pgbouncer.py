@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from remote import on
+from remote import leader, on
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-PRIMARY, POOLER = "pg-primary", "pgbouncer-1"
+PRIMARY, POOLER = leader(), "pgbouncer-1"
 USERS, SECONDS = 10_000, 30
 TARGET = 0.8
 CONTROL_ADDRESS = "198.51.100.1/32"  # the fleet bridge: where this machine's connections come from

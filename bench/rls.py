@@ -21,12 +21,12 @@ import platform
 import sys
 from pathlib import Path
 
-from remote import on
+from remote import leader, on
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deploys.schema import sqitch_command  # noqa: E402
 
-HOST = "pg-primary"
+HOST = leader()
 DATABASE = "bench_rls"
 USERS, SERVERS_PER_USER, AUDIT_ROWS = 100_000, 10, 1_000_000
 SECONDS = 10

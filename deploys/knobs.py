@@ -492,7 +492,7 @@ def check_inventory():
     from pyinfra.api.exceptions import DeployError
 
     from deploys.datasource import source_of
-    database_hosts = [h.name for g in ("primary", "replicas") for h in inventory.get_group(g, [])]
+    database_hosts = [h.name for h in inventory.get_group("database", [])]
     for each in inventory:
         try:
             HOST_NAME(each.name)

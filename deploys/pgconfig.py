@@ -265,7 +265,7 @@ class RestartPlan:
 
 def restart_plan(desired, live, primary, down, reload_reasons=(), known=None):
     """The RestartPlan for one host. `live`: its pg_settings ({} when the cluster is not running); `down`: the
-    cluster is stopped (a stopped cluster reads the files when it starts, and a fenced one must stay down);
+    cluster is stopped (a stopped cluster reads the files when it starts);
     `reload_reasons`: files other than postgresql.conf that changed and need a reload (pg_hba.conf, a certificate)."""
     known = known or _catalogue()
     if down:

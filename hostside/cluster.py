@@ -5,6 +5,9 @@ Debian's patroni@ instance).
 
     mcp-cluster members                  the cluster as this member sees it (GET /cluster), JSON; {} when Patroni
                                          does not answer (not installed, not started: a first deploy)
+    mcp-cluster status                   this member's own state (GET /patroni), JSON: role, state, timeline,
+                                         pending_restart, failsafe_mode_is_active, ...; {} when Patroni does not
+                                         answer
     mcp-cluster config                   the cluster's dynamic configuration in etcd (GET /config), JSON
     mcp-cluster configure                PATCH the dynamic configuration with the JSON on stdin, when it differs
     mcp-cluster reload                   Patroni re-reads its configuration and reloads PostgreSQL's
@@ -122,7 +125,7 @@ def main(argv):
     parser = argparse.ArgumentParser(prog="mcp-cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="Patroni's configuration file (default: this host's one instance's)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("members", "config", "configure", "reload"):
+    for name in ("members", "status", "config", "configure", "reload"):
         sub.add_parser(name)
     restart_cmd = sub.add_parser("restart")
     restart_cmd.add_argument("--wait-pending", type=float)
@@ -135,7 +138,7 @@ def main(argv):
     args = parser.parse_args(argv[1:])
     configs = [args.config] if args.config else glob.glob(INSTANCE_CONFIGS)
     if len(configs) != 1 or not os.path.exists(configs[0]):
-        if args.command == "members":  # no Patroni here yet: nothing to tell
+        if args.command in ("members", "status"):  # no Patroni here yet: nothing to tell
             print("{}")
             return 0
         print(f"mcp-cluster: no single Patroni configuration ({args.config or INSTANCE_CONFIGS}): is Patroni configured "
@@ -147,7 +150,7 @@ def main(argv):
     try:
         return COMMANDS[args.command](api, args)
     except ClusterError as exc:
-        if args.command == "members":
+        if args.command in ("members", "status"):
             print("{}")
             return 0
         print(f"mcp-cluster {args.command}: {exc}", file=sys.stderr)
@@ -157,6 +160,11 @@ def main(argv):
 def _members(api, args):
     status, body = api.get("/cluster")
     print(json.dumps(body if status == 200 else {}, sort_keys=True))
+    return 0
+
+
+def _status_cmd(api, args):
+    print(json.dumps(_status(api), sort_keys=True))
     return 0
 
 
@@ -220,7 +228,7 @@ def _switchover(api, args):
     return 0
 
 
-COMMANDS = {"members": _members, "config": _config, "configure": _configure, "reload": _reload, "restart": _restart,
+COMMANDS = {"members": _members, "status": _status_cmd, "config": _config, "configure": _configure, "reload": _reload, "restart": _restart,
             "wait-leader": _wait_leader, "wait-running": _wait_running, "switchover": _switchover}
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ class Archive:
         return any(HISTORY.match(f) and int(f[:8], 16) > timeline for f in os.listdir(wal_dir))
 
     def superseded(self, timeline):
-        """True when a promotion has ended `timeline` (the fence's question)."""
+        """True when a promotion has ended `timeline`: the archive has the next timeline's history file."""
         return self._head(self.key(f"{timeline + 1:08X}.history")) is not None
 
     def push(self, path, name):

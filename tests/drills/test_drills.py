@@ -1,6 +1,11 @@
-"""Drills on the fleet, in order, each starting from where the last left the tier: a switchover under a write
-load, a failover without and then with synchronous replication (the lost primary fences itself when it is back
-and rejoins with pg_rewind), and the refusals that change nothing. After each, a deploy changes nothing."""
+"""Drills on the fleet, in order, each starting from where the last left the tier: the refusals that change nothing,
+a switchover under a write load, then the faults Patroni must heal by itself (a crashed PostgreSQL, a frozen or
+killed Patroni, a lost leader host, a leader cut off the network, lost etcd members and quorum, a lost PgBouncer
+host) and a failover with synchronous replication. Each fault is made under a write load through both PgBouncer
+hosts; each drill prints what the clients saw: the longest time no commit was acknowledged (RTO) and the
+acknowledged rows the new leader lacks (RPO). After each, a deploy changes nothing.
+
+The fleet runs the fast timing profile (group_data/local.py: ttl 20 s, loop_wait 5 s, retry_timeout 5 s)."""
 
 import json
 import subprocess
@@ -10,29 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from fleet.inventory import primary_record
 from hostside import layout
-from hostside.wal_archive import SEGMENT, lsn, segment_end, timeline_of
-from inventory._primary import database_groups
 from tests.drills.load import CREATE, TABLE, WriteLoad
 from tests.e2e.test_deploy import REPO, deploy, grand_total
-from tests.e2e.test_replication import eventually, psql, run_with
-from tests.fleet_helpers import TOPOLOGY, fleet, on
+from tests.e2e.test_replication import eventually, run_with
+from tests.e2e.test_pgbouncer import ADDRESSES
+from tests.fleet_helpers import DATABASE, fleet, leader, members, on
 
 MCP_HA = str(Path(sys.executable).with_name("mcp-ha"))
-FENCE_INTERVAL_S = 10  # group_data's default fence_check_interval_s
-# The stated bound (docs/failover.md): a check starts within the interval, and takes at most a few seconds.
-FENCE_BOUND_S = FENCE_INTERVAL_S + 10
 LOCAL = "inventory/local.py"
-FENCE_METRIC = "/var/lib/mcp-portal/metrics/fence.prom"
+PATRONI = "patroni@17-main"
+DATADIR = "/var/lib/postgresql/17/main"
+POOLERS = ("pgbouncer-1", "pgbouncer-2")
+TTL_S = 20  # group_data/local.py's patroni_ttl
 BACKUP_UNIT = "mcp-base-backup.service"
-
-
-def roles():
-    """(primary, [replicas]) as the local inventory reads them now."""
-    hosts = [(h.name, {}) for g in ("primary", "replicas") for h in TOPOLOGY.group(g)]
-    primary, replicas = database_groups(primary_record(), hosts)
-    return primary[0][0], [name for name, _ in replicas]
 
 
 def mcp_ha(*args, check=True):
@@ -42,19 +38,29 @@ def mcp_ha(*args, check=True):
     return result.returncode, output
 
 
-def portal(host, sql):
-    return on(host, f"runuser -u postgres -- psql -d portal -XtAc \"{sql}\"").stdout.strip()
+def sql(host, query, database="portal", check=True):
+    """A query as postgres over the host's own socket (no pooler, no HAProxy): what a direct client sees."""
+    result = on(host, f"runuser -u postgres -- psql -d {database} -XtAc \"{query}\"", check=check)
+    return result.stdout.strip() if check else result
 
 
 def present(host, ids):
     """Which of `ids` the table on `host` holds."""
-    return {int(r) for r in portal(host, f"select id from public.{TABLE}").split()} & set(ids)
+    return {int(r) for r in sql(host, f"select id from public.{TABLE}").split()} & set(ids)
 
 
-def streaming_from(primary, replicas):
-    names = psql(primary, "select string_agg(application_name, ',' order by application_name) from pg_stat_replication "
-                          "where state = 'streaming'")
-    return names == ",".join(sorted("replica_" + r.replace("-", "_") for r in replicas))
+def healthy(lead=None, timeout=120):
+    """Wait until one member leads (`lead`, when given) and every other streams from it on its timeline; the leader."""
+    def settled():
+        found = members()
+        leaders = [n for n, m in found.items() if m["role"] == "leader"]
+        if len(leaders) != 1 or (lead and leaders != [lead]) or set(found) != set(DATABASE):
+            return False
+        timeline = found[leaders[0]].get("timeline")
+        return all(m["state"] == "streaming" and m.get("timeline") == timeline
+                   for n, m in found.items() if n != leaders[0])
+    eventually(settled, timeout=timeout)
+    return leader()
 
 
 def deploy_with(inventory):
@@ -64,16 +70,305 @@ def deploy_with(inventory):
 
 
 def no_drift(inventory=LOCAL):
-    """A deploy changes nothing, and the primary's archiver keeps up (a file left from an older timeline would stop it)."""
+    """A deploy changes nothing, and the leader's archiver keeps up (a file left from an older timeline would stop
+    it)."""
     assert grand_total(deploy_with(inventory))[1] == 0
-    primary = roles()[0]
-    psql(primary, "select pg_switch_wal()")
-    closed = psql(primary, "select pg_walfile_name(pg_current_wal_lsn() - 1)")
-    # Archived: its .done is there, or the segment is already recycled (never before it was archived). Not
-    # last_archived_wal: after a promotion the old timeline's .partial may be archived after it.
-    wal = "/var/lib/postgresql/17/main/pg_wal"
-    eventually(lambda: on(primary, f"test -e {wal}/archive_status/{closed}.done || test ! -e {wal}/{closed}",
+    lead = leader()
+    sql(lead, "select pg_switch_wal()")
+    closed = sql(lead, "select pg_walfile_name(pg_current_wal_lsn() - 1)")
+    # Archived: its .done is there, or the segment is already recycled (never before it was archived).
+    wal = f"{DATADIR}/pg_wal"
+    eventually(lambda: on(lead, f"test -e {wal}/archive_status/{closed}.done || test ! -e {wal}/{closed}",
                           check=False).returncode == 0, timeout=60)
+
+
+def paused(pooler):
+    """PgBouncer's `paused` column for the read-write entry on `pooler`."""
+    header, *rows = on(pooler, "runuser -u postgres -- psql -h /var/run/postgresql -p 6432 -U pgbouncer pgbouncer "
+                               "-XAc 'show databases'").stdout.splitlines()
+    databases = {row.split("|")[0]: dict(zip(header.split("|"), row.split("|"))) for row in rows if "|" in row}
+    return databases["portal"]["paused"]
+
+
+def report(drill, load, since, lost, **extra):
+    """One line the drill prints: what the portal's clients saw (bench/failover.py collects the same figures)."""
+    facts = "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in extra.items())
+    print(f"{drill}: no commit acknowledged for {load.outage(since):.1f} s (RTO); {len(lost)} acknowledged rows lost "
+          f"(RPO); {len(load.acknowledged)} acknowledged, {len(load.failures)} client errors" + (f"; {facts}" if facts else ""))
+
+
+def pick_replica(lead, purpose="realtime"):
+    return next(n for n, m in members().items() if n != lead and m.get("tags", {}).get("purpose") == purpose)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def drill_table():
+    deploy()  # the drills start from a converged fleet
+    lead = healthy()
+    sql(lead, CREATE)
+    # The backup the last drill rebuilds a replica from: the drills' promotions come after it.
+    on(lead, f"systemctl start {BACKUP_UNIT}", timeout=600)
+
+
+@pytest.fixture
+def unchanged():
+    """Asserts after the test that the refused command changed nothing: same leader, no PgBouncer paused."""
+    before = healthy()
+    yield
+    assert healthy() == before
+    assert all(paused(p) == "0" for p in POOLERS)
+
+
+def test_switchover_to_a_host_outside_the_inventory_is_refused(unchanged):
+    code, output = mcp_ha("switchover", LOCAL, "--to", "pg-9", check=False)
+    assert code == 1 and "pg-9 is not one of the inventory's database hosts" in output
+
+
+def test_switchover_to_a_member_whose_patroni_is_stopped_is_refused(unchanged):
+    replica = pick_replica(leader())
+    on(replica, f"systemctl stop {PATRONI}")  # it leaves the cluster: its PostgreSQL stops with it
+    try:
+        code, output = mcp_ha("switchover", LOCAL, "--to", replica, check=False)
+    finally:
+        on(replica, f"systemctl start {PATRONI}")
+    assert code == 1 and f"{replica} is not a streaming replica" in output
+
+
+def test_switchover_to_a_lagging_replica_is_refused(unchanged):
+    lead = leader()
+    replica = pick_replica(lead)
+    # Its WAL receiver frozen, 20 MB of WAL written: Patroni reports it over a realtime replica's 10 MB threshold.
+    on(replica, "pkill -STOP -f 'postgres: 17/main: walreceiver'")
+    try:
+        sql(lead, "create table drill_lag as select g, repeat('x', 100) as pad from generate_series(1, 120000) g")
+        eventually(lambda: (members()[replica].get("lag") or 0) > 10 * 2**20, timeout=30)
+        code, output = mcp_ha("switchover", LOCAL, "--to", replica, check=False)
+    finally:
+        on(replica, "pkill -CONT -f 'postgres: 17/main: walreceiver'")
+        sql(lead, "drop table if exists drill_lag")
+    assert code == 1 and "over its lag threshold (10 MB)" in output, output
+
+
+def test_switchover_while_a_restore_runs_is_refused(unchanged):
+    lead = leader()
+    other = [n for n in DATABASE if n != lead]
+    # What the check looks for: a point-in-time restore's process (restore.py runs mcp-base-backup restore).
+    on(other[-1], "systemd-run --unit drill-restore -p Type=exec /bin/bash -c "
+                  f"'exec -a \"/usr/bin/python3 -Iu {layout.program('base-backup')} restore\" sleep 120'")
+    try:
+        code, output = mcp_ha("switchover", LOCAL, "--to", other[0], check=False)
+    finally:
+        on(other[-1], "systemctl stop drill-restore")
+    assert code == 1 and f"{other[-1]} is running a point-in-time restore" in output
+
+
+def test_switchover_under_load_fails_no_transaction_and_loses_no_row():
+    old = healthy()
+    target = pick_replica(old)
+    with WriteLoad() as load:
+        load.wait_for(200)
+        started = time.time()
+        code, output = mcp_ha("switchover", LOCAL, "--to", target)
+        load.more(200)  # and writes go on, on the new leader
+    assert load.failures == []
+    assert healthy(target) == target
+    acknowledged = set(load.acknowledged)
+    assert present(target, acknowledged) == acknowledged
+    held = float(output.split("clients were held ")[1].split(" s")[0])
+    report(f"switchover {old} -> {target}", load, started, set(), clients_held=f"{held} s")
+    no_drift()
+
+
+def test_a_crashed_postgres_on_the_leader_is_restarted_in_place_and_loses_nothing():
+    """The postmaster and every backend killed at once: Patroni restarts it (crash recovery) within
+    primary_start_timeout rather than fail over, and every acknowledged commit was flushed before it was."""
+    lead = healthy()
+    with WriteLoad() as load:
+        load.wait_for(200)
+        started = time.time()
+        on(lead, f"kill -KILL $(head -1 {DATADIR}/postmaster.pid)")
+        load.more(200)
+        acknowledged = load.stop()
+    assert healthy() == lead
+    lost = set(acknowledged) - present(lead, acknowledged)
+    assert lost == set()
+    report(f"PostgreSQL killed on {lead}", load, started, lost)
+
+
+def test_a_killed_patroni_on_the_leader_is_restarted_by_systemd_and_nothing_fails_over():
+    lead = healthy()
+    before = on(lead, f"systemctl show -p NRestarts --value {PATRONI}").stdout.strip()
+    with WriteLoad() as load:
+        load.wait_for(200)
+        started = time.time()
+        on(lead, f"systemctl kill -s KILL --kill-whom=main {PATRONI}")
+        eventually(lambda: on(lead, f"systemctl show -p NRestarts --value {PATRONI}").stdout.strip() != before)
+        load.more(200)
+        acknowledged = load.stop()
+    assert healthy() == lead and on(lead, f"systemctl is-active {PATRONI}").stdout.strip() == "active"
+    lost = set(acknowledged) - present(lead, acknowledged)
+    assert lost == set() and load.failures == []  # PostgreSQL kept running: no client noticed
+    report(f"Patroni killed on {lead}", load, started, lost)
+
+
+def lose_the_leader(how, load):
+    """Make the fault `how` on the leader mid-load; (old leader, new leader, when the fault was made)."""
+    old = healthy()
+    load.wait_for(300)
+    started = time.time()
+    fleet({"stop": "stop", "cut": "cut"}[how], old)
+    new = eventually(lambda: (leader() or old) != old and leader(), timeout=TTL_S * 3)
+    load.more(100)  # writes go on through PgBouncer, on the new leader
+    return old, new, started
+
+
+def rejoined(old, new, started_again):
+    """`old` back as a streaming replica of `new` (rewound: it had been a leader); how long that took."""
+    healthy(new, timeout=240)
+    return time.time() - started_again
+
+
+def test_the_leader_host_lost_fails_over_and_the_old_leader_rejoins_rewound():
+    with WriteLoad() as load:
+        old, new, started = lose_the_leader("stop", load)
+        acknowledged = load.stop()
+    lost = set(acknowledged) - present(new, acknowledged)
+    # Asynchronous: what is lost is at most what the replicas had not received when the host stopped, i.e. rows
+    # acknowledged in the moment before; Patroni promoted no replica more than maximum_lag_on_failover behind.
+    assert all(acknowledged[r] > started - 5 for r in lost)
+    assert new in DATABASE and new != old
+    restarted = time.time()
+    fleet("start", old)
+    took = rejoined(old, new, restarted)
+    report(f"leader host {old} stopped, {new} took over", load, started, lost, rejoined_after=f"{took:.0f} s")
+    no_drift()
+
+
+def test_a_leader_cut_off_the_network_stops_taking_writes_before_another_is_promoted():
+    """No split brain: a client connected straight to the cut-off leader (not through PgBouncer) can commit there
+    only until that leader demotes itself, which Patroni does before its leader lock can expire (ttl >= loop_wait +
+    2 x retry_timeout); only then may another member take the lock."""
+    old = healthy()
+    writer = (f"while :; do runuser -u postgres -- psql -d portal -XtAqc \"insert into public.{TABLE} default values "
+              "returning id, extract(epoch from clock_timestamp())\" >> /root/direct.log 2>/dev/null; sleep 0.1; done")
+    on(old, f"rm -f /root/direct.log; systemd-run --unit drill-direct /bin/sh -c '{writer}'")
+    try:
+        with WriteLoad() as load:
+            old, new, started = lose_the_leader("cut", load)
+            acknowledged = load.stop()
+        promoted = load.first_commit_on(ADDRESSES[new], started)
+        restarted = time.time()
+        fleet("heal", old)
+        took = rejoined(old, new, restarted)
+    finally:
+        fleet("heal", old, check=False)
+        on(old, "systemctl stop drill-direct", check=False)
+    direct = [line.split("|") for line in on(old, "cat /root/direct.log").stdout.split() if "|" in line]
+    last_direct = max(float(at) for _, at in direct)
+    # The old leader's last direct commit came before the first commit the clients saw on the new leader.
+    assert last_direct < promoted, f"{old} took a direct commit {last_direct - promoted:.1f} s after {new} took one"
+    after_cut = [int(row) for row, at in direct if float(at) > started]
+    lost = set(acknowledged) - present(new, acknowledged)
+    report(f"leader {old} cut off, {new} took over", load, started, lost,
+           direct_commits_on_the_cut_leader=f"{len(after_cut)} in {last_direct - started:.1f} s (rewound away)",
+           demoted_before_the_promotion_by=f"{promoted - last_direct:.1f} s", rejoined_after=f"{took:.0f} s")
+    no_drift()
+
+
+def test_a_frozen_patroni_on_the_leader_loses_the_leader_and_demotes_when_it_thaws():
+    """Patroni stopped (SIGSTOP), its PostgreSQL still a primary: HAProxy's check of it fails at once, so the pooled
+    clients wait for the new leader; once Patroni runs again it finds another leader, demotes and rejoins. (A
+    client connected straight to the frozen leader could still commit there: the watchdog, patroni_watchdog, is
+    what resets such a host in production; the fleet's containers have none, docs/failover.md.)"""
+    old = healthy()
+    with WriteLoad() as load:
+        load.wait_for(300)
+        started = time.time()
+        on(old, f"systemctl kill -s STOP --kill-whom=main {PATRONI}")
+        try:
+            new = eventually(lambda: (leader() or old) != old and leader(), timeout=TTL_S * 3)
+            load.more(100)
+        finally:
+            on(old, f"systemctl kill -s CONT --kill-whom=main {PATRONI}")
+        acknowledged = load.stop()
+    thawed = time.time()
+    took = rejoined(old, new, thawed)
+    lost = set(acknowledged) - present(new, acknowledged)
+    assert lost == set()  # HAProxy stopped sending to the frozen leader before the replicas stopped streaming it
+    report(f"Patroni frozen on {old}, {new} took over", load, started, lost, rejoined_after=f"{took:.0f} s")
+    no_drift()
+
+
+def etcd(host, action):
+    on(host, f"systemctl {action} etcd")
+
+
+def test_one_etcd_member_lost_changes_nothing():
+    lead = healthy()
+    member = next(n for n in DATABASE if n != lead)
+    with WriteLoad() as load:
+        load.wait_for(200)
+        started = time.time()
+        etcd(member, "stop")
+        try:
+            load.more(300)
+            assert leader() == lead
+        finally:
+            etcd(member, "start")
+        acknowledged = load.stop()
+    assert load.failures == [] and healthy() == lead
+    report(f"etcd stopped on {member}", load, started, set(set(acknowledged) - present(lead, acknowledged)))
+
+
+def test_without_etcd_quorum_the_leader_keeps_writing_while_it_reaches_every_member_and_demotes_when_not():
+    """failsafe_mode: with etcd's quorum lost, the leader stays a primary as long as every member's Patroni answers
+    it (none of them can be promoted without etcd); once one does not, it demotes, and no member leads."""
+    lead = healthy()
+    others = [n for n in DATABASE if n != lead]
+    with WriteLoad() as load:
+        load.wait_for(200)
+        started = time.time()
+        for member in others:
+            etcd(member, "stop")
+        try:
+            time.sleep(TTL_S + 5)  # past the leader lock's expiry
+            load.more(200)
+            assert sql(lead, "select pg_is_in_recovery()") == "f"
+            status = json.loads(on(lead, f"{layout.program('cluster')} status").stdout)
+            assert status.get("failsafe_mode_is_active") is True, status
+            on(others[0], f"systemctl stop {PATRONI}")  # one member no longer answers the leader
+            eventually(lambda: sql(lead, "select pg_is_in_recovery()", check=False).stdout.strip() == "t",
+                       timeout=TTL_S * 2)
+            demoted = time.time()
+        finally:
+            for member in others:
+                etcd(member, "start")
+            on(others[0], f"systemctl start {PATRONI}")
+        acknowledged = load.stop()
+        lead_again = healthy(timeout=180)
+    lost = set(acknowledged) - present(lead_again, acknowledged)
+    assert lost == set()
+    report(f"etcd quorum lost (failsafe kept {lead} writing), then {others[0]}'s Patroni stopped", load, started, lost,
+           demoted_after_the_member_was_lost=f"{demoted - started - TTL_S - 5:.1f} s", leader_again=lead_again)
+    no_drift()
+
+
+def test_a_lost_pgbouncer_host_costs_the_clients_a_reconnect_to_the_other():
+    lead = healthy()
+    with WriteLoad() as load:
+        load.wait_for(200)
+        started = time.time()
+        fleet("stop", POOLERS[0])
+        try:
+            load.more(300)
+        finally:
+            fleet("start", POOLERS[0])
+        acknowledged = load.stop()
+    lost = set(acknowledged) - present(lead, acknowledged)
+    assert lost == set()
+    eventually(lambda: on(POOLERS[0], "systemctl is-active pgbouncer haproxy", check=False).returncode == 0, timeout=60)
+    report(f"{POOLERS[0]} stopped (clients moved to {POOLERS[1]})", load, started, lost)
+    no_drift()
 
 
 def synchronous_inventory(tmp_path):
@@ -85,210 +380,45 @@ def synchronous_inventory(tmp_path):
     return str(path)
 
 
-def paused(pooler="pgbouncer-1"):
-    """PgBouncer's `paused` column for the read-write entry."""
-    header, *rows = on(pooler, "runuser -u postgres -- psql -h /var/run/postgresql -p 6432 -U pgbouncer pgbouncer "
-                               "-XAc 'show databases'").stdout.splitlines()
-    databases = {row.split("|")[0]: dict(zip(header.split("|"), row.split("|"))) for row in rows if "|" in row}
-    return databases["portal"]["paused"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def drill_table():
-    deploy()  # the drills start from a converged fleet
-    primary, replicas = roles()
-    portal(primary, CREATE)
-    eventually(lambda: streaming_from(primary, replicas))
-    # The backup the last drill rebuilds a replica from: the drills' promotions come after it.
-    on(primary, f"systemctl start {BACKUP_UNIT}", timeout=600)
-
-
-@pytest.fixture
-def unchanged():
-    """Asserts after the test that the refused command changed nothing: same primary, PgBouncer not paused."""
-    before = roles()
-    yield
-    assert roles() == before
-    assert psql(before[0], "select pg_is_in_recovery()") == "f"
-    assert paused() == "0"
-
-
-def test_switchover_to_a_host_outside_the_inventory_is_refused(unchanged):
-    code, output = mcp_ha("switchover", LOCAL, "--to", "pg-9", check=False)
-    assert code == 1 and "pg-9 is not one of the inventory's database hosts" in output
-
-
-def test_switchover_to_a_stopped_replica_is_refused(unchanged):
-    replica = roles()[1][0]
-    on(replica, "systemctl stop postgresql@17-main")
-    try:
-        code, output = mcp_ha("switchover", LOCAL, "--to", replica, check=False)
-    finally:
-        on(replica, "systemctl start postgresql@17-main")
-    assert code == 1 and f"{replica} is not a running standby" in output
-
-
-def test_switchover_to_a_lagging_replica_is_refused(unchanged):
-    primary, (replica, *_) = roles()
-    psql(replica, "select pg_wal_replay_pause()")
-    try:  # 20 MB of WAL it does not replay: over a realtime replica's 10 MB threshold
-        portal(primary, "create table drill_lag as select g, repeat('x', 100) as pad from generate_series(1, 120000) g")
-        code, output = mcp_ha("switchover", LOCAL, "--to", replica, check=False)
-    finally:
-        psql(replica, "select pg_wal_replay_resume()")
-        portal(primary, "drop table if exists drill_lag")
-    assert code == 1 and f"{replica} replays" in output and "over its lag threshold (10 MB)" in output
-
-
-def test_switchover_while_a_restore_runs_is_refused(unchanged):
-    primary, replicas = roles()
-    # What the check looks for: a point-in-time restore's process (restore.py runs mcp-base-backup restore).
-    on(replicas[-1], "systemd-run --unit drill-restore -p Type=exec /bin/bash -c "
-                     f"'exec -a \"/usr/bin/python3 -Iu {layout.program('base-backup')} restore\" sleep 120'")
-    try:
-        code, output = mcp_ha("switchover", LOCAL, "--to", replicas[0], check=False)
-    finally:
-        on(replicas[-1], "systemctl stop drill-restore")
-    assert code == 1 and f"{replicas[-1]} is running a point-in-time restore" in output
-
-
-def test_failover_while_the_primary_is_up_is_refused(unchanged):
-    code, output = mcp_ha("failover", LOCAL, check=False)
-    assert code == 1 and f"{roles()[0]} is up and a primary: nothing to fail over" in output
-
-
-def test_switchover_under_load_fails_no_transaction_and_loses_no_row():
-    old, (target, *others) = roles()
-    with WriteLoad() as load:
-        load.wait_for(200)
-        code, output = mcp_ha("switchover", LOCAL, "--to", target)
-        seen = len(load.acknowledged)
-        load.wait_for(seen + 200)  # and writes go on, on the new primary
-    assert load.failures == []
-    assert roles() == (target, sorted([old, *others]))
-    assert psql(target, "select pg_is_in_recovery()") == "f"
-    acknowledged = set(load.acknowledged)
-    assert present(target, acknowledged) == acknowledged
-    eventually(lambda: streaming_from(target, [old, *others]), timeout=60)
-    held = float(output.split("clients were held ")[1].split(" s")[0])
-    print(f"switchover {old} -> {target}: {len(acknowledged)} rows acknowledged, none lost, 0 failed; "
-          f"clients held {held} s")
-    no_drift()
-
-
-def lose_primary_and_fail_over(load, how, inventory=LOCAL):
-    """Lose the primary mid-load (`how`: cut it off the network, or kill its PostgreSQL), fail over; (old primary,
-    new primary, where the old timeline ended, mcp-ha's output)."""
-    old, replicas = roles()
-    load.wait_for(300)
-    undo = {"cut": lambda: fleet("heal", old),
-            "kill": lambda: on(old, "rm -f /var/lib/mcp-portal/fenced && systemctl start postgresql@17-main")}[how]
-    if how == "cut":
-        fleet("cut", old)
-    else:  # the postmaster and every backend at once, as a crash would
-        on(old, "systemctl kill -s KILL postgresql@17-main")
-    try:
-        code, output = mcp_ha("failover", inventory)
-    except AssertionError:
-        undo()  # nothing was promoted: the old primary is the primary again
-        raise
-    new, _ = roles()
-    assert new in replicas and new != old
-    switch = on(new, "runuser -u postgres -- sh -c 'cat $(ls /var/lib/postgresql/17/main/pg_wal/*.history | tail -1)'").stdout
-    ended = lsn(switch.strip().splitlines()[-1].split()[1])
-    return old, new, ended, output
-
-
-def fenced_then_rejoined(old, new, ended, inventory=LOCAL, cut=True):
-    """The old primary is fenced (cut off: by itself, within the bound once back on the network; killed: by the
-    failover), its archiver refuses what it wrote past the switch, it cannot be started as a primary, and the
-    deploy rejoins it as a standby. Returns how long it took to fence itself (None when the failover did)."""
-    took = None
-    if cut:
-        started = time.monotonic()
-        fleet("heal", old)
-        eventually(lambda: on(old, "systemctl is-active postgresql@17-main", check=False).stdout.strip() != "active",
-                   timeout=FENCE_BOUND_S)
-        took = time.monotonic() - started
-    assert "fenced since" in on(old, f"{layout.program('fence')} may-start", check=False).stderr
-    assert "mcp_fenced_timestamp_seconds" in on(old, f"cat {FENCE_METRIC}").stdout  # MCPPostgresFenced fires
-    assert on(old, "systemctl start postgresql@17-main", check=False).returncode != 0  # never again as a primary
-    parent = switch_timeline(new) - 1
-    diverged = [name for name in on(old, "ls /var/lib/postgresql/17/main/pg_wal").stdout.split()
-                if SEGMENT.match(name) and timeline_of(name) == parent and segment_end(name) > ended]
-    pushed = on(old, f"runuser -u postgres -- {layout.program('wal-archive')} push "
-                     f"/var/lib/postgresql/17/main/pg_wal/{diverged[0]} {diverged[0]}", check=False)
-    assert pushed.returncode == 1 and "must not archive" in pushed.stderr
-    output = deploy_with(inventory)
-    assert f"Rejoin as a standby of {new}" in output
-    replicas = roles()[1]
-    eventually(lambda: streaming_from(new, replicas), timeout=60)
-    assert on(old, f"test -e /var/lib/mcp-portal/fenced || test -e {FENCE_METRIC}", check=False).returncode == 1
-    no_drift(inventory)
-    return took
-
-
-def switch_timeline(host):
-    return int(psql(host, "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
-
-
-def test_failover_without_synchronous_replication_loses_at_most_what_the_replica_had_not_received():
-    with WriteLoad() as load:
-        old, new, ended, output = lose_primary_and_fail_over(load, "cut")
-        try:
-            load.wait_for(len(load.acknowledged) + 100)  # writes go on through PgBouncer, on the new primary
-            acknowledged = load.stop()
-            kept = present(new, acknowledged)
-            lost = set(acknowledged) - kept
-            # Every commit that ended at or before the switch is there; what was lost was written after it.
-            assert all(lsn(acknowledged[r]) > ended for r in lost if acknowledged[r])
-            assert all(r in kept for r, at in acknowledged.items() if at and lsn(at) <= ended)
-            print(f"failover (asynchronous) {old} -> {new}: {len(acknowledged)} rows acknowledged, {len(lost)} lost "
-                  f"(all written after the switch at {ended:X}); {len(load.failures)} client errors")
-            took = fenced_then_rejoined(old, new, ended)
-        finally:
-            fleet("heal", old)
-    print(f"{old} fenced itself {took:.1f} s after it was back on the network (bound {FENCE_BOUND_S} s)")
-
-
-def test_failover_with_synchronous_replication_loses_no_row_the_clients_saw_committed(tmp_path):
-    """The primary's PostgreSQL killed mid-load (its host stays up: the failover fences it at once)."""
+def test_with_synchronous_replication_a_lost_leader_host_loses_no_acknowledged_row(tmp_path):
     inventory = synchronous_inventory(tmp_path)
     deploy_with(inventory)
     try:
-        primary, _ = roles()
-        eventually(lambda: psql(primary, "select string_agg(sync_state, ',') from pg_stat_replication") == "quorum,quorum")
+        lead = healthy()
+        eventually(lambda: sql(lead, "select string_agg(sync_state, ',') from pg_stat_replication") == "quorum,quorum")
         with WriteLoad() as load:
-            old, new, ended, output = lose_primary_and_fail_over(load, "kill", inventory)
-            load.wait_for(len(load.acknowledged) + 100)  # commits go on: the other replica acknowledges them
+            old, new, started = lose_the_leader("stop", load)
             acknowledged = load.stop()
-        kept = present(new, acknowledged)
-        assert kept == set(acknowledged)
-        print(f"failover (synchronous) {old} -> {new}: {len(acknowledged)} rows acknowledged, all present; "
-              f"{len(load.failures)} client errors")
-        fenced_then_rejoined(old, new, ended, inventory, cut=False)
+        lost = set(acknowledged) - present(new, acknowledged)
+        assert lost == set()
+        restarted = time.time()
+        fleet("start", old)
+        took = rejoined(old, new, restarted)
+        report(f"synchronous: leader host {old} stopped, {new} took over", load, started, lost,
+               rejoined_after=f"{took:.0f} s")
+        no_drift(inventory)
     finally:
         deploy()  # synchronous replication off again, as the fleet's group_data says
-    assert psql(roles()[0], "show synchronous_standby_names") == ""
+    assert sql(leader(), "show synchronous_standby_names") == ""
 
 
 def test_a_replica_rebuilt_from_the_newest_backup_replays_the_archive_across_the_drills_promotions():
-    primary, replicas = roles()
-    replica, datadir = replicas[-1], "/var/lib/postgresql/17/main"
+    lead = healthy()
+    replica = [n for n in DATABASE if n != lead][-1]
     program = layout.program("base-backup")
-    newest = json.loads(on(primary, f"runuser -u postgres -- {program} list").stdout.splitlines()[-1])
-    written = portal(primary, f"insert into public.{TABLE} default values returning id").splitlines()[0]
-    on(replica, f"systemctl stop postgresql@17-main && mv {datadir} {datadir}.broken")
+    newest = json.loads(on(lead, f"runuser -u postgres -- {program} list").stdout.splitlines()[-1])
+    written = sql(lead, f"insert into public.{TABLE} default values returning id").splitlines()[0]
+    on(replica, f"systemctl stop {PATRONI} && mv {DATADIR} {DATADIR}.broken")
     try:
-        on(replica, f"runuser -u postgres -- {program} restore --standby {datadir}", timeout=600)
-        on(replica, "systemctl start postgresql@17-main")
-        eventually(lambda: streaming_from(primary, replicas), timeout=180)
-        eventually(lambda: portal(replica, f"select count(*) from public.{TABLE} where id = {written}") == "1")
+        on(replica, f"runuser -u postgres -- {program} restore --standby {DATADIR}", timeout=600)
+        on(replica, f"systemctl start {PATRONI}")
+        healthy(lead, timeout=300)
+        eventually(lambda: sql(replica, f"select count(*) from public.{TABLE} where id = {written}") == "1")
     except AssertionError:
-        on(replica, f"systemctl stop postgresql@17-main; rm -rf {datadir} && mv {datadir}.broken {datadir} && "
-                    "systemctl start postgresql@17-main")
+        on(replica, f"systemctl stop {PATRONI}; rm -rf {DATADIR} && mv {DATADIR}.broken {DATADIR} && "
+                    f"systemctl start {PATRONI}")
         raise
-    on(replica, f"rm -rf {datadir}.broken")
+    on(replica, f"rm -rf {DATADIR}.broken")
     print(f"{replica} rebuilt from backup {newest['id']} (WAL from {newest['start_lsn']}), now on timeline "
-          f"{switch_timeline(primary)} with the primary")
+          f"{members()[lead]['timeline']} with the leader")
     no_drift()

@@ -19,8 +19,8 @@ def password(role):
 
 
 def connect(entry, role="portal_app", secret=None, host="pgbouncer-1", **params):
-    params = {"sslmode": "verify-full", "sslrootcert": str(CA), **params}
-    return psycopg.connect(host=host, port=6432, dbname=entry, user=role, connect_timeout=10,
+    params = {"sslmode": "verify-full", "sslrootcert": str(CA), "connect_timeout": 10, **params}
+    return psycopg.connect(host=host, port=6432, dbname=entry, user=role,
                            password=secret or password(role), prepare_threshold=None, autocommit=True, **params)
 
 

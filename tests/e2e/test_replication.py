@@ -25,10 +25,12 @@ def started(host):
 
 
 def eventually(check, timeout=30):
+    """Poll `check` until it returns something true; that value."""
     deadline = time.monotonic() + timeout
-    while not check():
+    while not (value := check()):
         assert time.monotonic() < deadline, f"not within {timeout}s"
         time.sleep(0.5)
+    return value
 
 
 def inventory_file(tmp_path, body):

@@ -1,5 +1,5 @@
 """The whole write path, end to end: each PgBouncer host's heartbeat, written through the read-write entry by its
-timer, reaches the primary and is replayed on every replica; the read-only entry refuses the same write."""
+timer, reaches the leader and is replayed on every replica; the read-only entry refuses the same write."""
 
 import time
 
@@ -22,12 +22,12 @@ def test_heartbeat_timer_is_enabled_and_its_last_run_succeeded(pgbouncer_target)
     assert host.file("/etc/mcp-portal/heartbeat.pgpass").mode == 0o600
 
 
-def test_a_beat_through_the_read_write_entry_reaches_every_replica(pgbouncer_target, targets):
+def test_a_beat_through_the_read_write_entry_reaches_every_replica(pgbouncer_target, targets, members):
     pgbouncer_target.host.check_output(f"systemctl start {UNIT}.service")  # a beat now, not at the next tick
-    primary = next(t for t in targets.values() if "primary" in t.groups)
-    written = beat(primary.host, pgbouncer_target.name)
+    leader = next(name for name, m in members.items() if m["role"] == "leader")
+    written = beat(targets[leader].host, pgbouncer_target.name)
     assert written
-    for replica in (t for t in targets.values() if "replicas" in t.groups):
+    for replica in (targets[name] for name in members if name != leader):
         deadline = time.monotonic() + REPLAY_WAIT_S
         while beat(replica.host, pgbouncer_target.name) < written and time.monotonic() < deadline:
             time.sleep(0.5)

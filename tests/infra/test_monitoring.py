@@ -3,7 +3,7 @@ basic auth, their secrets private, and the tier's textfile metrics readable by t
 
 import pytest
 
-EXPORTERS = {"prometheus-node-exporter": (9100, None), "prometheus-postgres-exporter": (9187, {"primary", "replicas"}),
+EXPORTERS = {"prometheus-node-exporter": (9100, None), "prometheus-postgres-exporter": (9187, {"database"}),
              "prometheus-pgbouncer-exporter": (9127, {"pgbouncer"})}
 # An anonymous scrape from the host itself, checked against the tier's CA: (HTTP status, or the error).
 PROBE = """python3 - <<'EOF'
