@@ -66,8 +66,11 @@ def test_inventory_naming_a_standby_as_primary_is_refused_before_any_change(tmp_
 
 def test_a_replica_leaves_the_inventory_then_joins_again_without_restarting_the_others(tmp_path):
     without = inventory_file(tmp_path, "primary = _g['primary']\nreplicas = _g['replicas'][:1]\npgbouncer = _g['pgbouncer']\n")
+    # The operator also takes it out of group_data, which the deploy would otherwise refuse as a stray name.
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data" / "local.py").write_text('replica_purposes = {"pg-replica-1": "realtime"}\n')
     fleet("stop", "pg-replica-2")
-    result = run_with(without)
+    result = run_with(without, "--group-data", str(tmp_path / "group_data"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Drop replication slot replica_pg_replica_2" in result.stderr + result.stdout
     assert psql("pg-primary", "select string_agg(slot_name, ',') from pg_replication_slots") == "replica_pg_replica_1"
