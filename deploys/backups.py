@@ -73,7 +73,7 @@ def base_backups():
                     enabled=True, restarted=units[5].will_change)
 
 
-def _restore_source():
+def _restore_source(pg):
     """When restore_source_prefix names another environment's archive: its configuration and read-only keys on
     the restore host (so the keys never sit in a command line), and True."""
     k = knobs()
@@ -86,7 +86,7 @@ def _restore_source():
     config = {"bucket": k.restore_source_bucket or k.wal_archive_bucket, "prefix": k.restore_source_prefix,
               "region": k.restore_source_region or k.wal_archive_region,
               "endpoint_url": k.restore_source_endpoint_url or k.wal_archive_endpoint_url,
-              "credentials_file": SOURCE_CREDENTIALS, "claim_prefix": False}
+              "credentials_file": SOURCE_CREDENTIALS, "claim_prefix": False, "bin_directory": pg.bin_directory}
     secrets.put_private("The restore source's read-only S3 keys", credentials.read_text(), SOURCE_CREDENTIALS,
                         user="postgres", group="postgres")
     files.put(name="The restore source's archive", dest=SOURCE_CONFIG, mode="644",
@@ -106,7 +106,7 @@ def restore():
                           f"(restore_cluster) or drop it first: pg_dropcluster --stop {pg.major} {pg.name}")
     datadir, port, wait_s = pg.data_directory, k.restore_port, k.restore_wait_s
     # The restored cluster's restore_command keeps reading the same archive as the restore (base_backup.py).
-    source = f"MCP_WAL_ARCHIVE_CONFIG={SOURCE_CONFIG} " if _restore_source() else ""
+    source = f"MCP_WAL_ARCHIVE_CONFIG={SOURCE_CONFIG} " if _restore_source(pg) else ""
     flags = " ".join(f"--target-{t} {quote(v)}" for t, v in targets.items())
     recovering = f"runuser -u postgres -- psql -p {port} -XtAc 'select pg_is_in_recovery()'"
     wait = (f"for i in $(seq {wait_s}); do [ \"$({recovering} 2>/dev/null)\" = f ] && break; sleep 1; done; "

@@ -5,7 +5,7 @@ from pyinfra import host, inventory
 
 def source_of(key, of=None):
     """Where `key` is set for host `of` (default: the host being planned)."""
-    of = of or host
+    of = host if of is None else of  # not `of or host`: a pyinfra Host has no truth value
     if key in inventory.get_override_data():
         return "--data on the command line"
     if key in inventory.get_host_data(of.name):
@@ -29,6 +29,6 @@ def refused(exc, of=None):
     from pyinfra.api.exceptions import DeployError
 
     from deploys.knobs import KNOBS
-    of = of or host
+    of = host if of is None else of  # not `of or host`: a pyinfra Host has no truth value
     knob = str(exc).split(":", 1)[0]
     return DeployError(f"{of.name}: {source_of(knob, of)}: {exc}" if knob in KNOBS else f"{of.name}: {exc}")

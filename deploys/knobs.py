@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Annotated, ClassVar, Literal, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from deploys import pgconfig
@@ -48,6 +48,11 @@ class Shape(Kind):
 
 def _shaped(shape):
     return Annotated[str, AfterValidator(shape), shape]
+
+
+def _digits(value):
+    """pyinfra reads `--data restore_target_xid=809` as a number: a transaction id may arrive as one."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _address(value):
@@ -380,7 +385,7 @@ class Backups(Knobs):
     restore_port: Port = Field(5433, description="restore.py: the new cluster's port.")
     restore_target_time: _shaped(TIMESTAMP.optional()) = Field("", description="restore.py: recover to this time.")
     restore_target_lsn: _shaped(LSN.optional()) = Field("", description="restore.py: recover to this LSN.")
-    restore_target_xid: _shaped(XID.optional()) = Field("", description="restore.py: recover to this transaction.")
+    restore_target_xid: Annotated[_shaped(XID.optional()), BeforeValidator(_digits)] = Field("", description="restore.py: recover to this transaction.")
     restore_target_name: _shaped(RESTORE_POINT.optional()) = Field("", description="restore.py: recover to this restore point.")
     restore_wait_s: Seconds = Field(1800, description="restore.py: how long recovery may take.")
     restore_source_prefix: Annotated[_shaped(PREFIX.optional()), AfterValidator(_no_dot_segments)] = Field("", description="Restore from another environment's archive (a staging rebuild): its prefix.")
@@ -476,7 +481,7 @@ def knobs(of=None):
     from pyinfra.api.exceptions import DeployError
 
     from deploys.datasource import source_of
-    of = of or host
+    of = host if of is None else of  # not `of or host`: a pyinfra Host has no truth value
     if of.name not in _validated:
         try:
             _validated[of.name] = check(of.data.dict(), of.name, lambda key: source_of(key, of))

@@ -32,6 +32,7 @@ def test_a_bad_knob_changes_no_file_on_any_host(tmp_path, group_data, message):
     before = checksums()
     result = pyinfra_run("-y", "--group-data", str(tmp_path))
     assert result.returncode != 0
+    # pyinfra prints the refusal on one line after where it was raised: "--> pyinfra error in FILE line N: ..."
     errors = [line for line in (result.stdout + result.stderr).splitlines() if message in line]
-    assert errors and errors[0].strip().startswith("pg-1: group_data/local.py: "), result.stderr[-2000:]
+    assert len(errors) == 1 and f": pg-1: group_data/local.py: {message}" in errors[0], result.stderr[-2000:]
     assert checksums() == before

@@ -226,7 +226,7 @@ def month(offset):
 
 def run_partition_job(host=PRIMARY):
     on(host, "systemctl start mcp-audit-partitions.service", timeout=120)
-    return on(host, "journalctl -u mcp-audit-partitions.service -t python3 -n 1 -o cat").stdout.strip()
+    return on(host, "journalctl -u mcp-audit-partitions.service -t mcp-portal-jobs -n 1 -o cat").stdout.strip()
 
 
 def drop_month(name):
