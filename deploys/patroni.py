@@ -35,6 +35,13 @@ from hostside.cluster import config_patch
 DYNAMIC_PARAMETERS = ("max_connections", "max_wal_senders", "max_replication_slots", "max_worker_processes",
                       "max_locks_per_transaction", "max_prepared_transactions", "wal_level", "wal_log_hints",
                       "hot_standby", "track_commit_timestamp", "wal_keep_size")
+# What Patroni sets itself, from its configuration (the address, the port) or as a member's role needs (recovery):
+# not in the deploy's settings file, and not compared with the live values by the restart plan.
+PATRONI_PARAMETERS = ("listen_addresses", "port", "cluster_name", "hba_file", "ident_file", "config_file",
+                      "data_directory", "primary_conninfo", "primary_slot_name", "restore_command",
+                      "archive_cleanup_command", "recovery_end_command", "recovery_min_apply_delay",
+                      "recovery_target", "recovery_target_action", "recovery_target_inclusive", "recovery_target_lsn",
+                      "recovery_target_name", "recovery_target_time", "recovery_target_timeline", "recovery_target_xid")
 RESTAPI_USER = "patroni"
 CUSTOM_CONF = "mcp-portal.conf"
 # How long a replica waits for the leader's lowered values to reach it before it restarts with them.
@@ -96,6 +103,10 @@ def patroni(archive, reload_when=None, pooled=None):
     certificate); `pooled`: {PgBouncer host: server connections it may open}, for the connection budget."""
     k, pg = knobs(), cluster()
     _watchdog_ready(k)
+    theirs = sorted(set(k.postgres_settings) & set(PATRONI_PARAMETERS))
+    if theirs:
+        raise refused(f"postgres_settings: {', '.join(theirs)}: set by Patroni (the address and port from "
+                      "postgres_listen_address and postgres_port, recovery as each member's role needs); remove it")
     address = k.postgres_listen_address or address_of(host)
     restore_command = archive["restore_command"]
     try:
@@ -104,7 +115,7 @@ def patroni(archive, reload_when=None, pooled=None):
             "ssl_ca_file": f"{layout.TLS_DIR}/ca.crt", **standby_settings(host.name),
             # Where Debian's clusters log (Patroni would send the log to its own journal otherwise).
             "logging_collector": "on", "log_directory": "/var/log/postgresql",
-            "log_filename": pg.log_file.rsplit("/", 1)[1], "log_file_mode": "0640",
+            "log_filename": pg.log_file.rsplit("/", 1)[1],
             **{n: v for n, v in archive.items() if n != "restore_command"}})
         rules = pgconfig.hba_rules([address_of(h) for h in database_hosts()],
                                    [address_of(h) for h in inventory.get_group("pgbouncer", [])],
@@ -130,7 +141,7 @@ def patroni(archive, reload_when=None, pooled=None):
                       dest=f"{pg.config_directory}/start.conf", user="postgres", group="postgres", mode="644")
     files.put(name="pg_ident.conf (no mappings)", src=io.StringIO("# Rendered by deploy.py: no ident mappings.\n"),
               dest=f"{pg.config_directory}/pg_ident.conf", user="postgres", group="postgres", mode="640")
-    local = {n: v for n, v in desired.items() if n not in DYNAMIC_PARAMETERS}
+    local = {n: v for n, v in desired.items() if n not in DYNAMIC_PARAMETERS + PATRONI_PARAMETERS}
     conf = files.template(name="Render the settings Patroni's postgresql.conf includes", src="templates/postgresql.conf.j2",
                           dest=f"{pg.config_directory}/{CUSTOM_CONF}", user="postgres", group="postgres", mode="644",
                           settings=local, cluster=pg, budget_mb=k.postgres_memory_budget_mb)
@@ -170,7 +181,7 @@ def patroni(archive, reload_when=None, pooled=None):
                      commands=[f"{cluster_cmd} configure"], _stdin=json.dumps(dcs, sort_keys=True))
     triggers = {"settings": conf, "pg_hba.conf": hba, "Patroni's configuration": config, "start.conf": start,
                 **(reload_when or {})}
-    plan = pgconfig.restart_plan(desired, live, host.name == lead, down=not live,
+    plan = pgconfig.restart_plan(desired, live, host.name == lead, down=not live, elsewhere=PATRONI_PARAMETERS,
                                  reload_reasons=[label for label, op in triggers.items() if op.will_change])
     if plan.reload or plan.turn:
         files_changed = [label for label, op in triggers.items() if op.will_change and label != "settings"]

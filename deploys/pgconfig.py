@@ -36,6 +36,9 @@ TIER_SETTINGS = {
     "wal_log_hints": "on",
     # A dead slot or a long archive outage must not fill the WAL volume.
     "max_slot_wal_keep_size": "10GB",
+    # Recent WAL kept without a slot: a member rejoining after a failover finds it before its slot is back on the
+    # new leader (Patroni's default too; it ignores 0).
+    "wal_keep_size": "128MB",
     # Archiving is switched on by the WAL-archiving deploy; archive_timeout is the assessment's 5 min.
     "archive_mode": "off",
     "archive_timeout": "300s",
@@ -175,11 +178,13 @@ def settings(memory_budget_mb, max_connections, overrides, extra=None):
     return values
 
 
-def changes(desired, live, known=None):
+def changes(desired, live, known=None, elsewhere=()):
     """{name: context} of the parameters whose live value differs from the desired one, and of those the
-    configuration file set before but no longer sets (they go back to their defaults)."""
+    configuration file set before but no longer sets (they go back to their defaults). `elsewhere`: parameters
+    another program sets (Patroni): not compared."""
     known = known or catalogue()
-    live = {name.lower(): value for name, value in live.items()}
+    live = {name.lower(): value for name, value in live.items() if name.lower() not in elsewhere}
+    desired = {name: value for name, value in desired.items() if name.lower() not in elsewhere}
     wanted = {name.lower() for name in desired} | OWNED
     changed = {name: value["context"] for name, value in live.items()
                if value.get("source") == "configuration file" and name not in wanted}
@@ -200,8 +205,10 @@ def hba_rules(database_addresses, pooler_addresses, replication_user, extra):
     reach every database; `extra` (postgres_hba_extra: rules whose every field the knobs' schema checked) adds
     rules such as an admin network.
     """
-    rules = [("hostssl", database, replication_user, _host_cidr(a), "scram-sha-256")
-             for a in database_addresses for database in ("replication", "postgres")]
+    # Patroni's replication connections to its own server (it reads the local timeline) come over the socket.
+    rules = [("local", "replication", replication_user, "", "scram-sha-256")]
+    rules += [("hostssl", database, replication_user, _host_cidr(a), "scram-sha-256")
+              for a in database_addresses for database in ("replication", "postgres")]
     rules += [("hostssl", "all", "all", _host_cidr(a), "scram-sha-256") for a in pooler_addresses]
     rules += [("hostssl", rule.database, rule.user, rule.address, rule.method) for rule in extra]
     return rules
@@ -263,14 +270,15 @@ class RestartPlan:
     reload: bool
 
 
-def restart_plan(desired, live, primary, down, reload_reasons=(), known=None):
+def restart_plan(desired, live, primary, down, reload_reasons=(), known=None, elsewhere=()):
     """The RestartPlan for one host. `live`: its pg_settings ({} when the cluster is not running); `down`: the
     cluster is stopped (a stopped cluster reads the files when it starts);
-    `reload_reasons`: files other than postgresql.conf that changed and need a reload (pg_hba.conf, a certificate)."""
+    `reload_reasons`: files other than postgresql.conf that changed and need a reload (pg_hba.conf, a certificate);
+    `elsewhere`: parameters another program sets (not compared; a restart they wait for still counts)."""
     known = known or _catalogue()
     if down:
         return RestartPlan({}, [], {}, None, False)
-    changed = changes(desired, live, known)
+    changed = changes(desired, live, known, elsewhere)
     pending = sorted(name for name, value in live.items() if value["pending_restart"])
     restart_for = sorted(name for name, context in changed.items() if context == "postmaster") + pending
     # What each hot-standby-sensitive parameter becomes: the desired value, or its default when unset.

@@ -92,14 +92,20 @@ def config_patch(current, desired):
 
 
 def until(check, timeout, what, interval=0.5):
-    """Poll `check()` until it returns a true value (returned), or ClusterError saying `what` did not happen."""
+    """Poll `check()` until it returns a true value (returned), or ClusterError saying `what` did not happen; a
+    ClusterError from `check` (the API not answering yet) counts as not yet."""
     deadline = time.monotonic() + timeout
     while True:
-        result = check()
+        try:
+            result = check()
+        except ClusterError as exc:  # not answering yet (starting): asked again until the deadline
+            result, last = None, exc
+        else:
+            last = None
         if result:
             return result
         if time.monotonic() > deadline:
-            raise ClusterError(f"{what} within {timeout:g} s")
+            raise ClusterError(f"{what} within {timeout:g} s" + (f" (last: {last})" if last else ""))
         time.sleep(interval)
 
 

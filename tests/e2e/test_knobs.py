@@ -6,7 +6,7 @@ import pytest
 from tests.e2e.test_deploy import pyinfra_run
 from tests.fleet_helpers import TOPOLOGY, on
 
-MANAGED = "/etc/mcp-portal /etc/postgresql /etc/pgbouncer /etc/systemd/system /etc/default /usr/local/lib/mcp-portal"
+MANAGED = "/etc/mcp-portal /etc/postgresql /etc/patroni /etc/haproxy /etc/pgbouncer /etc/systemd/system /etc/default /usr/local/lib/mcp-portal"
 
 
 def checksums():

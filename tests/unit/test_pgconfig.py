@@ -107,14 +107,15 @@ def test_a_parameter_missing_on_the_host_is_a_change():
 
 def test_hba_rules_from_the_inventory_are_tls_and_scram():
     rules = hba_rules(["198.51.100.12"], ["198.51.100.21"], "replicator", [])
-    assert rules == [("hostssl", "replication", "replicator", "198.51.100.12/32", "scram-sha-256"),
+    assert rules == [("local", "replication", "replicator", "", "scram-sha-256"),
+                     ("hostssl", "replication", "replicator", "198.51.100.12/32", "scram-sha-256"),
                      ("hostssl", "postgres", "replicator", "198.51.100.12/32", "scram-sha-256"),
                      ("hostssl", "all", "all", "198.51.100.21/32", "scram-sha-256")]
 
 
 def test_an_extra_admin_network_rule_is_kept():
     rule = HbaRule(database="all", user="dba", address="10.20.0.0/24", method="cert")
-    assert hba_rules([], [], "replicator", [rule]) == [("hostssl", "all", "dba", "10.20.0.0/24", "cert")]
+    assert hba_rules([], [], "replicator", [rule])[-1] == ("hostssl", "all", "dba", "10.20.0.0/24", "cert")
 
 
 def test_a_parameter_the_file_no_longer_sets_is_a_change_back_to_its_default():
