@@ -16,6 +16,7 @@ from deploys import secrets
 from deploys.datasource import source_of
 from deploys.facts import PostgresNode
 from deploys.knobs import knobs
+from deploys.patroni import database_hosts, leader, members
 from deploys.postgres import cluster
 from hostside import layout, wal_archive
 
@@ -51,9 +52,10 @@ def _config():
 def _preflight(config):
     """From the control machine, with the host's keys and clock: refuse what would make archiving fail."""
     pg = cluster()
-    node = host.get_fact(PostgresNode, major=pg.major, cluster=pg.name)
-    # Every member is of the cluster that owns the prefix (a new member is about to be cloned: it tells nothing yet).
-    owner = node.get("system_identifier")
+    # The prefix must belong to the Patroni cluster, whose system the leader's is (whatever this host holds now: a
+    # cluster Patroni did not make is the Patroni deploy's to refuse or replace). Before the cluster exists, no one.
+    lead = next(h for h in database_hosts() if h.name == leader())
+    owner = lead.get_fact(PostgresNode, major=pg.major, cluster=pg.name).get("system_identifier") if members() else None
     problems = wal_archive.preflight(dict(config, credentials_file=str(_credentials_file())),
                                      host.get_fact(Date).timestamp(), owner)
     if problems:

@@ -1,6 +1,6 @@
 """What every host of the tier gets first: a supported OS, and a record of the roles the deploy gave it."""
 
-from pyinfra import host, inventory
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.server import LinuxDistribution
@@ -29,10 +29,6 @@ def inventory_problem(groups):
 
 @deploy("Host baseline")
 def baseline():
-    problem = inventory_problem({name: [h.name for h in inventory.get_group(name, [])]
-                                 for name in ("primary", "replicas", "database", "pgbouncer")})
-    if problem:
-        raise DeployError(problem)
     distro = host.get_fact(LinuxDistribution)
     wanted = knobs().supported_os
     if (distro["name"], distro["major"]) != (wanted.name, wanted.major):

@@ -491,12 +491,21 @@ def knobs(of=None):
 
 
 def check_inventory():
-    """Every host's name and knobs, before any fact is gathered or operation planned: the first problem stops the
-    run (host names reach unit files and SQL: they are held to a host name's shape too)."""
+    """The inventory's shape, every host's name and knobs, before any fact is gathered or operation planned: the
+    first problem stops the run (host names reach unit files and SQL: they are held to a host name's shape too)."""
     from pyinfra import inventory
     from pyinfra.api.exceptions import DeployError
 
+    from deploys.base import inventory_problem
     from deploys.datasource import source_of
+    problem = inventory_problem({name: [h.name for h in inventory.get_group(name, [])]
+                                 for name in ("primary", "replicas", "database", "pgbouncer")})
+    if problem:
+        raise DeployError(problem)
+    unreachable = sorted(h.name for h in inventory if not h.connected)
+    if unreachable:  # pyinfra goes on planning for the others; the tier is deployed whole or not at all
+        raise DeployError(f"{', '.join(unreachable)}: unreachable over ssh (Could not connect, above); bring it back "
+                          "or take it out of the inventory, then run again")
     database_hosts = [h.name for h in inventory.get_group("database", [])]
     for each in inventory:
         try:

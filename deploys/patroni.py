@@ -16,6 +16,7 @@ from shlex import quote
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
 from deploys import pgconfig, secrets
@@ -26,7 +27,7 @@ from deploys.facts import (DeviceExists, FreeBytes, PatroniConfig, PatroniMember
 from deploys.knobs import knobs
 from deploys.ordering import barrier
 from deploys.postgres import EMPTY_CLUSTER_DATABASES, cluster, wait_for
-from deploys.replication import lag_threshold_mb, purpose_of, slot_name, standby_settings, tags
+from deploys.replication import lag_threshold_mb, purpose_of, slot_name, standby_settings, synchronous_problem, tags
 from hostside import layout
 from hostside.cluster import config_patch
 
@@ -43,6 +44,8 @@ PATRONI_PARAMETERS = ("listen_addresses", "port", "cluster_name", "hba_file", "i
                       "recovery_target", "recovery_target_action", "recovery_target_inclusive", "recovery_target_lsn",
                       "recovery_target_name", "recovery_target_time", "recovery_target_timeline", "recovery_target_xid")
 RESTAPI_USER = "patroni"
+PATRONI_DROP_IN = ("# Rendered by deploy.py (deploys/patroni.py): a Patroni that died is started again, at once.\n"
+                   "[Service]\nRestart=on-failure\nRestartSec=1s\n")
 CUSTOM_CONF = "mcp-portal.conf"
 # How long a replica waits for the leader's lowered values to reach it before it restarts with them.
 REPLAY_WAIT_S = 120
@@ -103,6 +106,9 @@ def patroni(archive, reload_when=None, pooled=None):
     certificate); `pooled`: {PgBouncer host: server connections it may open}, for the connection budget."""
     k, pg = knobs(), cluster()
     _watchdog_ready(k)
+    problem = synchronous_problem([h.name for h in database_hosts()], k)
+    if problem:
+        raise refused(problem)
     theirs = sorted(set(k.postgres_settings) & set(PATRONI_PARAMETERS))
     if theirs:
         raise refused(f"postgres_settings: {', '.join(theirs)}: set by Patroni (the address and port from "
@@ -133,7 +139,12 @@ def patroni(archive, reload_when=None, pooled=None):
     # PostgreSQL runs under Patroni only: Debian's own unit for the cluster must never start it too (masked).
     masked = files.link(name=f"{pg.unit} never starts the cluster (Patroni does)",
                         path=f"/etc/systemd/system/{pg.unit}.service", target="/dev/null")
-    if masked.will_change:
+    # Debian's unit does not restart a Patroni that died (Restart=no), and stops only Patroni's process (KillMode=
+    # process): PostgreSQL would run on as a primary that nothing demotes once another member takes the lock.
+    restarts = files.put(name=f"{pg.patroni_unit} is restarted when it dies", src=io.StringIO(PATRONI_DROP_IN),
+                         dest=f"/etc/systemd/system/{pg.patroni_unit}.service.d/mcp-portal.conf", mode="644",
+                         create_remote_dir=True)
+    if masked.will_change or restarts.will_change:
         systemd.daemon_reload(name="Reload systemd units")
     files.directory(name="The cluster's configuration directory", path=pg.config_directory, user="postgres",
                     group="postgres", mode="755")
@@ -171,7 +182,9 @@ def patroni(archive, reload_when=None, pooled=None):
         if host.name != lead:
             _start(pg, "clones from the leader", f"{cluster_cmd} wait-running --timeout 600")
         return
-    if host.name not in found:  # a new member, or one whose Patroni was stopped: it clones or rejoins
+    # A new or rebuilt member (etcd may still list a rebuilt one until its key expires), or one whose Patroni was
+    # stopped: started, it clones or rejoins.
+    if not host.get_fact(SystemdStatus, services=[pg.patroni_unit]).get(f"{pg.patroni_unit}.service"):
         _start(pg, f"joins the cluster led by {lead}", f"{cluster_cmd} wait-running --timeout 600")
         return
 

@@ -45,3 +45,15 @@ def tags(name, k=None):
     k = k or knobs()
     return {"failover_priority": PURPOSES[purpose_of(name, k)]["failover_priority"],
             "nosync": not k.replica_sync_eligible.get(name, True), "purpose": purpose_of(name, k)}
+
+
+def synchronous_problem(names, k=None):
+    """Why synchronous replication cannot be on for database hosts `names`, or None. Patroni runs it strict (a
+    commit waits while no eligible replica acknowledges it): whichever member leads needs two eligible others, so
+    that losing one does not stop every commit."""
+    k = k or knobs()
+    eligible = [name for name in names if k.replica_sync_eligible.get(name, True)]
+    if k.synchronous_replication and len(eligible) < 3:
+        return (f"synchronous_replication: {len(eligible)} sync-eligible database host(s) ({', '.join(eligible) or 'none'}); "
+                "it needs three, so that the leader keeps two to acknowledge commits: add a database host or turn it off")
+    return None

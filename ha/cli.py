@@ -31,8 +31,12 @@ def status(tier):
             continue
         routes = {listener: [s for s, status in tier.haproxy_servers(pooler, listener).items() if status == "UP"]
                   for listener in ("primary", "replicas")}
+        # The replicas listener's <member>-leader servers are its backups: used only when no replica is within its lag.
+        reads = [s for s in routes["replicas"] if not s.endswith("-leader")]
+        fallback = [s.removesuffix("-leader") for s in routes["replicas"] if s.endswith("-leader")]
         print(f"{pooler:<24} read-write -> {', '.join(routes['primary']) or 'nothing'}; "
-              f"read-only -> {', '.join(routes['replicas']) or 'nothing'}")
+              f"read-only -> {', '.join(reads) or 'nothing'}"
+              + (f" (else {', '.join(fallback)})" if fallback else ""))
 
 
 def main(argv=None):

@@ -72,7 +72,7 @@ def test_an_unreachable_host_stops_the_run_before_any_change():
     finally:
         fleet("heal", "pg-3")
     assert result.returncode != 0
-    assert "[pg-3] Could not connect" in result.stdout + result.stderr
+    assert "pg-3: unreachable over ssh (Could not connect, above)" in result.stderr.strip().splitlines()[-1]
     assert on("pg-1", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
     deploy()
     assert on("pg-1", "test -e /etc/mcp-portal/roles").returncode == 0

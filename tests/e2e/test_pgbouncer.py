@@ -19,22 +19,27 @@ def password(role):
 
 
 def connect(entry, role="portal_app", secret=None, host="pgbouncer-1", **params):
-    params = {"sslmode": "verify-full", "sslrootcert": str(CA), "connect_timeout": 10, **params}
+    params = {"sslmode": "verify-full", "sslrootcert": str(CA), "connect_timeout": 10, "autocommit": True, **params}
     return psycopg.connect(host=host, port=6432, dbname=entry, user=role,
-                           password=secret or password(role), prepare_threshold=None, autocommit=True, **params)
+                           password=secret or password(role), prepare_threshold=None, **params)
 
 
 ADDRESSES = {h.name: str(h.address) for h in TOPOLOGY.hosts}
 
 
 def served_by(entry, pooler="pgbouncer-1", times=6):
-    """The database hosts that answered `times` new connections to `entry` through `pooler`."""
+    """The database hosts that serve `times` transactions open at once on `entry` through `pooler`, on server
+    connections made now (RECONNECT: PgBouncer keeps a pool's server connections where HAProxy sent them when they
+    were made, until server_lifetime recycles them)."""
+    on(pooler, "runuser -u postgres -- psql -h /var/run/postgresql -p 6432 -U pgbouncer pgbouncer "
+               f"-XAtqc 'RECONNECT {entry}'")
     names = {address: name for name, address in ADDRESSES.items()}
-    found = set()
-    for _ in range(times):
-        with connect(entry, host=pooler) as conn:
-            found.add(names[conn.execute("select host(inet_server_addr())").fetchone()[0]])
-    return found
+    connections = [connect(entry, host=pooler, autocommit=False) for _ in range(times)]
+    try:  # each open transaction holds a server connection of its own
+        return {names[conn.execute("select host(inet_server_addr())").fetchone()[0]] for conn in connections}
+    finally:
+        for conn in connections:
+            conn.close()
 
 
 def haproxy(pooler, command):
@@ -58,15 +63,16 @@ def test_the_read_only_entry_reaches_the_replicas_and_refuses_writes():
 
 
 def test_a_replica_past_its_lag_leaves_the_read_only_entry_until_it_catches_up():
-    """pg-2 (realtime: 10 MB) stops replaying while the leader writes 20 MB: HAProxy's check of its Patroni takes it
-    out, and back once it has replayed."""
-    on("pg-2", "runuser -u postgres -- psql -XtAc 'select pg_wal_replay_pause()'")
+    """pg-2 (realtime: 10 MB) stops receiving while the leader writes 20 MB (its WAL receiver frozen: Patroni
+    measures a replica's lag by the WAL it has received): HAProxy's check of its Patroni takes it out, and back once
+    it has caught up."""
+    on("pg-2", "pkill -STOP -f 'postgres: .*: walreceiver'")
     try:
         on("pg-1", "runuser -u postgres -- psql -d portal -XtAc 'create table lag_probe as select "
                    "repeat(md5(g::text), 8) from generate_series(1, 60000) g; drop table lag_probe'")
         eventually(lambda: served_by("portal_ro") == {"pg-3"}, timeout=30)
     finally:
-        on("pg-2", "runuser -u postgres -- psql -XtAc 'select pg_wal_replay_resume()'")
+        on("pg-2", "pkill -CONT -f 'postgres: .*: walreceiver'")
     eventually(lambda: served_by("portal_ro", times=10) == {"pg-2", "pg-3"}, timeout=30)
 
 

@@ -87,9 +87,9 @@ def test_dry_run_after_a_group_data_edit_lists_what_the_real_run_then_changes(ov
     assert planned == {
         "Patroni | Render the settings Patroni's postgresql.conf includes": 3,
         "Patroni | Patroni reloads (log_min_duration_statement changed)": 3,
-        "Heartbeat writer | Heartbeat timer": 1,
-        "Heartbeat writer | Reload systemd units": 1,
-        "Heartbeat writer | Heartbeat timer runs and starts at boot": 1,
+        "Heartbeat writer | Heartbeat timer": 2,
+        "Heartbeat writer | Reload systemd units": 2,
+        "Heartbeat writer | Heartbeat timer runs and starts at boot": 2,
     }
     assert changed_operations(deploy(*edit)) == planned
     assert "OnCalendar=*:*:0/15" in on("pgbouncer-1", "systemctl cat mcp-heartbeat.timer").stdout

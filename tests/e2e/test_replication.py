@@ -91,10 +91,10 @@ def test_a_member_whose_patroni_stopped_is_brought_back_without_touching_the_oth
      "etcd has 2 member(s) (pg-1, pg-2), fewer than etcd_minimum_members 3"),
 ], ids=["the layout before Patroni", "no database group", "empty pgbouncer group", "two etcd members"])
 def test_a_bad_inventory_is_refused_before_any_change(tmp_path, body, message):
-    on("pg-3", "rm /etc/mcp-portal/roles")  # a change any run would make
+    on("pg-1", "rm /etc/mcp-portal/roles")  # a change any run would make (the leader's roles)
     result = run_with(inventory_file(tmp_path, body))
     assert result.returncode != 0 and message in result.stdout + result.stderr
-    assert on("pg-3", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
+    assert on("pg-1", "test -e /etc/mcp-portal/roles", check=False).returncode == 1
     deploy()
 
 

@@ -17,8 +17,15 @@ def test_the_cluster_has_one_leader_and_every_member_runs(members, targets):
     assert all(m["state"] in ("running", "streaming") for m in members.values()), members
 
 
-def test_patroni_runs_and_starts_at_boot(db_target):
+def test_patroni_runs_starts_at_boot_and_is_restarted_when_it_dies(db_target):
     assert db_target.host.service(UNIT).is_running and db_target.host.service(UNIT).is_enabled
+    assert db_target.host.check_output(f"systemctl show -P Restart {UNIT}") == "on-failure"
+
+
+def test_postgresql_runs_under_patroni_only(db_target):
+    assert db_target.host.check_output("systemctl show -P LoadState postgresql@17-main") == "masked"
+    postmaster = db_target.host.check_output("head -1 /var/lib/postgresql/17/main/postmaster.pid")
+    assert f"/{UNIT}.service" in db_target.host.file(f"/proc/{postmaster}/cgroup").content_string
 
 
 def test_its_configuration_holds_passwords_for_postgres_only(db_target):

@@ -87,3 +87,16 @@ def test_members_without_patroni_configured_is_an_empty_cluster_not_an_error(tmp
     assert capsys.readouterr().out.strip() == "{}"
     assert cluster.main(["mcp-cluster", "--config", str(tmp_path / "none.yml"), "reload"]) == 1
     assert "is Patroni configured on this host?" in capsys.readouterr().err
+
+
+def test_a_wait_asks_again_while_the_api_does_not_answer_yet():
+    answers = iter([cluster.ClusterError("connection refused"), cluster.ClusterError("connection refused"), {"ok": 1}])
+
+    def check():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    assert cluster.until(check, timeout=5, what="x", interval=0) == {"ok": 1}
+    with pytest.raises(cluster.ClusterError, match=r"never within 0 s \(last: connection refused\)"):
+        cluster.until(lambda: (_ for _ in ()).throw(cluster.ClusterError("connection refused")), 0, "never", interval=0)

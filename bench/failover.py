@@ -1,0 +1,129 @@
+"""Failover on the fleet: what the portal's clients see when the leader is lost, per fault, with the fleet's fast
+timing profile (group_data/local.py: ttl 20 s, loop_wait 5 s, retry_timeout 5 s; HAProxy checks every 1 s, down
+after 2) and with Patroni's defaults (ttl 30, loop_wait 10, retry_timeout 10; HAProxy's defaults 2 s x 3).
+Writes bench/results/failover.md.
+
+Each round, under a 4-client write load through both PgBouncer hosts (tests/drills/load.py): a planned switchover
+(the baseline: the clients are held, not failed), the leader's PostgreSQL killed (Patroni restarts it in place),
+the leader's host stopped (Patroni elects another; the host is started again and rejoins), the leader cut off the
+network (it demotes itself; healed, it rejoins). RTO: the longest time no commit was acknowledged; RPO: acknowledged
+rows the leader afterwards lacks. Figures are medians over the rounds, and ratios to the switchover's RTO in the
+same run. Needs the fleet up and deployed (`make local`). Run as root: `make bench-failover`.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.drills.load import CREATE, WriteLoad  # noqa: E402
+from tests.drills.test_drills import TTL_S, healthy, lose_the_leader, mcp_ha, pick_replica, present, sql  # noqa: E402
+from tests.fleet_helpers import fleet, on  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+PROFILES = {
+    "fast (the fleet's)": [],
+    "Patroni's defaults": ["patroni_ttl=30", "patroni_loop_wait=10", "patroni_retry_timeout=10",
+                           "haproxy_check_interval_ms=2000", "haproxy_check_fall=3", "haproxy_check_rise=2"],
+}
+FAULTS = ("switchover", "PostgreSQL killed", "host stopped", "network cut")
+
+
+def deploy(data):
+    argv = [str(REPO / ".venv/bin/pyinfra"), "-y", "inventory/local.py", "deploy.py"]
+    for item in data:
+        argv += ["--data", item]
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        sys.exit(f"bench/failover.py: deploy failed:\n{result.stderr[-3000:]}")
+
+
+def measure(fault):
+    """(RTO seconds, rows lost, rejoin seconds or None) of one fault under load."""
+    with WriteLoad() as load:
+        if fault in ("host stopped", "network cut"):
+            old, new, started = lose_the_leader("stop" if fault == "host stopped" else "cut", load)
+        else:
+            old = healthy()
+            load.wait_for(300)
+            started = time.time()
+            if fault == "switchover":
+                mcp_ha("switchover", "inventory/local.py", "--to", pick_replica(old))
+            else:
+                on(old, "kill -KILL $(head -1 /var/lib/postgresql/17/main/postmaster.pid)")
+            load.more(200)
+            new = healthy()
+        acknowledged = load.stop()
+    lost = len(set(acknowledged) - present(new, acknowledged))
+    rejoin = None
+    if fault in ("host stopped", "network cut"):
+        back = time.time()
+        fleet("start" if fault == "host stopped" else "heal", old)
+        healthy(new, timeout=300)
+        rejoin = time.time() - back
+    return load.outage(started), lost, rejoin
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    runs = {}
+    try:
+        for profile, data in PROFILES.items():
+            print(f"bench/failover.py: {profile}: deploying", flush=True)
+            deploy(data)
+            sql(healthy(), CREATE)
+            for round_ in range(args.rounds):
+                for fault in FAULTS:
+                    figures = measure(fault)
+                    runs.setdefault((profile, fault), []).append(figures)
+                    print(f"bench/failover.py: {profile}, round {round_ + 1}: {fault}: RTO {figures[0]:.1f} s, "
+                          f"{figures[1]} rows lost" + (f", rejoined in {figures[2]:.0f} s" if figures[2] else ""),
+                          flush=True)
+    finally:
+        deploy([])  # the fleet's own profile again
+    write(runs, args.rounds)
+
+
+def write(runs, rounds):
+    lines = [f"""# Failover: what the clients see (bench/failover.py)
+
+{datetime.date.today()}, {platform.node()}: {os.cpu_count()} cores, kernel {platform.release()}. The local fleet (three
+database hosts under Patroni 4.0.7 with etcd 3.5 on the same hosts, two PgBouncer hosts with HAProxy 3.0), a 4-client
+write load through both PgBouncer hosts, {rounds} rounds per profile. RTO: the longest time no commit was acknowledged
+after the fault; RPO: acknowledged rows the leader afterwards lacks (asynchronous replication). Medians; the ratio is
+to the planned switchover's RTO in the same profile and run (clients held by PgBouncer, none failed).
+
+| profile | fault | RTO (median, s) | RTO / switchover | RTO (each round, s) | rows lost (each round) | rejoined after (s) |
+|---|---|---|---|---|---|---|"""]
+    for profile in PROFILES:
+        baseline = statistics.median(r[0] for r in runs[(profile, "switchover")])
+        for fault in FAULTS:
+            figures = runs[(profile, fault)]
+            rto = statistics.median(r[0] for r in figures)
+            rejoins = [f"{r[2]:.0f}" for r in figures if r[2] is not None]
+            lines.append(f"| {profile} | {fault} | {rto:.1f} | {rto / baseline:.1f} | "
+                         f"{', '.join(f'{r[0]:.1f}' for r in figures)} | {', '.join(str(r[1]) for r in figures)} | "
+                         f"{', '.join(rejoins) or '-'} |")
+    lines.append(f"""
+What bounds each: a switchover is Patroni's clean handover (the old leader's shutdown checkpoint replayed by the
+target) plus HAProxy told at once; a killed PostgreSQL is Patroni's next loop (loop_wait) plus crash recovery; a lost
+host is the leader lock's expiry (ttl) plus an election, plus HAProxy's checks (inter x fall) to see the new leader; a
+cut leader is the same for the clients (it demotes itself before the lock expires). TTL on the fleet: {TTL_S} s.
+""")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "failover.md").write_text("\n".join(lines))
+    print(f"bench/failover.py: wrote {RESULTS / 'failover.md'}")
+
+
+if __name__ == "__main__":
+    main()
