@@ -27,6 +27,10 @@ from remote import leader, on
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 PRIMARY, POOLER = leader(), "pgbouncer-1"
+POOLERS = {"pgbouncer-1": "198.51.100.21", "pgbouncer-2": "198.51.100.22"}
+LEADER_ADDRESS = {"pg-1": "198.51.100.11", "pg-2": "198.51.100.12", "pg-3": "198.51.100.13"}[PRIMARY]
+DIRECT_ENTRY = "portal_nohaproxy"
+HOP_TARGET = 0.95  # the routing hop may cost at most 5% of the TPS through PgBouncer
 USERS, SECONDS = 10_000, 30
 TARGET = 0.8
 CONTROL_ADDRESS = "198.51.100.1/32"  # the fleet bridge: where this machine's connections come from
@@ -96,15 +100,26 @@ def children_seconds():
 
 
 def direct_capacity():
-    """Direct clients max_connections leaves: free client slots, less PgBouncer's pools' room to grow, less 5."""
-    return int(psql("""
+    """Direct clients max_connections leaves: free client slots, less the PgBouncer hosts' room to grow (62 each:
+    both entries' caps and the auth lookup's), less 5."""
+    return int(psql(f"""
         select current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
              - current_setting('reserved_connections')::int
              - (select count(*) from pg_stat_activity where backend_type = 'client backend')
-             - 32 + (select count(*) from pg_stat_activity where client_addr = '198.51.100.21') - 5"""))
+             - {62 * len(POOLERS)} + (select count(*) from pg_stat_activity
+                                        where host(client_addr) in ({", ".join(f"'{a}'" for a in POOLERS.values())})) - 5"""))
 
 
-def run(label, host, port, clients, work):
+def bypass_haproxy():
+    """A PgBouncer entry on POOLER straight to the leader's address (the path before HAProxy), for the hop's
+    baseline; the deploy at the end removes it."""
+    entry = f"{DIRECT_ENTRY} = host={LEADER_ADDRESS} port=5432 dbname=portal"
+    on(POOLER, "python3 - <<'PY'\nfrom pathlib import Path\nini = Path('/etc/pgbouncer/pgbouncer.ini')\n"
+               f"ini.write_text(ini.read_text().replace('[databases]\\n', '[databases]\\n{entry}\\n', 1))\nPY\n"
+               "systemctl reload pgbouncer", timeout=60)
+
+
+def run(label, host, port, clients, work, database="portal"):
     env = dict(os.environ, PGPASSWORD=(REPO / ".secrets/local/passwords/portal_app").read_text().strip(),
                PGSSLMODE="verify-full", PGSSLROOTCERT=str(REPO / ".secrets/local/tls/ca.crt"))
     logs = work / label.replace(" ", "-")
@@ -115,7 +130,7 @@ def run(label, host, port, clients, work):
     before, pgbench_before, started = cpu_ticks(), children_seconds(), time.monotonic()
     done = subprocess.run(["pgbench", "-n", "-h", host, "-p", str(port), "-U", "portal_app", "-c", str(clients),
                            "-j", "2", "-T", str(SECONDS), "-f", str(script), "-l", "--log-prefix", str(logs / "log"),
-                           "portal"], capture_output=True, text=True, env=env, timeout=SECONDS + 600)
+                           database], capture_output=True, text=True, env=env, timeout=SECONDS + 600)
     elapsed, after, pgbench_after = time.monotonic() - started, cpu_ticks(), children_seconds()
     if done.returncode:
         sys.exit(f"bench/pgbouncer.py: {label}: pgbench failed: {done.stderr[-2000:]}")
@@ -148,6 +163,9 @@ def main():
                 run(f"{direct} direct", PRIMARY, 5432, direct, work),
                 # The hop alone, without the fan-in: how much of the difference is PgBouncer in the path.
                 run("25 through PgBouncer", POOLER, 6432, 25, work)]
+        bypass_haproxy()
+        runs += [run("25 through PgBouncer, no HAProxy", POOLER, 6432, 25, work, DIRECT_ENTRY),
+                 run("1000 through PgBouncer, no HAProxy", POOLER, 6432, 1000, work, DIRECT_ENTRY)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
         psql(CLEANUP)
@@ -169,6 +187,8 @@ def write(runs):
             for r in runs]
     verdict = "met" if ratio >= TARGET else "MISSED"
     hop = runs[3]
+    routing = {n: runs[i]["tps"] / runs[j]["tps"] for n, i, j in (("25", 3, 4), ("1000", 1, 5))}
+    routing_verdict = "met" if min(routing.values()) >= HOP_TARGET else "MISSED"
     explanation = "" if ratio >= TARGET else (
         f"Where the time went: PgBouncer in the path, not the fan-in. 25 clients through PgBouncer already reach "
         f"{hop['tps'] / base['tps']:.2f}x; 1,000 clients lose {1 - ratio / (hop['tps'] / base['tps']):.0%} more. PgBouncer "
@@ -190,6 +210,10 @@ database host; "other": the rest of the machine's busy time).
 Target: 1,000 clients through PgBouncer >= {TARGET}x the TPS of 25 direct: {ratio:.2f}x, {verdict}.
 {explanation}
 
+The routing hop (PgBouncer -> HAProxy on its host -> the leader, docs/pgbouncer.md) against PgBouncer straight to
+the leader's address, in the same run: {routing["25"]:.2f}x the TPS with 25 clients, {routing["1000"]:.2f}x with
+1,000 (target >= {HOP_TARGET}x: {routing_verdict}).
+
 | run | clients | TPS | vs 25 direct | TPS per PostgreSQL core (vs 25 direct) | p50 ms | p95 ms | p99 ms | pgbench cores | PgBouncer cores | PostgreSQL cores | other cores |
 |---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
@@ -204,7 +228,7 @@ def plot(runs):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 4.5))
     labels = [r["label"].replace(" ", "\n", 1) for r in runs]
     left.bar(labels, [r["tps"] for r in runs], color="#4477aa")
     left.set_ylabel("transactions/s")

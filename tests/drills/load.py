@@ -51,6 +51,10 @@ class WriteLoad:
                                                  f"{count}; last errors: {self.failures[-3:]}")
             time.sleep(0.1)
 
+    def failures_since(self, since):
+        """The client errors from `since` (time.time()) on: what a fault caused, not the load's own start."""
+        return [failure for failure in list(self.failures) if failure[0] >= since]
+
     def first_commit_on(self, address, since):
         """When the first row after `since` committed by the server at `address` was acknowledged (None: none was)."""
         return min((t for r, t in list(self.acknowledged.items()) if t > since and self.served_by.get(r) == address),
