@@ -171,7 +171,8 @@ def patroni(archive, reload_when=None, pooled=None):
               src=io.StringIO(json.dumps({"purpose": purpose_of(host.name), "lag_threshold_mb": lag_threshold_mb(host.name),
                                           "slot": slot_name(host.name)}, sort_keys=True) + "\n"),
               dest=layout.config("member.json"), mode="644")
-    systemd.service(name=f"{pg.patroni_unit} starts at boot", service=pg.patroni_unit, enabled=True)
+    # Enabled only: started below, in an order (all members started at once would race for the bootstrap).
+    systemd.service(name=f"{pg.patroni_unit} starts at boot", service=pg.patroni_unit, enabled=True, running=None)
 
     cluster_cmd = layout.program("cluster")
     if not found:

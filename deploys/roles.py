@@ -60,7 +60,10 @@ def statements(name, spec, live, password):
     sql, role = [], identifier(name)
     attributes = " ".join(("" if getattr(spec, a) else "NO") + a.upper() for a in ATTRIBUTES)
     if live is None:
-        sql.append(f"CREATE ROLE {role} {attributes};")
+        # Absent when planned; on a first deploy Patroni's bootstrap makes the replication role in the meantime.
+        sql.append(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {literal(name)}) THEN "
+                   f"CREATE ROLE {role}; END IF; END $$;")
+        sql.append(f"ALTER ROLE {role} {attributes};")
         live = {a: getattr(spec, a) for a in ATTRIBUTES} | {"member_of": [], "settings": [], "password": None}
     elif any(live[a] != getattr(spec, a) for a in ATTRIBUTES):
         sql.append(f"ALTER ROLE {role} {attributes};")

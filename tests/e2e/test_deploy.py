@@ -20,7 +20,9 @@ def pyinfra_run(*args):
 
 def pyinfra(*args):
     result = pyinfra_run(*args)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if re.search(r"\b(Error|error:|Traceback)", line)]
+    assert result.returncode == 0, "\n".join(errors[:40]) + "\n...\n" + output[-3000:]
     return result.stdout + result.stderr  # pyinfra reports on stderr
 
 

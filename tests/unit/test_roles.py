@@ -38,9 +38,11 @@ def test_a_matching_role_needs_no_statement():
 
 def test_a_missing_role_is_created_with_a_verifier_not_the_password():
     sql = statements("portal_app", SPEC, None, "pw")
-    assert sql[0] == 'CREATE ROLE "portal_app" LOGIN NOREPLICATION NOBYPASSRLS NOCREATEDB NOCREATEROLE;'
-    assert sql[1].startswith("ALTER ROLE \"portal_app\" PASSWORD 'SCRAM-SHA-256$4096:") and "pw'" not in sql[1]
-    assert sql[2:] == ["ALTER ROLE \"portal_app\" SET \"statement_timeout\" = '30s';"]
+    assert sql[0] == ("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'portal_app') THEN "
+                      'CREATE ROLE "portal_app"; END IF; END $$;')
+    assert sql[1] == 'ALTER ROLE "portal_app" LOGIN NOREPLICATION NOBYPASSRLS NOCREATEDB NOCREATEROLE;'
+    assert sql[2].startswith("ALTER ROLE \"portal_app\" PASSWORD 'SCRAM-SHA-256$4096:") and "pw'" not in sql[2]
+    assert sql[3:] == ["ALTER ROLE \"portal_app\" SET \"statement_timeout\" = '30s';"]
 
 
 def test_drift_is_converged():
