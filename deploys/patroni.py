@@ -36,13 +36,15 @@ from hostside.cluster import config_patch
 DYNAMIC_PARAMETERS = ("max_connections", "max_wal_senders", "max_replication_slots", "max_worker_processes",
                       "max_locks_per_transaction", "max_prepared_transactions", "wal_level", "wal_log_hints",
                       "hot_standby", "track_commit_timestamp", "wal_keep_size")
-# What Patroni sets itself, from its configuration (the address, the port) or as a member's role needs (recovery):
+# What Patroni sets itself, from its configuration (the address, the port), as a member's role needs (recovery) or
+# as synchronous_replication asks (the synchronous standbys):
 # not in the deploy's settings file, and not compared with the live values by the restart plan.
 PATRONI_PARAMETERS = ("listen_addresses", "port", "cluster_name", "hba_file", "ident_file", "config_file",
                       "data_directory", "primary_conninfo", "primary_slot_name", "restore_command",
                       "archive_cleanup_command", "recovery_end_command", "recovery_min_apply_delay",
                       "recovery_target", "recovery_target_action", "recovery_target_inclusive", "recovery_target_lsn",
-                      "recovery_target_name", "recovery_target_time", "recovery_target_timeline", "recovery_target_xid")
+                      "recovery_target_name", "recovery_target_time", "recovery_target_timeline", "recovery_target_xid",
+                      "synchronous_standby_names")
 RESTAPI_USER = "patroni"
 PATRONI_DROP_IN = ("# Rendered by deploy.py (deploys/patroni.py): a Patroni that died is started again, at once.\n"
                    "[Service]\nRestart=on-failure\nRestartSec=1s\n")
@@ -112,7 +114,7 @@ def patroni(archive, reload_when=None, pooled=None):
     theirs = sorted(set(k.postgres_settings) & set(PATRONI_PARAMETERS))
     if theirs:
         raise refused(f"postgres_settings: {', '.join(theirs)}: set by Patroni (the address and port from "
-                      "postgres_listen_address and postgres_port, recovery as each member's role needs); remove it")
+                      "postgres_listen_address and postgres_port, recovery as each member's role needs, synchronous standbys from synchronous_replication); remove it")
     address = k.postgres_listen_address or address_of(host)
     restore_command = archive["restore_command"]
     try:
@@ -166,7 +168,9 @@ def patroni(archive, reload_when=None, pooled=None):
         port=k.postgres_port, custom_conf=f"{pg.config_directory}/{CUSTOM_CONF}",
         replication_user=k.postgres_replication_user,
         replication_password=secrets.password(k.postgres_replication_user), restore_command=restore_command,
-        watchdog=k.patroni_watchdog, tags=tags(host.name)), pg.patroni_config, user="postgres", group="postgres")
+        watchdog=k.patroni_watchdog, tags=tags(host.name),
+        restore_standby=f"{layout.program('base-backup')} restore --standby"), pg.patroni_config, user="postgres",
+        group="postgres")
     files.put(name="Record this member's purpose, lag threshold and slot (read by tests/infra and SREs)",
               src=io.StringIO(json.dumps({"purpose": purpose_of(host.name), "lag_threshold_mb": lag_threshold_mb(host.name),
                                           "slot": slot_name(host.name)}, sort_keys=True) + "\n"),

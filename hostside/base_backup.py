@@ -12,7 +12,8 @@
                               up to replay WAL from the archive to the target and then stop (recovery.signal)
     base_backup.py restore --standby DATADIR
                               rebuild this host's replica: the newest verified backup, unpacked and verified, set
-                              up as a standby (standby.signal) of the host's configured primary
+                              up as a standby (standby.signal); Patroni's first replica creation method, which
+                              starts it following the leader
 
 Runs only where `pg_is_in_recovery()` is false: on a standby `run` says so and exits 0. Settings come from the
 WAL archiver's configuration (/etc/mcp-portal/wal-archive.json): same bucket, prefix and keys.

@@ -26,7 +26,10 @@ def checksums():
     ('backup_schedule = "daily\\nExecStartPre=/bin/true"', "backup_schedule = 'daily\\nExecStartPre=/bin/true'"),
     ('replica_purposes = {"pg-9": "reporting"}',
      "replica_purposes names pg-9, not a database host of the inventory (pg-1, pg-2, pg-3)"),
-], ids=["typo", "hba injection", "pool auth_type", "prefix", "setting newline", "unit newline", "unknown replica"])
+    ('postgres_settings = {"synchronous_standby_names": "*"}',
+     "postgres_settings: synchronous_standby_names: set by Patroni"),
+], ids=["typo", "hba injection", "pool auth_type", "prefix", "setting newline", "unit newline", "unknown replica",
+        "Patroni's setting"])
 def test_a_bad_knob_changes_no_file_on_any_host(tmp_path, group_data, message):
     (tmp_path / "local.py").write_text(group_data + "\n")  # the fleet's group: over group_data/local.py
     before = checksums()
