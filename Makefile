@@ -82,7 +82,7 @@ bench-backup: venv deps
 bench-rls: venv deps
 	$(BIN)/python bench/rls.py
 
-bench-failover: venv deps
+bench-failover: bench-deps deps
 	$(BIN)/python bench/failover.py
 
 # The plots' library, for the benchmarks only.
