@@ -99,4 +99,6 @@ def _replace_member(k, keeping):
         "mkdir -p /run/systemd/system/etcd.service.d && printf '[Service]\\nEnvironmentFile=/run/mcp-etcd-join.env\\n' "
         "> /run/systemd/system/etcd.service.d/mcp-join.conf && echo ETCD_INITIAL_CLUSTER_STATE=existing > /run/mcp-etcd-join.env",
         "systemctl daemon-reload && systemctl start etcd",
+        # Done when every member answers again (the new one has caught up with the others' data).
+        f"timeout 120 sh -c 'until {etcdctl} endpoint health --cluster >/dev/null 2>&1; do sleep 1; done'",
     ])

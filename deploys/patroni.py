@@ -158,8 +158,11 @@ def patroni(archive, reload_when=None, pooled=None):
     conf = files.template(name="Render the settings Patroni's postgresql.conf includes", src="templates/postgresql.conf.j2",
                           dest=f"{pg.config_directory}/{CUSTOM_CONF}", user="postgres", group="postgres", mode="644",
                           settings=local, cluster=pg, budget_mb=k.postgres_memory_budget_mb)
-    hba = files.template(name="Render pg_hba.conf", src="templates/pg_hba.conf.j2", dest=f"{pg.config_directory}/pg_hba.conf",
-                         user="postgres", group="postgres", mode="640", rules=rules)
+    def render_hba(name):
+        return files.template(name=name, src="templates/pg_hba.conf.j2", dest=f"{pg.config_directory}/pg_hba.conf",
+                              user="postgres", group="postgres", mode="640", rules=rules)
+
+    hba = render_hba("Render pg_hba.conf")
     files.directory(name="Patroni's configuration directory", path="/etc/patroni", user="root", group="postgres", mode="750")
     config = secrets.put_private("Patroni's configuration (REST API and replication passwords)", secrets.render(
         "templates/patroni.yml.j2", scope=k.patroni_scope, name=host.name, address=address, cluster=pg,
@@ -183,6 +186,8 @@ def patroni(archive, reload_when=None, pooled=None):
         # A new cluster: the first database host bootstraps it, then the others clone from it.
         if host.name == lead:
             _start(pg, "bootstraps the cluster", f"{cluster_cmd} wait-leader --timeout 300")
+            # Patroni's bootstrap appends its (empty) list of rules to pg_hba.conf: the same rules, written again.
+            render_hba("pg_hba.conf as rendered (Patroni's bootstrap appended to it)")
         barrier(name="The leader bootstrapped the cluster")
         if host.name != lead:
             _start(pg, "clones from the leader", f"{cluster_cmd} wait-running --timeout 600")

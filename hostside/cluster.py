@@ -10,7 +10,8 @@ Debian's patroni@ instance).
                                          answer
     mcp-cluster config                   the cluster's dynamic configuration in etcd (GET /config), JSON
     mcp-cluster configure                PATCH the dynamic configuration with the JSON on stdin, when it differs
-    mcp-cluster reload                   Patroni re-reads its configuration and reloads PostgreSQL's
+    mcp-cluster reload                   Patroni re-reads its configuration, and PostgreSQL the deploy's files
+                                         (Patroni signals PostgreSQL only when its own configuration changed)
     mcp-cluster restart [--wait-pending S] [--timeout S]
                                          restart PostgreSQL through Patroni (with --wait-pending: once Patroni
                                          flags a pending restart, which it does within its loop after a reload or
@@ -29,6 +30,7 @@ import glob
 import json
 import os
 import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -49,6 +51,7 @@ class Patroni:
         self.url = f"https://{restapi['connect_address']}"
         self.context = ssl.create_default_context(cafile=restapi["cafile"])
         self.context.load_cert_chain(restapi["certfile"], restapi["keyfile"])  # unsafe endpoints need it
+        self.postgres_port = config["postgresql"]["connect_address"].rsplit(":", 1)[1]
         auth = restapi.get("authentication") or {}
         self.auth = base64.b64encode(f"{auth.get('username', '')}:{auth.get('password', '')}".encode()).decode()
 
@@ -197,11 +200,18 @@ def _configure(api, args):
     return 0
 
 
-def _reload(api, args):
+def _reload(api, args, run=subprocess.run):
     status, body = api.request("POST", "/reload")
     if status not in (200, 202):
         raise ClusterError(f"reload refused ({status}): {body}")
     print(body)
+    # The settings file Patroni's postgresql.conf includes and pg_hba.conf are the deploy's: Patroni does not watch
+    # them, and signals PostgreSQL only when its own configuration changed.
+    result = run(["runuser", "-u", "postgres", "--", "psql", "-p", api.postgres_port, "-XtAc", "select pg_reload_conf()"],
+                 capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"pg_reload_conf() failed: {result.stderr.strip()}")
+    print("PostgreSQL re-read its configuration files")
     return 0
 
 

@@ -52,8 +52,9 @@ def grand_total(output):
 
 def test_deploy_converges_then_a_second_run_changes_nothing():
     # The session's first deploy (conftest.py) converged the fleet; this is the second run.
-    hosts, changed, errors, unchanged = grand_total(deploy())
-    assert (changed, errors) == (0, 0)
+    output = deploy()
+    hosts, changed, errors, unchanged = grand_total(output)
+    assert (changed, errors) == (0, 0), changed_operations(output)
     assert unchanged > 0
 
 

@@ -100,3 +100,17 @@ def test_a_wait_asks_again_while_the_api_does_not_answer_yet():
     assert cluster.until(check, timeout=5, what="x", interval=0) == {"ok": 1}
     with pytest.raises(cluster.ClusterError, match=r"never within 0 s \(last: connection refused\)"):
         cluster.until(lambda: (_ for _ in ()).throw(cluster.ClusterError("connection refused")), 0, "never", interval=0)
+
+
+def test_a_reload_also_has_postgresql_read_the_deploys_files():
+    api = FakePatroni({("POST", "/reload"): [(202, "reload scheduled")]})
+    api.postgres_port = "5433"
+    ran = []
+    assert cluster._reload(api, None, run=lambda argv, **kw: ran.append(argv) or SimpleNamespace(returncode=0)) == 0
+    assert ran == [["runuser", "-u", "postgres", "--", "psql", "-p", "5433", "-XtAc", "select pg_reload_conf()"]]
+    failed = lambda argv, **kw: SimpleNamespace(returncode=2, stderr="psql: error: connection refused\n")
+    with pytest.raises(ClusterError, match="pg_reload_conf\\(\\) failed: psql: error: connection refused"):
+        cluster._reload(api, None, run=failed)
+    refused = FakePatroni({("POST", "/reload"): [(503, "no")]})
+    with pytest.raises(ClusterError, match=r"reload refused \(503\)"):
+        cluster._reload(refused, None, run=failed)
