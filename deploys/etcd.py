@@ -59,7 +59,7 @@ def etcd_member():
         "ETCD_DATA_DIR": DATA_DIR,
         "ETCD_LISTEN_PEER_URLS": f"https://{address}:{k.etcd_peer_port}",
         "ETCD_INITIAL_ADVERTISE_PEER_URLS": f"https://{address}:{k.etcd_peer_port}",
-        "ETCD_LISTEN_CLIENT_URLS": f"https://{address}:{k.etcd_client_port},https://127.0.0.1:{k.etcd_client_port}",
+        "ETCD_LISTEN_CLIENT_URLS": f"https://{address}:{k.etcd_client_port}",  # where its certificate is valid
         "ETCD_ADVERTISE_CLIENT_URLS": f"https://{address}:{k.etcd_client_port}",
         "ETCD_INITIAL_CLUSTER": peers,
         "ETCD_INITIAL_CLUSTER_STATE": "new",  # read on a member's first start only

@@ -493,7 +493,7 @@ def knobs(of=None):
 def check_inventory():
     """The inventory's shape, every host's name and knobs, before any fact is gathered or operation planned: the
     first problem stops the run (host names reach unit files and SQL: they are held to a host name's shape too)."""
-    from pyinfra import inventory
+    from pyinfra import inventory, state
     from pyinfra.api.exceptions import DeployError
 
     from deploys.base import inventory_problem
@@ -502,7 +502,8 @@ def check_inventory():
                                  for name in ("primary", "replicas", "database", "pgbouncer")})
     if problem:
         raise DeployError(problem)
-    unreachable = sorted(h.name for h in inventory if not h.connected)
+    # Hosts outside --limit are not connected to, and not deployed to.
+    unreachable = sorted(h.name for h in inventory if state.is_host_in_limit(h) and not h.connected)
     if unreachable:  # pyinfra goes on planning for the others; the tier is deployed whole or not at all
         raise DeployError(f"{', '.join(unreachable)}: unreachable over ssh (Could not connect, above); bring it back "
                           "or take it out of the inventory, then run again")

@@ -5,10 +5,11 @@ make, and refuses, before touching any host, one that holds anything."""
 import pytest
 
 from tests.e2e.test_deploy import deploy, grand_total, pyinfra_run
-from tests.fleet_helpers import DATABASE, fleet, members, on
+from tests.fleet_helpers import DATABASE, TOPOLOGY, fleet, members, on
 
 HOST = "pg-3"
-ETCDCTL = ("ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/mcp-portal/etcd-tls/ca.crt "
+ASKED = TOPOLOGY.hosts[0]  # the member asked for the membership: pg-1, at its address (its certificate's)
+ETCDCTL = (f"ETCDCTL_API=3 etcdctl --endpoints=https://{ASKED.address}:2379 --cacert=/etc/mcp-portal/etcd-tls/ca.crt "
            "--cert=/etc/mcp-portal/etcd-tls/server.crt --key=/etc/mcp-portal/etcd-tls/server.key")
 
 
@@ -31,7 +32,7 @@ def test_a_rebuilt_host_rejoins_etcd_and_the_cluster_as_a_clone():
     assert "Replace this etcd member (its data is gone; the other members keep the cluster)" in output
     assert "Start Patroni (joins the cluster led by pg-1)" in output
     assert streaming() and psql("show data_checksums") == "on"
-    listed = on("pg-1", f"{ETCDCTL} member list").stdout.splitlines()
+    listed = on(ASKED.name, f"{ETCDCTL} member list").stdout.splitlines()
     assert sorted(line.split(", ")[2] for line in listed if ", started, " in line) == DATABASE
     assert grand_total(deploy())[1] == 0
 

@@ -5,18 +5,22 @@ from tests.infra.conftest import etcd_members
 from tests.infra.probe import https
 
 TLS = "/etc/mcp-portal/etcd-tls"
-ETCDCTL = (f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert={TLS}/ca.crt --cert={TLS}/server.crt "
-           f"--key={TLS}/server.key")
+
+
+def etcdctl(target):
+    """etcdctl on `target`, asking its own member at its address (the one its certificate names)."""
+    return (f"ETCDCTL_API=3 etcdctl --endpoints=https://{target.address}:2379 --cacert={TLS}/ca.crt "
+            f"--cert={TLS}/server.crt --key={TLS}/server.key")
 
 
 def test_etcd_runs_and_is_healthy(etcd_target):
     assert etcd_target.host.service("etcd").is_running and etcd_target.host.service("etcd").is_enabled
-    health = etcd_target.host.run(f"{ETCDCTL} endpoint health")
+    health = etcd_target.host.run(f"{etcdctl(etcd_target)} endpoint health")
     assert health.rc == 0 and "is healthy" in health.stdout + health.stderr
 
 
 def test_the_membership_is_the_inventorys(etcd_target, targets):
-    rows = [line.split(", ") for line in etcd_target.host.check_output(f"{ETCDCTL} member list").splitlines()]
+    rows = [line.split(", ") for line in etcd_target.host.check_output(f"{etcdctl(etcd_target)} member list").splitlines()]
     assert sorted(row[2] for row in rows if row[1] == "started") == sorted(t.name for t in etcd_members(targets.values()))
     assert all(row[3].startswith("https://") and row[4].startswith("https://") for row in rows)
 
