@@ -53,8 +53,8 @@ if database and leading:  # a first deploy's leader has bootstrapped the cluster
     roles()
     databases()
     heartbeat_table()
-    migrations()
 if database:
+    migrations(leading)  # the tools on every member, the changes on the leader
     portal_jobs()
     data_keys(leading)
 if pooling:

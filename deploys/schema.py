@@ -88,20 +88,23 @@ def sqitch_command(cluster, owner, lock_timeout, database, action):
 
 
 @deploy("Portal schema")
-def migrations():
-    """On the primary: sql/ shipped, and sqitch deploys what is pending as portal_owner."""
+def migrations(leading):
+    """On every database host (any may lead after a failover): sqitch and sql/; on the leader, sqitch deploys what
+    is pending as portal_owner."""
     k, pg = knobs(), cluster()
     problem = roles_problem(k.postgres_roles)
     if problem:
         raise DeployError(f"{host.name}: {source_of('postgres_roles')}: {problem}")
+    apt.packages(name="Install sqitch", packages=["sqitch", "libdbd-pg-perl"], no_recommends=True)
+    files.sync(name="Ship the migrations (sql/)", src=str(SQL_DIR), dest=REMOTE_SQL_DIR, delete=True, mode="644",
+               dir_mode="755")
+    if not leading:
+        return
     deployed = host.get_fact(SqitchChanges, major=pg.major, cluster=pg.name, database=k.portal_database, project=PROJECT)
     try:
         pending = pending_changes(deployed)
     except ValueError as exc:
         raise DeployError(f"{host.name}: {exc}") from None
-    apt.packages(name="Install sqitch", packages=["sqitch", "libdbd-pg-perl"], no_recommends=True)
-    files.sync(name="Ship the migrations (sql/)", src=str(SQL_DIR), dest=REMOTE_SQL_DIR, delete=True, mode="644",
-               dir_mode="755")
     if not pending:
         logger.info(f"[{host.name}] Portal schema: all {len(deployed)} changes of sql/sqitch.plan are deployed")
         return
