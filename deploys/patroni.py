@@ -114,7 +114,8 @@ def patroni(archive, reload_when=None, pooled=None):
     theirs = sorted(set(k.postgres_settings) & set(PATRONI_PARAMETERS))
     if theirs:
         raise refused(f"postgres_settings: {', '.join(theirs)}: set by Patroni (the address and port from "
-                      "postgres_listen_address and postgres_port, recovery as each member's role needs, synchronous standbys from synchronous_replication); remove it")
+                      "postgres_listen_address and postgres_port, recovery as each member's role needs, synchronous "
+                      "standbys from synchronous_replication); remove it")
     address = k.postgres_listen_address or address_of(host)
     restore_command = archive["restore_command"]
     try:
