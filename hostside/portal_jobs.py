@@ -73,19 +73,33 @@ def main(argv):
     parser.add_argument("--min-ahead", type=int, default=2)
     args = parser.parse_args(argv[1:])
     try:
-        if subprocess.run(["pg_isready", "--cluster", args.cluster, "-q"]).returncode != 0:
-            # Stopped, starting or being rebuilt: the primary, where the job acts, is elsewhere (or down, which
-            # monitoring reports as such), not a failure of this job.
-            print(f"{args.job}: the cluster is not accepting connections here; nothing to do")
-            return 0
-        if psql(args, "select pg_is_in_recovery()") == "t":
-            print(f"{args.job}: the cluster is in recovery (a standby); nothing to do")
+        elsewhere = not_leading_here(args)
+        if elsewhere:
+            print(f"{args.job}: {elsewhere}; nothing to do")
             return 0
         JOBS[args.job](args)
     except JobError as exc:
+        # Patroni stopped or demoted this member while the job ran: the leader, elsewhere, runs it next time.
+        elsewhere = not_leading_here(args)
+        if elsewhere:
+            print(f"{args.job}: interrupted ({str(exc).splitlines()[0]}): {elsewhere} now; nothing to do")
+            return 0
         print(f"{args.job}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def not_leading_here(args):
+    """Why the job has nothing to do on this host, or None when its cluster runs as the primary."""
+    if subprocess.run(["pg_isready", "--cluster", args.cluster, "-q"]).returncode != 0:
+        # Stopped, starting or being rebuilt: the primary is elsewhere (or down, which monitoring reports as such).
+        return "the cluster is not accepting connections here"
+    try:
+        if psql(args, "select pg_is_in_recovery()") == "t":
+            return "the cluster is in recovery (a standby)"
+    except JobError:
+        return "the cluster is not answering here"
+    return None
 
 
 if __name__ == "__main__":
