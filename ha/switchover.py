@@ -11,13 +11,13 @@ pause, PgBouncer is resumed.
 import time
 
 from deploys.knobs import knobs
-from hostside import layout
 from deploys.replication import lag_threshold_mb
 from ha.tier import Refused, say
+from hostside import layout
 
 PAUSE_TIMEOUT_S = 30  # for PgBouncer to see the transactions in flight finish
 PROMOTED_WAIT_S = 60  # for the new leader's PostgreSQL to end recovery
-WRITABLE = f"runuser -u postgres -- psql -h {layout.SOCKET_DIR} -XtAc 'select pg_is_in_recovery()' 2>/dev/null"
+IN_RECOVERY = "runuser -u postgres -- psql -h {socket} -p {port} -XtAc 'select pg_is_in_recovery()' 2>/dev/null"
 # What may not run during a switchover, on any database host: each would fail or copy a half-switched tier.
 BUSY = ("busy=''; "
         "systemctl is-active -q mcp-base-backup.service && busy=\"$busy base backup,\"; "
@@ -99,7 +99,8 @@ def switchover(tier, target):
         tier.cluster(old, f"switchover --leader {old} --candidate {target}")
         # Patroni answers once the target holds the lock; its PostgreSQL may still be ending recovery, and a write
         # sent to it then would fail (read-only): wait until it takes writes.
-        ok, _ = tier.run(target, f"for i in $(seq {PROMOTED_WAIT_S * 5}); do [ \"$({WRITABLE})\" = f ] && exit 0; "
+        in_recovery = IN_RECOVERY.format(socket=layout.SOCKET_DIR, port=int(tier.data(target, "postgres_port")))
+        ok, _ = tier.run(target, f"for i in $(seq {PROMOTED_WAIT_S * 5}); do [ \"$({in_recovery})\" = f ] && exit 0; "
                                  "sleep 0.2; done; exit 1", timeout=PROMOTED_WAIT_S + 10, check=False)
         if not ok:
             raise Refused(f"{target} holds the leader lock but its PostgreSQL takes no writes after {PROMOTED_WAIT_S} s; "
