@@ -251,8 +251,8 @@ class Patroni(Knobs):
 
     applies: ClassVar[str] = "database hosts"
     patroni_scope: _shaped(Shape("cluster name", r"[a-z][a-z0-9-]{0,62}", "lower-case letters, digits and -")) = Field("mcp-portal", description="The cluster's name in etcd (one per tier).")
-    patroni_ttl: int = Field(30, ge=20, le=600, description="Seconds the leader lock lives without renewal: a leader that cannot renew it within this stops being writable, and a replica may take over.")
-    patroni_loop_wait: int = Field(10, ge=1, le=300, description="Seconds between Patroni's checks on each member.")
+    patroni_ttl: int = Field(25, ge=20, le=600, description="Seconds the leader lock lives without renewal: a leader that cannot renew it within this stops being writable, and a replica may take over.")
+    patroni_loop_wait: int = Field(5, ge=1, le=300, description="Seconds between Patroni's checks on each member.")
     patroni_retry_timeout: int = Field(10, ge=3, le=300, description="Seconds Patroni retries etcd and PostgreSQL before it counts an operation failed.")
     patroni_maximum_lag_on_failover_mb: int = Field(1, ge=0, le=2**20, description="A replica more than this behind the leader (MB of WAL) is not promoted by a failover.")
     patroni_primary_start_timeout: int = Field(300, ge=0, le=3600, description="Seconds a crashed leader's PostgreSQL may take to start again in place before a failover; 0: fail over at once.")
@@ -292,9 +292,9 @@ class Routing(Knobs):
     applies: ClassVar[str] = "PgBouncer hosts"
     haproxy_primary_port: Port = Field(5000, description="HAProxy's listener (loopback) for the leader; PgBouncer's read-write entry.")
     haproxy_replica_port: Port = Field(5001, description="HAProxy's listener (loopback) for the replicas within their lag; PgBouncer's read-only entry.")
-    haproxy_check_interval_ms: int = Field(2000, ge=100, le=60000, description="How often HAProxy asks each member's Patroni what it is.")
+    haproxy_check_interval_ms: int = Field(1000, ge=100, le=60000, description="How often HAProxy asks each member's Patroni what it is.")
     haproxy_check_fall: int = Field(3, ge=1, le=10, description="Failed checks before HAProxy takes a member out (its connections are closed).")
-    haproxy_check_rise: int = Field(2, ge=1, le=10, description="Passed checks before HAProxy sends connections to a member.")
+    haproxy_check_rise: int = Field(1, ge=1, le=10, description="Passed checks before HAProxy sends connections to a member.")
 
 
 class PoolSettings(Knobs):

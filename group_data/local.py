@@ -15,8 +15,8 @@ replica_purposes = {"pg-3": "reporting"}
 # The fleet's containers share the machine's kernel: no watchdog may reset one of them (docs/failover.md says what
 # that leaves unprotected).
 patroni_watchdog = "off"
-# The fast timing profile (bench/results/failover.md): a lost leader is replaced within about 15 s, and the tests'
-# failover drills wait less. Patroni's defaults (30/10/10) are the tier's defaults.
+# The fast timing profile (bench/results/failover.md): a lost or cut leader is replaced in about 21 s (the tier's
+# defaults: about 25 s), and the tests' failover drills wait less. Patroni clamps ttl to 20 s at least.
 patroni_ttl = 20
 patroni_loop_wait = 5
 patroni_retry_timeout = 5
