@@ -21,6 +21,7 @@ from tests.e2e.test_deploy import REPO, changed_operations, deploy, grand_total
 from tests.e2e.test_replication import eventually, run_with
 from tests.e2e.test_pgbouncer import ADDRESSES
 from tests.fleet_helpers import DATABASE, fleet, leader, members, on
+from tests.infra.test_wal_archive import archived
 
 MCP_HA = str(Path(sys.executable).with_name("mcp-ha"))
 LOCAL = "inventory/local.py"
@@ -78,10 +79,7 @@ def no_drift(inventory=LOCAL):
     lead = leader()
     # The segment the switch closed (read after it, the current position may already be past a heartbeat's write).
     closed = sql(lead, "select pg_walfile_name(pg_switch_wal())")
-    # Archived: its .done is there, or the segment is already recycled (never before it was archived).
-    wal = f"{DATADIR}/pg_wal"
-    eventually(lambda: on(lead, f"test -e {wal}/archive_status/{closed}.done || test ! -e {wal}/{closed}",
-                          check=False).returncode == 0, timeout=60)
+    eventually(lambda: on(lead, archived(f"{DATADIR}/pg_wal", closed), check=False).returncode == 0, timeout=60)
 
 
 def paused(pooler):

@@ -27,14 +27,18 @@ def test_archive_keys_are_private_to_postgres_and_every_member_may_claim_the_pre
     assert "secret_access_key" not in json.dumps(config)
 
 
+def archived(wal, segment):
+    """A shell test: `segment` is archived (its .done is there), or already recycled, which only follows archiving."""
+    return f"test -e {wal}/archive_status/{segment}.done || test ! -e {wal}/{segment}"
+
+
 def test_a_segment_closed_now_is_archived(primary_target):
     host = primary_target.host
     # The segment the switch closed. pg_stat_archiver's last_archived_wal cannot tell: after a promotion the old
     # timeline's .partial may be archived after this segment and sorts before it.
     closed = psql(host, "select pg_walfile_name(pg_switch_wal())")
     wal = f"{psql(host, 'show data_directory')}/pg_wal"
-    archived = f"test -e {wal}/archive_status/{closed}.done || test ! -e {wal}/{closed}"  # or recycled, once archived
     deadline = time.monotonic() + 60
-    while not host.run(archived).succeeded:
+    while not host.run(archived(wal, closed)).succeeded:
         assert time.monotonic() < deadline, f"{closed} not archived within 60 s: see pg_stat_archiver and the log"
         time.sleep(1)
