@@ -154,7 +154,7 @@ def test_switchover_while_a_restore_runs_is_refused(unchanged):
     other = [n for n in DATABASE if n != lead]
     # What the check looks for: a point-in-time restore's process (restore.py runs mcp-base-backup restore).
     on(other[-1], "systemd-run --unit drill-restore -p Type=exec /bin/bash -c "
-                  f"'exec -a \"/usr/bin/python3 -Iu {layout.program('base-backup')} restore\" sleep 120'")
+                  f"'exec -a \"/usr/bin/python3 -IBu {layout.program('base-backup')} restore\" sleep 120'")
     try:
         code, output = mcp_ha("switchover", LOCAL, "--to", other[0], check=False)
     finally:

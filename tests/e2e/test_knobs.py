@@ -12,8 +12,8 @@ MANAGED = "/etc/mcp-portal /etc/postgresql /etc/patroni /etc/haproxy /etc/pgboun
 
 
 def checksums():
-    """{host: md5sum of every file under the directories the deploy writes}."""
-    return {h.name: on(h.name, f"find {MANAGED} -type f 2>/dev/null | sort | xargs -r md5sum").stdout
+    """{host: md5sum of every file under the directories the deploy writes}, bytecode caches aside (Python's, not ours)."""
+    return {h.name: on(h.name, f"find {MANAGED} -type f -not -path '*/__pycache__/*' 2>/dev/null | sort | xargs -r md5sum").stdout
             for h in TOPOLOGY.hosts}
 
 
