@@ -38,9 +38,10 @@ member = host in etcd.members()
 send_without_delay()
 check_inventory()  # every host's knobs, before any fact or operation
 baseline()
+programs_changed = programs() if database or pooling else False
 if database:
     server_packages()
-    archiving = wal_archiver(programs_changed=programs())
+    archiving = wal_archiver(programs_changed=programs_changed)
     certificate = certificates(owner="postgres")
 if member:
     etcd.etcd_member()
@@ -58,8 +59,8 @@ if database:
     portal_jobs()
     data_keys(leading)
 if pooling:
+    pooler(programs_changed)  # first: HAProxy's statistics socket is for PgBouncer's user, which its package makes
     router()
-    pooler()
     heartbeat_writer()
 if database or pooling or member:  # not the local fleet's S3 endpoint
     node_metrics(database_host=database)

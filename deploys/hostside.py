@@ -1,7 +1,8 @@
-"""The host-side programs (hostside/) installed as one unit on the database hosts: the package under
-layout.LIB_DIR, a launcher per program in layout.LAUNCHER_DIR, and the Debian libraries they import. Every
-program finds its siblings whichever deploy runs first; docs/README's map lists them."""
+"""The host-side programs (hostside/) installed as one unit: the package under layout.LIB_DIR, a launcher per program
+in layout.LAUNCHER_DIR, and the Debian libraries they import. A database host gets every program; a PgBouncer host
+only layout.POOLER_PROGRAMS, which need no library. docs/README's map lists them."""
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files
 
@@ -13,10 +14,11 @@ LIBRARIES = ["python3-boto3", "python3-psycopg", "python3-cryptography"]
 @deploy("Host-side programs")
 def programs():
     """Returns True when any of them changes (a resident program restarts on it)."""
-    apt.packages(name="Install the host-side programs' libraries", packages=LIBRARIES)
+    database = "database" in host.groups
+    apt.packages(name="Install the host-side programs' Python and libraries", packages=LIBRARIES if database else ["python3"])
     package = files.sync(name="The host-side programs (hostside/)", src="hostside", dest=f"{layout.LIB_DIR}/hostside",
                          delete=True, mode="644", dir_mode="755", exclude=["*.pyc"], exclude_dir=["__pycache__", "*/__pycache__"])
     launchers = [files.template(name=f"Launcher mcp-{name}", src="templates/hostside-launcher.j2",
                                 dest=layout.program(name), mode="755", program=name, module=module, lib=layout.LIB_DIR)
-                 for name, module in layout.PROGRAMS.items()]
+                 for name, module in layout.PROGRAMS.items() if database or name in layout.POOLER_PROGRAMS]
     return any(op.will_change for op in (package, *launchers))

@@ -1,5 +1,6 @@
-"""PgBouncer in front of the tier: transaction pooling, a read-write entry on the primary and a read-only entry
-over the replicas, TLS on both sides, passwords looked up with auth_query (no file of hashes anywhere)."""
+"""PgBouncer in front of the tier: transaction pooling, a read-write entry on the leader (which follows it: see
+deploys/routing.py) and a read-only entry over the replicas, TLS on both sides, passwords looked up with auth_query
+(no file of hashes anywhere)."""
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
@@ -12,7 +13,7 @@ from deploys.datasource import address_of, source_of
 from deploys.facts import PostgresDatabases
 from deploys.knobs import knobs
 from deploys.postgres import cluster
-from deploys.routing import endpoints
+from deploys.routing import endpoints, leader_follower
 from deploys.sqlscript import identifier
 from deploys.tls import certificates
 from hostside import layout
@@ -67,10 +68,10 @@ def databases():
 
 
 @deploy("PgBouncer")
-def pooler():
+def pooler(programs_changed):
     k = knobs()
     auth_user, pool = k.pgbouncer_auth_user, k.pgbouncer_pool
-    read_write, read_only = endpoints()
+    read_only = endpoints()[1]
     limits = files.template(
         name="Let PgBouncer open a descriptor per client and server connection",
         src="templates/pgbouncer-unit-override.conf.j2", dest="/etc/systemd/system/pgbouncer.service.d/mcp-portal.conf",
@@ -80,6 +81,12 @@ def pooler():
         systemd.daemon_reload(name="Reload systemd units")
     apt.packages(name="Install PgBouncer", packages=["pgbouncer"], update=True, cache_time=3600)
     tls = certificates(owner="postgres")  # the package's service runs as postgres
+    leader_follower([
+        {"name": k.pgbouncer_rw_entry, "dbname": k.portal_database, "options": ""},
+        {"name": k.pgbouncer_auth_database, "dbname": k.pgbouncer_auth_database,
+         "options": f"pool_size={AUTH_LOOKUP_CONNECTIONS} min_pool_size=0 reserve_pool_size=0 "
+                    f"max_db_connections={AUTH_LOOKUP_CONNECTIONS}"},
+    ], programs_changed)
     userlist = secrets.put_private("PgBouncer's own login (the auth_query user only; every other password is looked up)",
                                    f'"{auth_user}" "{secrets.password(auth_user)}"\n', "/etc/pgbouncer/userlist.txt",
                                    user="postgres", group="postgres")
@@ -90,9 +97,9 @@ def pooler():
         name="Render pgbouncer.ini",
         src="templates/pgbouncer.ini.j2", dest="/etc/pgbouncer/pgbouncer.ini", user="postgres", group="postgres", mode="640",
         rw_name=k.pgbouncer_rw_entry, ro_name=k.pgbouncer_ro_entry, database=k.portal_database,
-        read_write=read_write, read_only=read_only, auth_database=k.pgbouncer_auth_database, auth_user=auth_user, listen_addr=listen_addr,
-        listen_port=k.pgbouncer_port, admin_users=k.pgbouncer_admin_users, stats_users=k.pgbouncer_stats_users,
-        pool=pool.model_dump(), tls=layout.TLS_DIR, auth_connections=AUTH_LOOKUP_CONNECTIONS,
+        read_only=read_only, leader_entries=layout.LEADER_ENTRIES, auth_database=k.pgbouncer_auth_database,
+        auth_user=auth_user, listen_addr=listen_addr, listen_port=k.pgbouncer_port, admin_users=k.pgbouncer_admin_users,
+        stats_users=k.pgbouncer_stats_users, pool=pool.model_dump(), tls=layout.TLS_DIR,
     )
     systemd.service(name="PgBouncer runs and starts at boot", service="pgbouncer", running=True, enabled=True)
     if moved or limits.will_change:  # clients are disconnected: say why in the plan

@@ -1,10 +1,11 @@
 """mcp-ha: the tier's leadership, as Patroni runs it (docs/failover.md).
 
-    mcp-ha status INVENTORY                   each member's role, state, timeline and lag (Patroni's view); what
-                                              each PgBouncer host's HAProxy routes to
+    mcp-ha status INVENTORY                   each member's role, state, timeline and lag (Patroni's view); where
+                                              each PgBouncer host sends writes and HAProxy sends reads
     mcp-ha switchover INVENTORY --to HOST     planned: clients paused, not failed; Patroni hands leadership over
 
-A failover needs no command: Patroni elects a new leader when the old one is lost, and HAProxy follows it.
+A failover needs no command: Patroni elects a new leader when the old one is lost, HAProxy sees it
+and each PgBouncer host's mcp-follow-leader points the writes at it.
 """
 
 import argparse
@@ -14,6 +15,7 @@ from pathlib import Path
 # The checkout's deploy code, which mcp-ha shares (deploys/, hostside/, inventory/), as pyinfra finds it for a deploy.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from deploys.routing import member_endpoint  # noqa: E402
 from ha.tier import Refused, Tier, say  # noqa: E402
 
 
@@ -29,12 +31,17 @@ def status(tier):
         if not tier.reachable(pooler):
             print(f"{pooler:<24} unreachable")
             continue
-        routes = {listener: [s for s, status in tier.haproxy_servers(pooler, listener).items() if status == "UP"]
-                  for listener in ("primary", "replicas")}
+        host, port = tier.pgbouncer_databases(pooler)[tier.data(pooler, "pgbouncer_rw_entry")]
+        writes = next((name for name in tier.database_hosts if member_endpoint(tier.hosts[name]) == (host, int(port))),
+                      None)
+        if writes is None:  # mcp-follow-leader sees no single leader
+            leaders = [s for s, status in tier.haproxy_servers(pooler, "primary").items() if status == "UP"]
+            writes = f"HAProxy's leader listener, which has {', '.join(leaders) or 'nothing'}"
+        replicas = [s for s, status in tier.haproxy_servers(pooler, "replicas").items() if status == "UP"]
         # The replicas listener's <member>-leader servers are its backups: used only when no replica is within its lag.
-        reads = [s for s in routes["replicas"] if not s.endswith("-leader")]
-        fallback = [s.removesuffix("-leader") for s in routes["replicas"] if s.endswith("-leader")]
-        print(f"{pooler:<24} read-write -> {', '.join(routes['primary']) or 'nothing'}; "
+        reads = [s for s in replicas if not s.endswith("-leader")]
+        fallback = [s.removesuffix("-leader") for s in replicas if s.endswith("-leader")]
+        print(f"{pooler:<24} read-write -> {writes}; "
               f"read-only -> {', '.join(reads) or 'nothing'}"
               + (f" (else {', '.join(fallback)})" if fallback else ""))
 

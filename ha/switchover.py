@@ -4,19 +4,22 @@ Refused first, with nothing changed, for a target that is not a running, streami
 or while a base backup, restore drill or point-in-time restore runs. Then PgBouncer's read-write entry is paused on
 every PgBouncer host (transactions in flight finish, new ones wait), Patroni hands leadership over (the old leader
 shuts down cleanly, the target replays all of it and is promoted, the old leader follows it), each HAProxy is told
-at once which member leads (its checks confirm it moments later), and PgBouncer resumes. Whatever happens after the
-pause, PgBouncer is resumed.
+at once which member leads (its checks confirm it moments later), each PgBouncer's read-write entry is seen pointing
+at it (mcp-follow-leader moves it from what HAProxy sees), and PgBouncer resumes. Whatever happens after the pause,
+PgBouncer is resumed.
 """
 
 import time
 
 from deploys.knobs import knobs
 from deploys.replication import lag_threshold_mb
+from deploys.routing import member_endpoint
 from ha.tier import Refused, say
 from hostside import layout
 
 PAUSE_TIMEOUT_S = 30  # for PgBouncer to see the transactions in flight finish
 PROMOTED_WAIT_S = 60  # for the new leader's PostgreSQL to end recovery
+FOLLOWED_WAIT_S = 10  # for every PgBouncer's read-write entry to point at the new leader (it takes tenths of a second)
 IN_RECOVERY = "runuser -u postgres -- psql -h {socket} -p {port} -XtAc 'select pg_is_in_recovery()' 2>/dev/null"
 # What may not run during a switchover, on any database host: each would fail or copy a half-switched tier.
 BUSY = ("busy=''; "
@@ -79,9 +82,26 @@ def resume(tier):
 
 def route_to(tier, leader):
     """Tell each HAProxy now which member leads (its own checks would take up to fall x inter to see it)."""
+    # One line of commands, the new leader's first: HAProxy never shows mcp-follow-leader no leader in between.
+    others = [m for m in tier.database_hosts if m != leader]
+    command = "; ".join([f"set server primary/{leader} health up"] + [f"set server primary/{m} health down" for m in others])
     for pooler in tier.group("pgbouncer"):
-        for member in tier.database_hosts:
-            tier.haproxy(pooler, f"set server primary/{member} health {'up' if member == leader else 'down'}")
+        tier.haproxy(pooler, command)
+
+
+def wait_followed(tier, leader):
+    """Until every PgBouncer's read-write entry connects to `leader` (its SHOW DATABASES), at most FOLLOWED_WAIT_S;
+    a PgBouncer still elsewhere then is said, and the caller resumes anyway (a pause is not left behind)."""
+    address = member_endpoint(tier.hosts[leader])[0]
+    deadline = time.monotonic() + FOLLOWED_WAIT_S
+    for pooler in tier.group("pgbouncer"):
+        entry = tier.data(pooler, "pgbouncer_rw_entry")
+        while tier.pgbouncer_databases(pooler)[entry][0] != address:
+            if time.monotonic() > deadline:
+                say(f"{pooler}: PgBouncer's {entry} does not point at {leader} after {FOLLOWED_WAIT_S} s; resuming "
+                    "anyway: see journalctl -u mcp-follow-leader there")
+                break
+            time.sleep(0.1)
 
 
 def switchover(tier, target):
@@ -106,6 +126,7 @@ def switchover(tier, target):
             raise Refused(f"{target} holds the leader lock but its PostgreSQL takes no writes after {PROMOTED_WAIT_S} s; "
                           "PgBouncer is resumed: see mcp-ha status and its log")
         route_to(tier, target)
+        wait_followed(tier, target)
     finally:
         resume(tier)
     say(f"switchover done: {target} leads; clients were held {time.monotonic() - started:.1f} s")

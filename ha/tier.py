@@ -87,6 +87,11 @@ class Tier:
         return self.run(name, f"runuser -u postgres -- psql -h {layout.SOCKET_DIR} -p {port} -U pgbouncer pgbouncer "
                               f"-XtAq -c {quote(command)}", timeout=timeout)[1]
 
+    def pgbouncer_databases(self, name):
+        """{entry: (host, port)} PgBouncer on host `name` connects each entry to now (its SHOW DATABASES)."""
+        rows = [row.split("|") for row in self.pgbouncer(name, "SHOW DATABASES").splitlines()]
+        return {row[0]: (row[1], row[2]) for row in rows}
+
     def haproxy(self, name, command):
         """A command on HAProxy's runtime API (its admin socket) on PgBouncer host `name`."""
         return self.run(name, f"echo {quote(command)} | socat stdio {HAPROXY_SOCKET}")[1]

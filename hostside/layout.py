@@ -13,6 +13,8 @@ METRICS_DIR = f"{STATE_DIR}/metrics"  # node-exporter's textfile collector
 FAILURES_DIR = f"{STATE_DIR}/failures"
 TLS_DIR = f"{CONFIG_DIR}/tls"  # the host's certificate, key and the tier's CA, for PostgreSQL and PgBouncer
 SOCKET_DIR = "/var/run/postgresql"
+# On a PgBouncer host: the [databases] lines mcp-follow-leader writes and PgBouncer includes (its unit's StateDirectory).
+LEADER_ENTRIES = "/var/lib/mcp-portal-follow/leader.ini"
 
 # The programs that run on the hosts: hostside/<module>.py, started as LAUNCHER_DIR/mcp-<name>.
 PROGRAMS = {
@@ -22,7 +24,9 @@ PROGRAMS = {
     "portal-jobs": "portal_jobs",
     "rotate-keys": "rotate_keys",
     "cluster": "cluster",
+    "follow-leader": "follow_leader",  # the one on PgBouncer hosts
 }
+POOLER_PROGRAMS = ("follow-leader",)  # needs only Python's standard library
 
 # Lowering one of these on a primary stops a standby that still has the higher value: each with its line in
 # pg_controldata, where a standby records the value it replayed from the primary.

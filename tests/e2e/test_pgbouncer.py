@@ -1,5 +1,6 @@
-"""PgBouncer on the fleet: a read-write and a read-only entry, SCRAM through auth_query over TLS, the roles
-that must not come through refused, and a configuration change that reloads without dropping clients."""
+"""PgBouncer on the fleet: a read-write entry straight to the leader and a read-only entry over the replicas, SCRAM
+through auth_query over TLS, the roles that must not come through refused, and a configuration change that reloads
+without dropping clients."""
 
 from pathlib import Path
 
@@ -84,6 +85,41 @@ def test_with_no_replica_to_take_them_reads_go_to_the_leader():
     finally:
         for replica in ("pg-2", "pg-3"):
             haproxy("pgbouncer-1", f"enable server replicas/{replica}")
+
+
+def connects_to(pooler, entry):
+    """(host, port) PgBouncer's `entry` connects to now, as its admin console says."""
+    rows = on(pooler, "runuser -u postgres -- psql -h /var/run/postgresql -p 6432 -U pgbouncer pgbouncer "
+                      "-XAtqc 'SHOW DATABASES'").stdout.splitlines()
+    return next(tuple(row.split("|")[1:3]) for row in rows if row.split("|")[0] == entry)
+
+
+def writes(pooler):
+    try:
+        with connect("portal", host=pooler, connect_timeout=5) as conn:
+            return conn.execute("select txid_current()").fetchone()[0] > 0
+    except psycopg.OperationalError:
+        return False
+
+
+def test_with_no_leader_seen_the_read_write_entries_go_through_haproxy_until_it_sees_one():
+    """HAProxy on pgbouncer-2 loses sight of the leader (its server put in maintenance): mcp-follow-leader sends the
+    read-write entries through HAProxy's leader listener, which has nothing to offer, and straight back to the
+    leader once HAProxy's check sees it again. pgbouncer-1 is not moved."""
+    haproxy("pgbouncer-2", "disable server primary/pg-1")
+    try:
+        eventually(lambda: {connects_to("pgbouncer-2", e) for e in ("portal", "auth_lookup")} == {("127.0.0.1", "5000")},
+                   timeout=5)
+        assert not writes("pgbouncer-2") and writes("pgbouncer-1")
+        assert connects_to("pgbouncer-1", "portal") == (ADDRESSES["pg-1"], "5432")
+    finally:
+        haproxy("pgbouncer-2", "enable server primary/pg-1")
+    eventually(lambda: connects_to("pgbouncer-2", "portal") == (ADDRESSES["pg-1"], "5432"), timeout=10)
+    # PgBouncer answers a new client with its last failed server login for server_login_retry (1 s) after it
+    eventually(lambda: writes("pgbouncer-2"), timeout=5)
+    moves = on("pgbouncer-2", "journalctl -u mcp-follow-leader -n 2 -o cat").stdout.splitlines()
+    assert moves == ["portal, auth_lookup -> HAProxy (no single leader); PgBouncer reloaded",
+                     "portal, auth_lookup -> pg-1; PgBouncer reloaded"]
 
 
 @pytest.mark.parametrize("role", ["replicator", "postgres"])

@@ -1,5 +1,7 @@
-"""HAProxy beside PgBouncer: its leader listener routes to Patroni's leader only, its replicas listener to the
-running replicas (the leader as a backup), both on loopback; PgBouncer's entries use them."""
+"""Routing on each PgBouncer host: HAProxy's leader listener routes to Patroni's leader only, its replicas listener
+to the running replicas (the leader as a backup), both on loopback; PgBouncer's read-only entry uses the replicas
+listener, its read-write entries go straight to the leader, as mcp-follow-leader (PgBouncer's user, HAProxy's
+read-only statistics) writes them."""
 
 import pytest
 
@@ -32,6 +34,30 @@ def test_the_replicas_listener_routes_to_the_streaming_replicas(pgbouncer_target
     assert {name for name, status in state.items() if status == "UP" and not name.endswith("-leader")} <= streaming
 
 
-def test_pgbouncers_entries_go_through_haproxy(pgbouncer_target):
-    ini = pgbouncer_target.host.file("/etc/pgbouncer/pgbouncer.ini").content_string
-    assert "host=127.0.0.1 port=5000" in ini and "host=127.0.0.1 port=5001" in ini
+def databases(target):
+    """{entry: (host, port)} PgBouncer connects to now, as its admin console says."""
+    rows = target.host.check_output("runuser -u postgres -- psql -h /var/run/postgresql -p 6432 -U pgbouncer pgbouncer "
+                                    "-XAtqc 'SHOW DATABASES'").splitlines()
+    return {row.split("|")[0]: tuple(row.split("|")[1:3]) for row in rows}
+
+
+def test_pgbouncers_read_write_entries_reach_the_leader_itself_and_reads_go_through_haproxy(pgbouncer_target, members):
+    leader = next(m for m in members.values() if m["role"] == "leader")
+    entries = databases(pgbouncer_target)
+    assert entries["portal"] == entries["auth_lookup"] == (leader["host"], str(leader["port"]))
+    assert entries["portal_ro"] == ("127.0.0.1", "5001")
+
+
+def test_the_leader_follower_runs_as_pgbouncers_user_and_only_reads_haproxy(pgbouncer_target):
+    host = pgbouncer_target.host
+    follower = host.service("mcp-follow-leader")
+    assert follower.is_running and follower.is_enabled
+    assert host.check_output("systemctl show -p User --value mcp-follow-leader") == "postgres"
+    entries = host.file("/var/lib/mcp-portal-follow/leader.ini")
+    assert (entries.user, entries.group, entries.mode) == ("postgres", "postgres", 0o640)
+    assert host.file("/var/lib/mcp-portal-follow").mode == 0o750
+    as_postgres = "runuser -u postgres -- sh -c \"echo '{}' | socat stdio {}\" 2>&1"
+    assert "primary" in host.check_output(as_postgres.format("show stat", "/run/haproxy/stats-pgbouncer.sock"))
+    assert "Permission denied" in host.run(as_postgres.format("disable server primary/pg-1",
+                                                              "/run/haproxy/stats-pgbouncer.sock")).stdout
+    assert "Permission denied" in host.run(as_postgres.format("show info", "/run/haproxy/admin.sock")).stdout
