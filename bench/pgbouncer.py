@@ -29,8 +29,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PRIMARY, POOLER = leader(), "pgbouncer-1"
 POOLERS = {"pgbouncer-1": "198.51.100.21", "pgbouncer-2": "198.51.100.22"}
 LEADER_ADDRESS = {"pg-1": "198.51.100.11", "pg-2": "198.51.100.12", "pg-3": "198.51.100.13"}[PRIMARY]
-DIRECT_ENTRY = "portal_nohaproxy"
-HOP_TARGET = 0.95  # the routing hop may cost at most 5% of the TPS through PgBouncer
+# Two entries beside the tier's on POOLER, for the routing's baseline and reference: straight to the leader's address
+# with nothing following the leader (the path before failover), and through HAProxy's leader listener (the path before
+# mcp-follow-leader).
+STATIC_ENTRY, HAPROXY_ENTRY = "portal_static", "portal_haproxy"
+HOP_TARGET = 0.95  # following the leader may cost at most 5% of the TPS through PgBouncer
 USERS, SECONDS = 10_000, 30
 TARGET = 0.8
 CONTROL_ADDRESS = "198.51.100.1/32"  # the fleet bridge: where this machine's connections come from
@@ -110,12 +113,12 @@ def direct_capacity():
                                         where host(client_addr) in ({", ".join(f"'{a}'" for a in POOLERS.values())})) - 5"""))
 
 
-def bypass_haproxy():
-    """A PgBouncer entry on POOLER straight to the leader's address (the path before HAProxy), for the hop's
-    baseline; the deploy at the end removes it."""
-    entry = f"{DIRECT_ENTRY} = host={LEADER_ADDRESS} port=5432 dbname=portal"
+def add_entries():
+    """STATIC_ENTRY and HAPROXY_ENTRY in POOLER's pgbouncer.ini; the deploy at the end removes them."""
+    entries = (f"{STATIC_ENTRY} = host={LEADER_ADDRESS} port=5432 dbname=portal\\n"
+               f"{HAPROXY_ENTRY} = host=127.0.0.1 port=5000 dbname=portal\\n")
     on(POOLER, "python3 - <<'PY'\nfrom pathlib import Path\nini = Path('/etc/pgbouncer/pgbouncer.ini')\n"
-               f"ini.write_text(ini.read_text().replace('[databases]\\n', '[databases]\\n{entry}\\n', 1))\nPY\n"
+               f"ini.write_text(ini.read_text().replace('[databases]\\n', '[databases]\\n{entries}', 1))\nPY\n"
                "systemctl reload pgbouncer", timeout=60)
 
 
@@ -158,14 +161,12 @@ def main():
         print(f"data: {USERS} bench users, 10 configs each", flush=True)
         psql(DATA)
         direct = direct_capacity()
-        runs = [run("25 direct", PRIMARY, 5432, 25, work),
-                run("1000 through PgBouncer", POOLER, 6432, 1000, work),
-                run(f"{direct} direct", PRIMARY, 5432, direct, work),
-                # The hop alone, without the fan-in: how much of the difference is PgBouncer in the path.
-                run("25 through PgBouncer", POOLER, 6432, 25, work)]
-        bypass_haproxy()
-        runs += [run("25 through PgBouncer, no HAProxy", POOLER, 6432, 25, work, DIRECT_ENTRY),
-                 run("1000 through PgBouncer, no HAProxy", POOLER, 6432, 1000, work, DIRECT_ENTRY)]
+        add_entries()
+        runs = [run("25 direct", PRIMARY, 5432, 25, work), run(f"{direct} direct", PRIMARY, 5432, direct, work)]
+        for clients in (25, 1000):  # each routing in turn, at the same load
+            runs += [run(f"{clients} through PgBouncer", POOLER, 6432, clients, work),
+                     run(f"{clients} through PgBouncer, static entry", POOLER, 6432, clients, work, STATIC_ENTRY),
+                     run(f"{clients} through PgBouncer and HAProxy", POOLER, 6432, clients, work, HAPROXY_ENTRY)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
         psql(CLEANUP)
@@ -176,8 +177,8 @@ def main():
 
 
 def write(runs):
-    base = runs[0]
-    pooled = runs[1]
+    by_label = {r["label"]: r for r in runs}
+    base, pooled, hop = by_label["25 direct"], by_label["1000 through PgBouncer"], by_label["25 through PgBouncer"]
     ratio = pooled["tps"] / base["tps"]
     per_core = {r["label"]: r["tps"] / r["cores"]["postgres"] for r in runs}
     rows = [f"| {r['label']} | {r['clients']} | {r['tps']:.0f} | {r['tps'] / base['tps']:.2f}x | "
@@ -186,8 +187,8 @@ def write(runs):
                                                               ("pgbench", "pgbouncer", "postgres", "other")) + " |"
             for r in runs]
     verdict = "met" if ratio >= TARGET else "MISSED"
-    hop = runs[3]
-    routing = {n: runs[i]["tps"] / runs[j]["tps"] for n, i, j in (("25", 3, 4), ("1000", 1, 5))}
+    routing, through_haproxy = ({n: by_label[f"{n} through PgBouncer{path}"]["tps"] / by_label[f"{n} through PgBouncer, static entry"]["tps"]
+                                 for n in ("25", "1000")} for path in ("", " and HAProxy"))
     routing_verdict = "met" if min(routing.values()) >= HOP_TARGET else "MISSED"
     explanation = "" if ratio >= TARGET else (
         f"Where the time went: PgBouncer in the path, not the fan-in. 25 clients through PgBouncer already reach "
@@ -210,9 +211,11 @@ database host; "other": the rest of the machine's busy time).
 Target: 1,000 clients through PgBouncer >= {TARGET}x the TPS of 25 direct: {ratio:.2f}x, {verdict}.
 {explanation}
 
-The routing hop (PgBouncer -> HAProxy on its host -> the leader, docs/pgbouncer.md) against PgBouncer straight to
-the leader's address, in the same run: {routing["25"]:.2f}x the TPS with 25 clients, {routing["1000"]:.2f}x with
-1,000 (target >= {HOP_TARGET}x: {routing_verdict}).
+Following the leader (the tier's read-write entry, which mcp-follow-leader points at the leader's address,
+docs/pgbouncer.md) against a static entry to the same address that follows nothing, in the same run:
+{routing["25"]:.2f}x the TPS with 25 clients, {routing["1000"]:.2f}x with 1,000 (target >= {HOP_TARGET}x:
+{routing_verdict}). For reference, the path through HAProxy on the PgBouncer host (the previous design):
+{through_haproxy["25"]:.2f}x and {through_haproxy["1000"]:.2f}x of the static entry.
 
 | run | clients | TPS | vs 25 direct | TPS per PostgreSQL core (vs 25 direct) | p50 ms | p95 ms | p99 ms | pgbench cores | PgBouncer cores | PostgreSQL cores | other cores |
 |---|---|---|---|---|---|---|---|---|---|---|---|

@@ -99,7 +99,7 @@ def pooler(programs_changed):
         rw_name=k.pgbouncer_rw_entry, ro_name=k.pgbouncer_ro_entry, database=k.portal_database,
         read_only=read_only, leader_entries=layout.LEADER_ENTRIES, auth_database=k.pgbouncer_auth_database,
         auth_user=auth_user, listen_addr=listen_addr, listen_port=k.pgbouncer_port, admin_users=k.pgbouncer_admin_users,
-        stats_users=k.pgbouncer_stats_users, pool=pool.model_dump(), tls=layout.TLS_DIR,
+        stats_users=k.pgbouncer_stats_users, pool=pool.model_dump(), tls=layout.TLS_DIR, pidfile=layout.PGBOUNCER_PIDFILE,
     )
     systemd.service(name="PgBouncer runs and starts at boot", service="pgbouncer", running=True, enabled=True)
     if moved or limits.will_change:  # clients are disconnected: say why in the plan

@@ -50,7 +50,7 @@ def leader_follower(entries, programs_changed):
             "haproxy_socket": STATS_SOCKET, "listener": "primary", "interval_s": FOLLOW_INTERVAL_S,
             "members": {m.name: member_endpoint(m) for m in database_hosts()}, "fallback": endpoints()[0],
             "entries": entries, "output": layout.LEADER_ENTRIES,
-            "pgbouncer_pidfile": f"{layout.SOCKET_DIR}/pgbouncer.pid",
+            "pgbouncer_pidfile": layout.PGBOUNCER_PIDFILE,
         }, indent=1, sort_keys=True) + "\n"))
     unit = files.template(name=f"{FOLLOWER}'s unit", src="templates/follow-leader.service.j2",
                           dest=f"/etc/systemd/system/{FOLLOWER}.service", mode="644", program=layout.program("follow-leader"),

@@ -13,6 +13,7 @@ METRICS_DIR = f"{STATE_DIR}/metrics"  # node-exporter's textfile collector
 FAILURES_DIR = f"{STATE_DIR}/failures"
 TLS_DIR = f"{CONFIG_DIR}/tls"  # the host's certificate, key and the tier's CA, for PostgreSQL and PgBouncer
 SOCKET_DIR = "/var/run/postgresql"
+PGBOUNCER_PIDFILE = f"{SOCKET_DIR}/pgbouncer.pid"
 # On a PgBouncer host: the [databases] lines mcp-follow-leader writes and PgBouncer includes (its unit's StateDirectory).
 LEADER_ENTRIES = "/var/lib/mcp-portal-follow/leader.ini"
 
