@@ -40,6 +40,8 @@ def base_backups():
                           "put the retention user's keys there (docs/backups.md) or set backup_retention_credentials")
     secrets.put_private("The retention's S3 credentials (may delete; root only)", _retention_credentials().read_text(),
                         RETENTION_CREDENTIALS)
+    files.directory(name="Failure records of scheduled units (written as postgres)", path=layout.FAILURES_DIR,
+                    user="postgres", group="postgres", mode="755")
     units = [
         files.template(name="Base backup service", src="templates/base-backup.service.j2",
                        dest=f"/etc/systemd/system/{UNIT}.service", mode="644", program=PROGRAM,
@@ -59,9 +61,11 @@ def base_backups():
         files.template(name="Restore drill timer", src="templates/restore-drill.timer.j2",
                        dest=f"/etc/systemd/system/{DRILL_UNIT}.timer", mode="644", schedule=k.drill_schedule),
         files.template(name="Failure recorder for scheduled units", src="templates/unit-failed@.service.j2",
-                       dest="/etc/systemd/system/mcp-unit-failed@.service", mode="644"),
+                       dest="/etc/systemd/system/mcp-unit-failed@.service", mode="644", failures=layout.FAILURES_DIR,
+                       metrics=layout.METRICS_DIR),
         files.template(name="Failure record clearer for scheduled units", src="templates/unit-recovered@.service.j2",
-                       dest="/etc/systemd/system/mcp-unit-recovered@.service", mode="644"),
+                       dest="/etc/systemd/system/mcp-unit-recovered@.service", mode="644", failures=layout.FAILURES_DIR,
+                       metrics=layout.METRICS_DIR),
     ]
     if any(op.will_change for op in units):
         systemd.daemon_reload(name="Reload systemd units")

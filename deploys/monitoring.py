@@ -93,8 +93,11 @@ def node_metrics(database_host):
     web = secrets.render("templates/exporter-web.yml.j2", tls=TLS_DIR, user_name=user, password_hash=_password_hash(user))
     secrets.put_private("The exporters' web configuration (HTTPS, basic auth)", web, WEB_CONFIG, group=EXPORTER_USER,
                         mode="640")
-    owner = "postgres" if database_host else "root"  # the database hosts' programs write as postgres
-    files.directory(name="The tier's textfile metrics", path=METRICS_DIR, user=owner, group=owner, mode="755")
+    # The database hosts' programs write here as postgres, and some as root: root owns the directory and postgres's
+    # group may add files, sticky, so postgres can never replace or remove a file root wrote (tier.prom below, whose
+    # owner and mode pyinfra sets after its rename). Root's programs write through hostside/files.py, never a link.
+    files.directory(name="The tier's textfile metrics", path=METRICS_DIR, user="root",
+                    group="postgres" if database_host else "root", mode="1775" if database_host else "755")
     limits = "# Written by deploy.py (deploys/monitoring.py): what monitoring/alerts.yml compares this host with.\n"
     files.put(name="The alerts' limits for this host", src=io.StringIO(limits + textfile.render(_tier_gauges(database_host))),
               dest=f"{METRICS_DIR}/tier.prom", user="root", group="root", mode="644")

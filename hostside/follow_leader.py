@@ -15,10 +15,9 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 
-from hostside import layout
+from hostside import files, layout
 
 CONFIG = layout.config("follow-leader.json")
 
@@ -60,21 +59,6 @@ def render(config, leader):
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path, text):
-    """Replace `path` with `text` (mode 640): PgBouncer reads either the old file or the new one, never a part."""
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".leader-")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o640)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def reload_pgbouncer(pidfile):
     """SIGHUP to PgBouncer (its RELOAD); False when it is not running (it reads the file when it starts)."""
     try:
@@ -111,7 +95,7 @@ def step(config, seen_error):
     except OSError as exc:
         first = current(path) is None
         if first:
-            write_atomically(path, render(config, None))
+            files.replace(path, render(config, None), 0o640)
         error = (f"HAProxy's statistics unreadable ({exc}); "
                  f"{'the entries go through HAProxy until it answers' if first else 'the entries stay'}")
         if error != seen_error:
@@ -119,7 +103,7 @@ def step(config, seen_error):
         return error
     text = render(config, leader)
     if text != current(path):
-        write_atomically(path, text)
+        files.replace(path, text, 0o640)
         reloaded = reload_pgbouncer(config["pgbouncer_pidfile"])
         names = ", ".join(e["name"] for e in config["entries"])
         print(f"{names} -> {leader or 'HAProxy (no single leader)'}"

@@ -4,7 +4,7 @@
 import os
 import sys
 
-from hostside import layout
+from hostside import files, layout
 
 DIRECTORY = layout.METRICS_DIR
 
@@ -26,10 +26,8 @@ def write(source, gauges, directory=None):
     """Replace <directory>/<source>.prom. Never raises: a metric must not fail the work it reports on."""
     path = os.path.join(directory or os.environ.get("MCP_METRICS_DIR", DIRECTORY), f"{source}.prom")
     try:
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.fchmod(fd, 0o644)  # readable by the node exporter whatever the writer's umask (PostgreSQL's is 077)
-        with os.fdopen(fd, "w") as out:
-            out.write(render(gauges))
-        os.replace(path + ".tmp", path)
+        # 644: readable by the node exporter whatever the writer's umask (PostgreSQL's is 077). The directory is
+        # postgres's and root writes here too: files.replace never writes through a link planted there.
+        files.replace(path, render(gauges), 0o644)
     except OSError as exc:
         print(f"metrics: could not write {path}: {exc}", file=sys.stderr)

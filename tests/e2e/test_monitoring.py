@@ -231,3 +231,26 @@ def test_a_backup_run_updates_its_freshness_metrics_to_its_record(s3):
     assert value(node, "mcp_base_backup_duration_seconds") == record["finished_at"] - record["started_at"]
     assert value(node, "mcp_base_backup_verified") == 1
     assert 0 <= time.time() - record["finished_at"] < 600
+
+
+def test_links_postgres_plants_in_the_metrics_directory_never_make_root_write_through_them():
+    """The audit's scenario: as postgres, links to a root-owned canary at the names the metrics directory's writers
+    use; then a unit failure is recorded and a root program writes its metrics. The canary is untouched, and the
+    deploy's own file (root's, in the sticky directory) cannot be replaced by postgres."""
+    metrics, unit = "/var/lib/mcp-portal/metrics", "mcp-canary-probe.service"
+    names = [f"unit_failed_{unit}.prom.tmp", f"unit_failed_{unit}.prom", "canary.prom.tmp", "canary.prom"]
+    on(PRIMARY, "umask 077 && echo 'root only' > /root/canary")
+    on(PRIMARY, f"cd {metrics} && for name in {' '.join(names)}; do runuser -u postgres -- ln -sf /root/canary $name; done")
+    try:
+        assert on(PRIMARY, f"runuser -u postgres -- ln -sf /root/canary {metrics}/tier.prom", check=False).returncode != 0
+        on(PRIMARY, f"systemctl start mcp-unit-failed@{unit}.service", check=False)  # postgres's: cannot open it
+        on(PRIMARY, "python3 -IB -c 'import sys; sys.path.insert(0, \"/usr/local/lib/mcp-portal\"); "
+                    "from hostside import textfile; textfile.write(\"canary\", [(\"probe\", \"Probe.\", 1)])'")
+        assert on(PRIMARY, "stat -c '%U %a %s' /root/canary; cat /root/canary").stdout == "root 600 10\nroot only\n"
+        written = on(PRIMARY, f"stat -c '%F %U' {metrics}/canary.prom {metrics}/tier.prom").stdout.splitlines()
+        assert written == ["regular file root", "regular file root"]
+    finally:
+        on(PRIMARY, f"cd {metrics} && rm -f {' '.join(names)} && rm -f /root/canary "
+                    f"/var/lib/mcp-portal/failures/{unit}.json && systemctl reset-failed 'mcp-unit-failed@*' || true")
+    # the directory as the deploy made it, whatever ran meanwhile (a unit's StateDirectory= would chown it to postgres)
+    assert on(PRIMARY, f"stat -c '%U %G %a' {metrics}").stdout == "root postgres 1775\n"

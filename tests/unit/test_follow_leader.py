@@ -107,7 +107,7 @@ def test_a_moved_leader_is_written_once_and_pgbouncer_reloaded_once(tier, capsys
     haproxy.servers = [("pg-1", "DOWN", "L4CON"), ("pg-2", "UP", "L7OK")]
     follow_leader.step(config, None)
     assert "host=198.51.100.12 port=5433" in open(config["output"]).read() and reloads(hups, 3) == 3
-    assert sorted(os.listdir(os.path.dirname(config["output"]))) == ["hups", "leader.ini", "pgbouncer.pid", "stats.sock"]
+    assert sorted(os.listdir(os.path.dirname(config["output"]))) == ["hups", "leader.ini", "pgbouncer.pid", "stats.sock"]  # no temporary left
     assert capsys.readouterr().out.splitlines() == [
         "portal, auth_lookup -> pg-1; PgBouncer reloaded", "portal, auth_lookup -> HAProxy (no single leader); PgBouncer reloaded",
         "portal, auth_lookup -> pg-2; PgBouncer reloaded"]

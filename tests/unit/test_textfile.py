@@ -27,3 +27,19 @@ def test_files_are_replaced_whole_and_world_readable(tmp_path):
 def test_an_unwritable_directory_is_reported_not_raised(tmp_path, capsys):
     textfile.write("x", [("a", "A.", 1)], directory=tmp_path / "missing")
     assert "could not write" in capsys.readouterr().err
+
+
+def test_a_link_planted_in_the_directory_is_replaced_not_written_through(tmp_path):
+    """The audit's scenario: the metrics directory is postgres's, root writes there; a link planted at the file, or at
+    the name a temporary file used to have, must not make root write to (or chmod) what the link points at."""
+    canary = tmp_path / "canary"
+    canary.write_text("root's\n")
+    canary.chmod(0o600)
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    for name in ("retention.prom.tmp", "retention.prom"):
+        (metrics / name).symlink_to(canary)
+    textfile.write("retention", [("a", "A.", 1)], directory=metrics)
+    assert canary.read_text() == "root's\n" and canary.stat().st_mode & 0o777 == 0o600
+    written = metrics / "retention.prom"
+    assert not written.is_symlink() and written.read_text().endswith("a 1\n")
