@@ -98,7 +98,7 @@ def pooler(programs_changed):
         src="templates/pgbouncer.ini.j2", dest="/etc/pgbouncer/pgbouncer.ini", user="postgres", group="postgres", mode="640",
         rw_name=k.pgbouncer_rw_entry, ro_name=k.pgbouncer_ro_entry, database=k.portal_database,
         read_only=read_only, leader_entries=layout.LEADER_ENTRIES, auth_database=k.pgbouncer_auth_database,
-        auth_user=auth_user, listen_addr=listen_addr, listen_port=k.pgbouncer_port, admin_users=k.pgbouncer_admin_users,
+        auth_user=auth_user, listen_addr=listen_addr, listen_port=k.pgbouncer_port,
         stats_users=k.pgbouncer_stats_users, pool=pool.model_dump(), tls=layout.TLS_DIR, pidfile=layout.PGBOUNCER_PIDFILE,
     )
     systemd.service(name="PgBouncer runs and starts at boot", service="pgbouncer", running=True, enabled=True)

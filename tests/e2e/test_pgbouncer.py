@@ -122,11 +122,22 @@ def test_with_no_leader_seen_the_read_write_entries_go_through_haproxy_until_it_
                      "portal, auth_lookup -> pg-1; PgBouncer reloaded"]
 
 
-@pytest.mark.parametrize("role", ["replicator", "postgres"])
+@pytest.mark.parametrize("role", ["replicator", "postgres", "portal_maintenance"])
 def test_roles_that_must_not_come_through_the_pooler_are_refused(role):
     # auth_query returns no replication role and no superuser, so PgBouncer knows no such login.
     with pytest.raises(psycopg.OperationalError, match="no such user"):
         connect("portal", role=role, secret="any")
+
+
+def test_no_login_over_the_network_administers_pgbouncer():
+    """The audit's scenario: portal_admin reached the admin console through the pooler and could PAUSE or SHUTDOWN
+    it. Now no login over the network is an admin; the exporter's stats user may only read."""
+    with pytest.raises(psycopg.OperationalError, match="not allowed"):
+        connect("pgbouncer", role="portal_admin")
+    with connect("pgbouncer", role="monitoring", cursor_factory=psycopg.ClientCursor) as stats:
+        assert stats.execute("SHOW POOLS").fetchall()
+        with pytest.raises(psycopg.Error, match="admin access needed"):
+            stats.execute("PAUSE portal")
 
 
 def test_wrong_password_and_plaintext_are_refused():
