@@ -151,6 +151,7 @@ class Base(Knobs):
     secrets_dir: _shaped(LOCAL_PATH) = Field(".secrets/default", description="Where an environment's secrets are on the control machine, outside git (docs/secrets.md).")
     tls_days: int = Field(397, ge=1, le=3650, description="Validity of a certificate the deploy issues, in days.")
     tls_renew_days: int = Field(30, ge=1, le=365, description="A generated certificate this close to expiry is re-issued.")
+    plain_http_endpoints: bool = Field(False, description="Accept http:// S3 and KMS endpoints (every *_endpoint_url): the local fleet's only, whose endpoint has no TLS; prod and staging refuse them.")
 
 
 class HbaRule(Knobs):
@@ -211,7 +212,8 @@ DEFAULT_ROLES = {
                                                  "idle_in_transaction_session_timeout": "30s"}},
     "portal_admin": {"login": True, "settings": {"statement_timeout": "5min", "lock_timeout": "10s"}},
     "portal_reporting": {"login": True, "settings": {"default_transaction_read_only": "on", "statement_timeout": "10min"}},
-    "portal_maintenance": {"login": True, "bypassrls": True, "settings": {"lock_timeout": "10s"}},
+    # The jobs' role (BYPASSRLS): they connect over the local socket as the OS user and take it with -c role=.
+    "portal_maintenance": {"bypassrls": True, "settings": {"lock_timeout": "10s"}},
     "replicator": {"login": True, "replication": True},
     "pgbouncer_auth": {"login": True},
     "monitoring": {"login": True, "member_of": ["pg_monitor"]},
@@ -230,9 +232,12 @@ class Roles(Knobs):
     @field_validator("postgres_roles")
     @classmethod
     def _not_reserved(cls, roles):
-        for name in roles:
+        for name, spec in roles.items():
             if name.startswith("pg_"):
                 raise ValueError(f"{name}: names starting with pg_ are PostgreSQL's own")
+            if spec.login and spec.bypassrls:  # a password that reads every tenant's rows must not exist
+                raise ValueError(f"{name}: a role with bypassrls may not log in; take it with SET ROLE or -c role= "
+                                 "from a local session")
         return roles
 
 
@@ -324,7 +329,6 @@ class Pooler(Knobs):
     pgbouncer_ro_entry: Database = Field("portal_ro", description="PgBouncer's database entry that reaches the replicas.")
     pgbouncer_auth_user: Role = Field("pgbouncer_auth", description="The role PgBouncer looks passwords up as (auth_query).")
     pgbouncer_auth_database: Database = Field("auth_lookup", description="The auth lookup's own database ('pgbouncer' is the admin console's).")
-    pgbouncer_admin_users: list[Role] = Field(["portal_admin"], description="PgBouncer admin_users.")
     pgbouncer_stats_users: list[Role] = Field(["monitoring"], description="PgBouncer stats_users (the exporter's login).")
     pgbouncer_pool: PoolSettings = Field(PoolSettings(), description="Pool sizing keys (pool_mode, max_client_conn, default_pool_size, min_pool_size, reserve_pool_size, reserve_pool_timeout, server_idle_timeout, server_lifetime, query_wait_timeout, max_db_connections), each over its default.")
 
@@ -461,6 +465,15 @@ COMPONENTS = (Base, Postgres, Roles, Replication, Patroni, Etcd, Routing, Pooler
 
 class Tier(*COMPONENTS):
     """Every knob of the tier, for one host."""
+
+    @model_validator(mode="after")
+    def _https_endpoints(self):
+        if not self.plain_http_endpoints:  # credentials and data keys would cross the network in clear
+            for name in (n for n in type(self).model_fields if n.endswith("_endpoint_url")):
+                if getattr(self, name).startswith("http://"):
+                    raise ValueError(f"{name} = {getattr(self, name)!r}: plain http; use an https:// endpoint "
+                                     "(plain_http_endpoints = True is for the local fleet's endpoint only)")
+        return self
 
 
 KNOBS = tuple(Tier.model_fields)

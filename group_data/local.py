@@ -24,6 +24,8 @@ haproxy_check_interval_ms = 1000
 haproxy_check_fall = 2
 haproxy_check_rise = 1
 
+# The fleet's S3/KMS endpoint speaks plain http (on the fleet's own bridge); prod and staging refuse it.
+plain_http_endpoints = True
 # The WAL archive on the fleet's S3/KMS endpoint: `fleet up` makes the bucket (versioned), the KMS key and the
 # archive's credentials (put, get, list; no delete) in .fleet/s3/, as a cloud account would for prod.
 wal_archive_endpoint_url = s3_archive().get("endpoint_url", "")

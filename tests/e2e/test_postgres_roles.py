@@ -31,7 +31,7 @@ def test_application_role_logs_in_with_its_secret_and_gets_its_guardrails():
 def test_role_attributes_follow_the_data():
     rows = psql("select rolname, rolcanlogin, rolbypassrls, rolreplication from pg_roles "
                 "where rolname in ('portal_owner', 'portal_maintenance', 'replicator') order by 1")
-    assert rows.splitlines() == ["portal_maintenance|t|t|f", "portal_owner|f|f|f", "replicator|t|f|t"]
+    assert rows.splitlines() == ["portal_maintenance|f|t|f", "portal_owner|f|f|f", "replicator|t|f|t"]
     assert psql("select pg_has_role('monitoring', 'pg_monitor', 'member')") == "t"
 
 

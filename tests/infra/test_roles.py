@@ -2,8 +2,8 @@
 
 from tests.infra.test_postgres import psql
 
-LOGIN_ROLES = ["heartbeat", "monitoring", "pgbouncer_auth", "portal_admin", "portal_app", "portal_maintenance",
-               "portal_reporting", "replicator"]
+LOGIN_ROLES = ["heartbeat", "monitoring", "pgbouncer_auth", "portal_admin", "portal_app", "portal_reporting",
+               "replicator"]
 
 
 def test_login_roles_exist_and_only_replicator_replicates(primary_target):

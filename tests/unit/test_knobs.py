@@ -58,6 +58,8 @@ def test_pyinfras_own_keys_pass():
     ({"postgres_roles": {"portal_app": {"login": True, "settings": {"statement_timeout": "1s'; drop role x; --"}}}},
      "postgres_roles.portal_app.settings: statement_timeout"),
     ({"postgres_roles": {"pg_evil": {}}}, "postgres_roles: pg_evil: names starting with pg_"),
+    ({"postgres_roles": {"portal_maintenance": {"login": True, "bypassrls": True}}},
+     "postgres_roles: portal_maintenance: a role with bypassrls may not log in"),
     ({"postgres_roles": {"Portal": {}}}, "postgres_roles.Portal.[key]"),
     ({"postgres_roles": {"x": {"login": "yes"}}}, "postgres_roles.x.login = 'yes': use true or false"),
     ({"synchronous_replication": "yes"}, "synchronous_replication = 'yes': use true or false"),
@@ -68,6 +70,8 @@ def test_pyinfras_own_keys_pass():
     ({"portal_database": 'portal"; drop database x; --'}, "portal_database"),
     ({"pgbouncer_auth_database": "pgbouncer"}, "'pgbouncer' is PgBouncer's admin console"),
     ({"wal_archive_sse": "aws:kms"}, "wal_archive_kms_key_id is empty but wal_archive_sse is aws:kms"),
+    ({"portal_kms_endpoint_url": "http://kms.example:4566"}, "portal_kms_endpoint_url = 'http://kms.example:4566': plain http"),
+    ({"restore_source_endpoint_url": "http://s3.example"}, "restore_source_endpoint_url = 'http://s3.example': plain http"),
     ({"restore_target_time": "2026-11-25 16:00:00+00", "restore_target_lsn": "0/3000000"}, "set one restore_target_* key"),
     ({"restore_target_time": "now'; rm -rf /"}, "restore_target_time"),
     ({"audit_partitions_ahead": 1}, "audit_partitions_ahead 1 is less than audit_partitions_min_ahead 2"),
@@ -133,3 +137,10 @@ def test_docs_knobs_md_is_generated_from_the_schema():
 def test_the_generator_is_the_module():
     out = subprocess.run([sys.executable, "-m", "deploys.knobs"], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout == markdown()
+
+
+def test_plain_http_endpoints_pass_only_where_allowed():
+    assert "wal_archive_endpoint_url = 'http://198.51.100.30:9000': plain http" in refused(
+        wal_archive_endpoint_url="http://198.51.100.30:9000")
+    check({"wal_archive_endpoint_url": "http://198.51.100.30:9000", "plain_http_endpoints": True}, "pg-1", lambda k: "x")
+    check({"wal_archive_endpoint_url": "https://s3.example"}, "pg-1", lambda k: "x")
