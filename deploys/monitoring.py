@@ -48,9 +48,10 @@ def _password_hash(user):
 def _tier_gauges(database_host):
     """The static half of the alerts' comparisons: limits from group_data, the certificate's expiry (tier.prom)."""
     k = knobs()
-    certificate = x509.load_pem_x509_certificate(tls.local_files()[1].read_bytes())
-    gauges = [("mcp_tls_certificate_not_after_timestamp_seconds", "When this host's TLS certificate expires.",
-               int(certificate.not_valid_after_utc.timestamp()))]
+    expiries = [x509.load_pem_x509_certificate(tls.local_files(role)[1].read_bytes()).not_valid_after_utc
+                for role in ("", "exporter")]
+    gauges = [("mcp_tls_certificate_not_after_timestamp_seconds",
+               "When this host's first TLS certificate expires (its own, or its exporters').", int(min(expiries).timestamp()))]
     if database_host:
         gauges += [
             ("mcp_wal_archive_max_age_seconds", "Oldest a primary's last archived WAL may be (wal_archive_max_age_s).",
@@ -88,7 +89,8 @@ def node_metrics(database_host):
     server.group(name="The exporters' group", group=EXPORTER_USER, system=True)
     server.user(name="The exporters' user", user=EXPORTER_USER, group=EXPORTER_USER, system=True,
                 home="/var/lib/prometheus", shell="/usr/sbin/nologin", create_home=False)
-    tls.certificates(owner=EXPORTER_USER, remote=TLS_DIR)
+    # A key of their own: the exporters' user never holds the key that proves this host to PostgreSQL's clients.
+    tls.certificates(owner=EXPORTER_USER, remote=TLS_DIR, role="exporter")
     user = knobs().metrics_scrape_user
     web = secrets.render("templates/exporter-web.yml.j2", tls=TLS_DIR, user_name=user, password_hash=_password_hash(user))
     secrets.put_private("The exporters' web configuration (HTTPS, basic auth)", web, WEB_CONFIG, group=EXPORTER_USER,

@@ -122,14 +122,16 @@ def issue(tls_dir, name, sans, days, renew_days):
     return cert_path, key_path
 
 
-def local_files():
-    """(ca.crt, host.crt, host.key) on the control machine for this host; makes them in generated environments."""
+def local_files(role=""):
+    """(ca.crt, host.crt, host.key) on the control machine for this host, or for one of its services with a key of
+    its own (`role`: <host>-<role>.crt); makes them in generated environments."""
     tls_dir = secrets.directory() / "tls"
+    name = f"{host.name}-{role}" if role else host.name
     if secrets.generated():
         sans = names_of(host.name, address_of(host))
-        cert_path, key_path = issue(tls_dir, host.name, sans, knobs().tls_days, knobs().tls_renew_days)
+        cert_path, key_path = issue(tls_dir, name, sans, knobs().tls_days, knobs().tls_renew_days)
         return tls_dir / "ca.crt", cert_path, key_path
-    wanted = [tls_dir / "ca.crt", tls_dir / f"{host.name}.crt", tls_dir / f"{host.name}.key"]
+    wanted = [tls_dir / "ca.crt", tls_dir / f"{name}.crt", tls_dir / f"{name}.key"]
     for path in wanted:
         if not path.exists():
             raise secrets.missing(path)
@@ -137,10 +139,11 @@ def local_files():
 
 
 @deploy("TLS certificates")
-def certificates(owner="root", remote=layout.TLS_DIR):
-    """Ship this host's CA certificate, certificate and key (0600, readable by `owner` only) to `remote`;
-    returns the operations by what they ship, for the services that must reload when one changes."""
-    ca, cert, key = local_files()
+def certificates(owner="root", remote=layout.TLS_DIR, role=""):
+    """Ship this host's CA certificate, certificate and key (0600, readable by `owner` only) to `remote` (`role`: a
+    service's own, see local_files); returns the operations by what they ship, for the services that must reload
+    when one changes."""
+    ca, cert, key = local_files(role)
     files.directory(name="TLS directory", path=remote, user="root", group=owner, mode="750")
     return {
         "CA certificate": files.put(name="CA certificate", src=str(ca), dest=f"{remote}/ca.crt", user="root", group=owner, mode="644"),

@@ -90,9 +90,9 @@ def s3():
 def test_every_host_exports_its_certificates_expiry_and_readable_tier_metrics():
     for host in [*DATABASE_HOSTS, *POOLERS]:
         node = scrape(host, "node")
-        certificate = x509.load_pem_x509_certificate((SECRETS / "tls" / f"{host}.crt").read_bytes())
-        assert value(node, "mcp_tls_certificate_not_after_timestamp_seconds") == int(
-            certificate.not_valid_after_utc.timestamp())
+        expiries = [x509.load_pem_x509_certificate((SECRETS / "tls" / f"{name}.crt").read_bytes()).not_valid_after_utc
+                    for name in (host, f"{host}-exporter")]
+        assert value(node, "mcp_tls_certificate_not_after_timestamp_seconds") == int(min(expiries).timestamp())
         assert value(node, "node_textfile_scrape_error") == 0, host
         assert (value(node, "mcp_base_backup_max_age_seconds") == 26 * 3600) == (host in DATABASE_HOSTS)
         # Replication's thresholds (group_data/local.py: pg-1 and pg-2 realtime 10 MB, pg-3 reporting 100 MB)

@@ -44,6 +44,17 @@ def test_the_exporters_secrets_are_private(tier_target, path, owner, mode):
     assert (f"{file.user}:{file.group}", file.mode) == (owner, mode)
 
 
+def test_the_exporters_key_is_their_own_not_the_hosts(tier_target):
+    """The audit: the key that proves a host to its clients was readable by the exporters' user."""
+    host = tier_target.host
+    public = "openssl pkey -pubout -in {} | sha256sum"
+    assert host.check_output(public.format("/etc/mcp-portal/exporter-tls/server.key")) != \
+        host.check_output(public.format("/etc/mcp-portal/tls/server.key"))
+    assert host.check_output("openssl x509 -noout -subject -in /etc/mcp-portal/exporter-tls/server.crt") == \
+        f"subject=CN={tier_target.name}-exporter"
+    assert host.run("runuser -u prometheus -- cat /etc/mcp-portal/tls/server.key").rc != 0
+
+
 def test_every_textfile_metric_is_readable_and_no_scheduled_unit_failed(tier_target):
     files = tier_target.host.check_output("stat -c '%n %a' /var/lib/mcp-portal/metrics/*.prom").splitlines()
     assert "/var/lib/mcp-portal/metrics/tier.prom 644" in files
