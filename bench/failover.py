@@ -136,9 +136,11 @@ failed).
                          f"{', '.join(rejoins) or '-'} |")
     lines.append(f"""
 What bounds each: a switchover is Patroni's clean handover (the old leader's shutdown checkpoint replayed by the
-target) plus HAProxy told at once; a killed PostgreSQL is Patroni's next loop (loop_wait) plus crash recovery; a lost
-host is the leader lock's expiry (ttl) plus an election, plus HAProxy's checks (inter x rise) to see the new leader; a
-cut leader is the same for the clients (it demotes itself before the lock expires). TTL on the fleet: {TTL_S} s.
+target) plus HAProxy told at once and each PgBouncer's entry moved (mcp-follow-leader) before PgBouncer resumes; a
+killed PostgreSQL is Patroni's next loop (loop_wait) plus crash recovery; a stopped host is a clean power-off (`fleet
+stop`), in which Patroni stops and releases the leader lock, so a replica is elected at once, plus HAProxy's checks
+(inter x rise) to see it and the follower's move; a cut leader cannot release the lock: its expiry (ttl after the
+last renewal) plus the same (the cut leader demotes itself before the lock expires). TTL on the fleet: {TTL_S} s.
 
 ![RTO per fault and profile](failover.png)
 """)
