@@ -82,7 +82,7 @@ def resume(tier):
 
 def route_to(tier, leader):
     """Tell each HAProxy now which member leads (its own checks would take up to fall x inter to see it)."""
-    # One line of commands, the new leader's first: HAProxy never shows mcp-follow-leader no leader in between.
+    # One line of commands, the new leader's first: mcp-follow-leader never reads a moment with no leader up.
     others = [m for m in tier.database_hosts if m != leader]
     command = "; ".join([f"set server primary/{leader} health up"] + [f"set server primary/{m} health down" for m in others])
     for pooler in tier.group("pgbouncer"):
