@@ -6,8 +6,8 @@ check interval and fall/rise counts, and `mcp-ha switchover` sets them at once. 
 reads HAProxy's statistics; when the [databases] lines PgBouncer includes would change, it rewrites that file
 (atomically) and reloads PgBouncer, which closes its server connections to the former host as they are released.
 While HAProxy sees no single leader (an election, every member down), the entries go through HAProxy's leader
-listener, which refuses connections until one is up. Runs as PgBouncer's user (postgres): it can write only its
-state directory and signal only PgBouncer.
+listener, which refuses connections until one is up. Runs as PgBouncer's user (postgres), not root: under
+ProtectSystem=strict it writes only its state directory, and it signals only the pid in PgBouncer's pidfile.
 """
 
 import json
