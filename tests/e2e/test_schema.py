@@ -207,6 +207,58 @@ def test_a_config_change_is_audited_redacted_and_visible_to_its_tenant_only(tena
             in_tenant(app, alice, "delete from portal.audit_logs where resource_id = %s", (config,))
 
 
+def test_reporting_reads_the_dashboard_with_e_mails_masked(tenants):
+    on(PRIMARY, "systemctl start mcp-dashboard-refresh.service")
+    with connect("portal", role="portal_reporting") as reporting:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reporting.execute("select email from portal.mv_user_dashboard limit 1")
+    with connect("portal", role="portal_reporting") as reporting:
+        row = reporting.execute("select email, enabled_servers from portal.dashboard_masked where user_id = %s",
+                                (tenants["alice"],)).fetchone()
+    assert row == ("al****@example.test", SERVERS)
+
+
+@pytest.mark.parametrize("column, value", [("id", "gen_random_uuid()"), ("logged_at", "now() + interval '3 months'")])
+def test_the_app_cannot_choose_an_audit_rows_id_or_time(tenants, column, value):
+    with connect("portal") as app, pytest.raises(psycopg.errors.InsufficientPrivilege, match="audit_logs"):
+        in_tenant(app, tenants["alice"], f"insert into portal.audit_logs (user_id, action, {column}) "
+                                         f"values (portal.tenant(), 'login', {value})")
+
+
+def test_the_database_stamps_the_apps_audit_rows_and_keeps_its_own_actions(tenants):
+    with connect("portal") as app:
+        stamped = in_tenant(app, tenants["alice"], "insert into portal.audit_logs (user_id, action) "
+                                                   "values (portal.tenant(), 'login') returning logged_at = now()")
+        assert stamped == [(True,)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            in_tenant(app, tenants["alice"], "insert into portal.audit_logs (user_id, action) "
+                                             "values (portal.tenant(), 'config_deleted')")
+
+
+def test_retention_policy_changes_are_audited_and_bounded_by_a_floor():
+    def policy(conn):
+        return conn.execute("select retention_days, archive_after_days, delete_after_days "
+                            "from portal.retention_policies where action_type = 'login'").fetchone()
+    with connect("portal", role="portal_admin") as admin:
+        before = policy(admin)
+        with pytest.raises(psycopg.errors.CheckViolation, match=r"retention policy login: \(1, 1, 1\) is below the floor"):
+            admin.execute("update portal.retention_policies set retention_days = 1, archive_after_days = 1, "
+                          "delete_after_days = 1 where action_type = 'login'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            admin.execute("update portal.retention_policies set action_type = 'gone' where action_type = 'login'")
+        try:
+            admin.execute("update portal.retention_policies set delete_after_days = %s where action_type = 'login'",
+                          (before[2] + 1,))
+            logged = admin.execute("select details from portal.audit_logs where action = 'retention_policy_changed' "
+                                   "order by logged_at desc limit 1").fetchone()[0]
+        finally:
+            admin.execute("update portal.retention_policies set delete_after_days = %s where action_type = 'login'",
+                          (before[2],))
+        assert policy(admin) == before
+    assert logged == {"by": "portal_admin", "action_type": "login", "old": list(before),
+                      "new": [before[0], before[1], before[2] + 1]}
+
+
 @pytest.mark.parametrize("stored, constraint", [
     ({"v": 2}, "configs_envelope"), ({"nonce": "short"}, "configs_envelope"), ({"extra": 1}, "configs_envelope"),
     ({"key_version": 7}, "configs_key_version_matches"),
@@ -314,6 +366,19 @@ def test_every_change_reverts_and_deploys_again(scratch_database):
     assert as_postgres(f"select count(*) from sqitch.changes where project = '{PROJECT}'", scratch_database).stdout.strip() == "0"
     sqitch(scratch_database, "deploy --verify")
     assert as_postgres("select count(*) from portal.retention_policies", scratch_database).stdout.strip() == "3"
+
+
+def test_a_revert_that_would_drop_rows_is_refused_unless_the_operator_says_so(scratch_database):
+    sqitch(scratch_database, "deploy")
+    as_postgres("insert into portal.users (azure_oid, email) values ('kept', 'kept@example.test')", scratch_database)
+    refused = sqitch(scratch_database, "revert -y", check=False)
+    assert refused.returncode != 0
+    assert "revert refused: portal.users holds rows" in refused.stdout + refused.stderr
+    assert as_postgres("select count(*) from portal.users", scratch_database).stdout.strip() == "1"
+    consented = sqitch_command("17/main", "portal_owner", "5s", scratch_database, "revert -y").replace(
+        "-c lock_timeout=", "-c portal.revert_drops_rows=on -c lock_timeout=")
+    on(PRIMARY, consented, timeout=300)
+    assert as_postgres("select to_regnamespace('portal') is null", scratch_database).stdout.strip() == "t"
 
 
 def test_a_migration_behind_a_long_transaction_fails_after_lock_timeout_and_a_rerun_lands(scratch_database):
