@@ -9,7 +9,7 @@ from pyinfra import config, host
 
 from deploys import etcd
 from deploys.archive import wal_archiver
-from deploys.backups import base_backups
+from deploys.backups import base_backups, recent_backup
 from deploys.base import baseline
 from deploys.encryption import data_keys
 from deploys.heartbeat import heartbeat_table, heartbeat_writer
@@ -23,7 +23,7 @@ from deploys.postgres import server_packages
 from deploys.roles import roles
 from deploys.routing import router
 from deploys.schema import migrations, portal_jobs
-from deploys.tls import certificates
+from deploys.tls import DATABASE_ROLE, certificates
 from deploys.transport import send_without_delay
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
@@ -42,7 +42,7 @@ programs_changed = programs() if database or pooling else False
 if database:
     server_packages()
     archiving = wal_archiver(programs_changed=programs_changed)
-    certificate = certificates(owner="postgres")
+    certificate = certificates(owner="postgres", role=DATABASE_ROLE)
 if member:
     etcd.etcd_member()
 barrier(name="etcd runs before Patroni starts")
@@ -58,6 +58,8 @@ if database:
     migrations(leading)  # the tools on every member, the changes on the leader
     portal_jobs()
     data_keys(leading)
+if database and leading:
+    recent_backup()  # with the schema in place: point-in-time recovery from the first deploy on
 if pooling:
     pooler(programs_changed)  # first: HAProxy's statistics socket is for PgBouncer's user, which its package makes
     router()

@@ -46,6 +46,7 @@ def _config():
         "kms_key_id": k.wal_archive_kms_key_id, "compression": k.wal_archive_compression,
         "credentials_file": CREDENTIALS, "socket": f"/run/{UNIT}/socket", "claim_prefix": True,
         "data_directory": pg.data_directory, "bin_directory": pg.bin_directory,
+        "recovery_window_days": k.backup_retention_days,
     }
 
 

@@ -4,16 +4,17 @@ hostside/base_backup.py does the work on the host; docs/backups.md."""
 
 import io
 import json
+import time
 from shlex import quote
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server, systemd
 
 from deploys import secrets
 from deploys.archive import UNIT as ARCHIVE_UNIT
-from deploys.facts import PostgresClusters
+from deploys.facts import NewestBackup, PostgresClusters
 from deploys.knobs import knobs
 from hostside import layout
 
@@ -50,7 +51,8 @@ def base_backups():
                        dest=f"/etc/systemd/system/{UNIT}.timer", mode="644", schedule=k.backup_schedule),
         files.template(name="Retention service", src="templates/backup-retention.service.j2",
                        dest=f"/etc/systemd/system/{RETENTION_UNIT}.service", mode="644", program=PROGRAM,
-                       window_days=k.backup_retention_days, credentials=RETENTION_CREDENTIALS),
+                       window_days=k.backup_retention_days, credentials=RETENTION_CREDENTIALS,
+                       max_delete_percent=k.backup_retention_max_delete_percent),
         files.template(name="Retention timer", src="templates/backup-retention.timer.j2",
                        dest=f"/etc/systemd/system/{RETENTION_UNIT}.timer", mode="644",
                        schedule=k.backup_retention_schedule),
@@ -75,6 +77,30 @@ def base_backups():
                     enabled=True, restarted=units[3].will_change)
     systemd.service(name="Restore drill timer runs and starts at boot", service=f"{DRILL_UNIT}.timer", running=True,
                     enabled=True, restarted=units[5].will_change)
+
+
+@deploy("A recent verified base backup")
+def recent_backup():
+    """On the leader, once the tier runs: a base backup now (the timer's unit, verified, recorded) when no trusted
+    backup in the archive is newer than backup_max_age_h: a first deploy has point-in-time recovery from its first
+    minute, not from the timer's first run, and a deploy after backups stopped restores the window's start."""
+    k = knobs()
+    newest = host.get_fact(NewestBackup)
+    if newest == NewestBackup.UNREADABLE and not k.wal_archive_preflight:
+        # Shipping a change during an S3 outage (docs/backups.md): a backup now would only fail the deploy.
+        logger.warning(f"{host.name}: the archive cannot be read and wal_archive_preflight is off: no base backup "
+                       "now; the timer takes the next one")
+        return
+    if newest is None:
+        why = "none found in the archive"
+    elif newest == NewestBackup.UNREADABLE:
+        why = "the archive could not be listed before it"
+    elif time.time() - newest < k.backup_max_age_h * 3600:
+        return
+    else:
+        why = f"the newest is {(time.time() - newest) / 3600:.1f} h old"
+    server.shell(name=f"Take a verified base backup now ({why}; backup_max_age_h {k.backup_max_age_h:g})",
+                 commands=[f"systemctl start {UNIT}.service"])
 
 
 def _restore_source(pg):
@@ -113,7 +139,11 @@ def restore():
     source = f"MCP_WAL_ARCHIVE_CONFIG={SOURCE_CONFIG} " if _restore_source(pg) else ""
     flags = " ".join(f"--target-{t} {quote(v)}" for t, v in targets.items())
     recovering = f"runuser -u postgres -- psql -p {port} -XtAc 'select pg_is_in_recovery()'"
-    wait = (f"for i in $(seq {wait_s}); do [ \"$({recovering} 2>/dev/null)\" = f ] && break; sleep 1; done; "
+    # restore_command's last word in the cluster's log: why recovery stopped, when it did.
+    why = (f"$(grep -h 'wal_archive fetch' {pg.log_file} | tail -n 1); see {pg.log_file}; drop the cluster with "
+           f"pg_dropcluster --stop {pg.major} {pg.name}")
+    stopped = f"systemctl is-active -q {pg.unit} || {{ echo \"recovery stopped: {why}\" >&2; exit 1; }}"
+    wait = (f"for i in $(seq {wait_s}); do [ \"$({recovering} 2>/dev/null)\" = f ] && break; {stopped}; sleep 1; done; "
             f"[ \"$({recovering})\" = f ] || "
             f"{{ echo 'recovery has not finished within {wait_s}s: see {pg.log_file}' >&2; exit 1; }}")
     server.shell(
@@ -128,8 +158,9 @@ def restore():
             f"{{ runuser -u postgres -- env {source}{PROGRAM} restore {datadir} {flags} && pg_createcluster {pg.major} "
             f"{pg.name} -d {datadir} -p {port} --start-conf=manual; }} || {{ rc=$?; "
             f"rm -rf {datadir} {pg.config_directory}; exit $rc; }}",
-            f"systemctl start {pg.unit} || {{ echo 'the restored cluster did not start: see "
-            f"{pg.log_file}; drop it with pg_dropcluster --stop {pg.major} {pg.name}' >&2; exit 1; }}",
+            f"systemctl start {pg.unit} || {{ echo \"the restored cluster did not start: {why}\" >&2; exit 1; }}",
             wait,
+            # Without a target, replay ends where a fetch answers "absent": at the archive's end, or at a gap.
+            *([] if targets else [f"runuser -u postgres -- env {source}{PROGRAM} replayed {datadir}"]),
         ],
     )

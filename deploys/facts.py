@@ -260,3 +260,21 @@ class DeviceExists(FactBase):
 
     def process(self, output):
         return output[0].strip() == "yes"
+
+
+class NewestBackup(FactBase):
+    """When the newest trusted base backup in this host's archive finished (epoch; `mcp-base-backup list`); None
+    when there is none, or nothing to list it with yet (a first deploy); UNREADABLE when the listing failed (S3
+    out of reach, which the archive's preflight stops unless switched off; or keys this deploy puts back)."""
+
+    UNREADABLE = "unreadable"
+
+    def command(self):
+        program, config = layout.program("base-backup"), layout.config("wal-archive.json")
+        return (f"if [ -x {program} ] && [ -e {config} ]; then runuser -u postgres -- {program} list 2>/dev/null "
+                "|| echo unreadable; fi")
+
+    def process(self, output):
+        if not output:
+            return None
+        return self.UNREADABLE if output[-1] == self.UNREADABLE else json.loads(output[-1])["finished_at"]

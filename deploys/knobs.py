@@ -277,7 +277,7 @@ class Etcd(Knobs):
     """etcd, Patroni's consensus store: three members by default, TLS and client certificates only."""
 
     applies: ClassVar[str] = "etcd members (the database hosts unless an etcd group names others)"
-    etcd_client_port: Port = Field(2379, description="etcd's client port (HTTPS, client certificates from the tier's CA).")
+    etcd_client_port: Port = Field(2379, description="etcd's client port (HTTPS, client certificates from either of the tier's CAs: Patroni's is PostgreSQL's).")
     etcd_peer_port: Port = Field(2380, description="etcd's peer port (HTTPS, peer certificates from the tier's CA).")
     etcd_heartbeat_interval_ms: int = Field(100, ge=10, le=5000, description="etcd's heartbeat interval.")
     etcd_election_timeout_ms: int = Field(1000, ge=100, le=50000, description="etcd's election timeout (at least 5 heartbeats).")
@@ -379,6 +379,7 @@ class Backups(Knobs):
     backup_timeout_s: Seconds = Field(6 * 3600, description="A backup or drill that runs longer fails.")
     backup_retention_days: float = Field(30, gt=0, le=3650, description="A restore to any moment of this many days stays possible.")
     backup_retention_schedule: Calendar = Field("*-*-* 04:00:00", description="When retention runs.")
+    backup_retention_max_delete_percent: float = Field(25, gt=0, le=100, description="A retention run that would delete more of the archive's object versions deletes nothing and fails (a forged record or a wrong window must not empty the archive).")
     backup_retention_credentials: LocalPath = Field("", description="Keys that may delete (JSON like wal_archive_credentials); empty: <secrets_dir>/s3/backup-retention.json.")
     drill_schedule: Calendar = Field("Sun *-*-* 05:00:00", description="When the restore drill runs.")
     drill_scratch_dir: HostPath = Field("/var/lib/postgresql/restore-drill", description="The drill's scratch space.")

@@ -16,7 +16,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FindInFile
 from pyinfra.operations import apt, files, server, systemd
 
-from deploys import secrets, tls
+from deploys import etcd, secrets, tls
 from deploys.datasource import address_of
 from deploys.knobs import knobs
 from deploys.replication import lag_threshold_mb, slot_name
@@ -48,10 +48,12 @@ def _password_hash(user):
 def _tier_gauges(database_host):
     """The static half of the alerts' comparisons: limits from group_data, the certificate's expiry (tier.prom)."""
     k = knobs()
-    expiries = [x509.load_pem_x509_certificate(tls.local_files(role)[1].read_bytes()).not_valid_after_utc
-                for role in ("", "exporter")]
+    # The certificates this host holds: the exporters'; PostgreSQL's; the host's own, for PgBouncer or etcd.
+    roles = (["exporter"] + ([tls.DATABASE_ROLE] if database_host else [])
+             + ([""] if "pgbouncer" in host.groups or host in etcd.members() else []))
+    expiries = [x509.load_pem_x509_certificate(tls.local_files(role)[0].read_bytes()).not_valid_after_utc for role in roles]
     gauges = [("mcp_tls_certificate_not_after_timestamp_seconds",
-               "When this host's first TLS certificate expires (its own, or its exporters').", int(min(expiries).timestamp()))]
+               "When the first TLS certificate this host holds expires (PostgreSQL's, its own, its exporters').", int(min(expiries).timestamp()))]
     if database_host:
         gauges += [
             ("mcp_wal_archive_max_age_seconds", "Oldest a primary's last archived WAL may be (wal_archive_max_age_s).",

@@ -64,8 +64,8 @@ def leader_follower(entries, programs_changed):
 @deploy("HAProxy (routing to Patroni's leader and replicas)")
 def router():
     k = knobs()
-    ca = tls.local_files()[0]
-    ca_file = files.put(name="The tier's CA, for HAProxy's checks of Patroni's REST API", src=str(ca), dest=CA_FILE,
+    ca = tls.authorities()[tls.DATABASE_CA]
+    ca_file = files.put(name="The database servers' CA, for HAProxy's checks of Patroni's REST API", src=str(ca), dest=CA_FILE,
                         mode="644", create_remote_dir=True)
     members = [{"name": m.name, "address": member_endpoint(m)[0], "port": member_endpoint(m)[1],
                 "restapi_port": knobs(m).patroni_restapi_port,

@@ -9,6 +9,7 @@ from fleet.system import run
 
 HOSTS_BEGIN = "# BEGIN mcp-fleet (managed by `fleet`; removed by `fleet down`)"
 HOSTS_END = "# END mcp-fleet"
+OPERATOR = "deploy"  # inventory/prod.py's ssh_user
 
 
 class Access:
@@ -50,6 +51,16 @@ class Access:
             return subprocess.run(self.ssh_argv(host_name, "true"), capture_output=True, timeout=timeout).returncode == 0
         except subprocess.TimeoutExpired:
             return False
+
+    def ensure_operator(self, host_name, authorized_key):
+        """The user prod's deploys log in as (inventory/prod.py): unprivileged, root only through sudo, with the
+        fleet's key. `pyinfra --user deploy --sudo ...` deploys the fleet as prod is deployed."""
+        self.run(host_name,
+                 f"id -u {OPERATOR} >/dev/null 2>&1 || useradd --create-home --shell /bin/bash {OPERATOR}; "
+                 f"install -d -m 700 -o {OPERATOR} -g {OPERATOR} /home/{OPERATOR}/.ssh && "
+                 f"install -m 600 -o {OPERATOR} -g {OPERATOR} /dev/stdin /home/{OPERATOR}/.ssh/authorized_keys && "
+                 f"echo '{OPERATOR} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/{OPERATOR} && "
+                 f"chmod 440 /etc/sudoers.d/{OPERATOR}", input_text=authorized_key)
 
     def wait_booted(self, host_name, timeout=90):
         """Until ssh answers and systemd says the boot finished; a host that boots degraded is an error."""

@@ -113,7 +113,7 @@ class Fleet:
         if booting:
             self.say(f"booting {', '.join(booting)}")
         for name in booting:
-            self.access.wait_booted(name)
+            self._ready(name, authorized_key)
         self.s3.ensure(self.say)
         self.say(f"up: {len(self.machines)} hosts running in {time.monotonic() - started:.0f}s "
                  f"({len(booting)} booted); ssh with `fleet ssh HOST` or `ssh -F {self.access.config} HOST`")
@@ -121,6 +121,11 @@ class Fleet:
     def _boot(self, machine, authorized_key):
         machine.write_identity(authorized_key, access_mod.host_etc_hosts(self.topology), self.proxy.url)
         machine.boot()
+
+    def _ready(self, name, authorized_key):
+        """A booted host answers ssh and has prod's deploy user: after `up`, `start` and `reset` alike."""
+        self.access.wait_booted(name)
+        self.access.ensure_operator(name, authorized_key)
 
     def _publish_names(self):
         """Names for the control machine: /etc/hosts, and ssh_config/known_hosts with every host's pinned key."""
@@ -218,9 +223,10 @@ class Fleet:
         """Boot one host of a fleet that is up; a new host key (after reset) is published before ssh is tried."""
         network.ensure_host_link(self.topology, machine.host)
         machine.mount(Path(self.layout.read_state()["base"]))
-        self._boot(machine, self.access.ensure_key())
+        authorized_key = self.access.ensure_key()
+        self._boot(machine, authorized_key)
         self._publish_names()
-        self.access.wait_booted(machine.host.name)
+        self._ready(machine.host.name, authorized_key)
         if machine.host is self.s3.host:
             self.s3.ensure(self.say)
 

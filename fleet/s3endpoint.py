@@ -2,9 +2,12 @@
 
 moto starts with INITIAL_NO_AUTH_ACTION_COUNT=3: exactly the three unauthenticated IAM calls that create
 the fleet's admin user, its policy and its access key; every later request must be signed with real keys.
-moto keeps everything in memory: a restart of the endpoint loses every bucket, object, key and user.
+moto keeps everything in its process (objects over 5 MiB in open, deleted temporary files under /var/lib/moto): a restart
+of the endpoint loses every bucket, object, key and user.
 """
 
+import base64
+import hashlib
 import json
 import os
 import socket
@@ -27,6 +30,11 @@ After=network.target
 
 [Service]
 Environment=INITIAL_NO_AUTH_ACTION_COUNT={BOOTSTRAP_ACTIONS}
+# moto keeps each object over 5 MiB in a temporary file, open while the object lives: on the host's disk, not
+# the small private /tmp, and with room for many (locked versions stay for the recovery window).
+Environment=TMPDIR=/var/lib/moto
+StateDirectory=moto
+LimitNOFILE=1048576
 ExecStart=/usr/bin/python3 -m moto.server -H 0.0.0.0 -p {PORT}
 DynamicUser=yes
 Restart=on-failure
@@ -36,20 +44,34 @@ WantedBy=multi-user.target
 """
 ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 # What an environment's cloud account provides the tier (in prod: the operator, docs/backups.md): a versioned
-# bucket, a KMS key, and two users. Database hosts may put, get and list, never delete; only retention deletes.
+# bucket with S3 Object Lock, a KMS key, and users. Database hosts may put, get and list, never delete; only
+# retention deletes, and only versions whose lock has expired.
 BUCKET = "mcp-portal-archive"
+# Every new version is locked in COMPLIANCE mode (no key can shorten it or delete through it) for the recovery
+# window: group_data's backup_retention_days, 30 unless set; the preflight refuses a shorter lock.
+LOCK = {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}}
 # tier.json key: (alias, description). The data key's master key wraps the portal's data keys (hostside/envelope.py).
 KMS_KEYS = {"kms_key_id": ("alias/mcp-portal-archive", "the MCP Portal tier's archive key"),
             "data_kms_key_id": ("alias/mcp-portal-data", "the MCP Portal's data-key master key")}
 # moto authorizes HeadBucket as an action of its own ("s3:HeadBucket"); AWS counts it as s3:ListBucket.
-READ_WRITE = ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation", "s3:HeadBucket",
+READ_WRITE = ["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions",
+              "s3:GetBucketLocation", "s3:HeadBucket", "s3:GetBucketObjectLockConfiguration",
               "kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"]
+# Denied to every tier user: the calls that would weaken a lock (moto authorizes PutObjectRetention as PutObject
+# and honours the bypass header without checking it, so on the fleet only COMPLIANCE mode stops them).
+LOCK_CHANGES = ["s3:PutObjectRetention", "s3:PutObjectLegalHold", "s3:BypassGovernanceRetention",
+                "s3:PutBucketObjectLockConfiguration"]
 TIER_USERS = {
     "wal-archiver": READ_WRITE,
-    "backup-retention": READ_WRITE + ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:ListBucketVersions"],
+    "backup-retention": READ_WRITE + ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:GetObjectRetention"],
     # Makes and unwraps data keys (key rotation on the database hosts, and the app); touches no object.
     "portal-keys": ["kms:GenerateDataKey", "kms:Decrypt", "kms:DescribeKey"],
 }
+
+
+def tier_policy(actions):
+    return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"},
+                                                   {"Effect": "Deny", "Action": LOCK_CHANGES, "Resource": "*"}]}
 
 
 def endpoint_url(host):
@@ -57,11 +79,28 @@ def endpoint_url(host):
 
 
 def client(service, credentials, **extra):
-    return boto3.client(
+    made = boto3.client(
         service, endpoint_url=credentials["endpoint"], region_name=credentials["region"],
         aws_access_key_id=credentials["access_key_id"], aws_secret_access_key=credentials["secret_access_key"],
         config=botocore.config.Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=20), **extra,
     )
+    for operation in ("PutObject", "CopyObject", "PutObjectRetention"):
+        made.meta.events.register(f"before-sign.s3.{operation}", _content_md5)
+    return made
+
+
+def _content_md5(request, **_):
+    """moto refuses any write into a bucket with a default lock without Content-MD5 (S3 takes the SDK's own
+    checksum instead, which botocore sends by default now)."""
+    if "Content-MD5" not in request.headers:
+        body = request.body or b""
+        if hasattr(body, "read"):
+            start = body.tell()
+            data = body.read()
+            body.seek(start)
+        else:
+            data = body.encode() if isinstance(body, str) else body
+        request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
 class S3Endpoint:
@@ -146,12 +185,14 @@ class S3Endpoint:
         return self.credentials_file.parent / "s3" / f"{name}.json"
 
     def _provision_tier(self):
-        """The bucket (versioned), KMS key and users the tier's archive and backups use; their keys and the
+        """The bucket (versioned, Object Lock), KMS key and users the tier's archive and backups use; their keys and the
         bucket's coordinates go to .fleet/s3/ (0600), where group_data/local.py points the deploy."""
         admin = self.credentials()
         s3, iam, kms = client("s3", admin), client("iam", admin), client("kms", admin)
-        s3.create_bucket(Bucket=BUCKET)
+        s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        s3.put_object_lock_configuration(Bucket=BUCKET, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled",
+                                                                                 "Rule": LOCK})
         written = {"tier": {"endpoint_url": admin["endpoint"], "region": admin["region"], "bucket": BUCKET}}
         for field, (alias, description) in KMS_KEYS.items():
             key_id = kms.create_key(Description=description)["KeyMetadata"]["KeyId"]
@@ -165,8 +206,7 @@ class S3Endpoint:
                 iam.create_user(UserName=user)
             except iam.exceptions.EntityAlreadyExistsException:
                 pass
-            policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
-            iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(policy))
+            iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(tier_policy(actions)))
             key = iam.create_access_key(UserName=user)["AccessKey"]
             written[user] = {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
         self._tier_file("tier").parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ _sudo = True
 secrets_source = "operator"
 secrets_dir = "/etc/mcp-portal-secrets/prod"
 
-# The WAL archive: your bucket (versioning on; S3 Object Lock recommended, docs/backups.md), your KMS key, and
+# The WAL archive: your bucket (versioning on; S3 Object Lock, default COMPLIANCE retention >= backup_retention_days:
+# docs/backups.md; the preflight refuses it otherwise), your KMS key, and
 # the archive user's keys in <secrets_dir>/s3/wal-archiver.json (put, get, list; no delete).
 wal_archive_bucket = "mcp-portal-prod-archive"
 wal_archive_prefix = "prod"

@@ -4,16 +4,24 @@
     base_backup.py run        one backup (mcp-base-backup.service): pg_basebackup -> pg_verifybackup -> pack ->
                               multipart upload with checksums and SSE -> completion record
     base_backup.py list       the backups in the archive, oldest first (JSON lines)
-    base_backup.py retain --window-days N
+    base_backup.py retain --window-days N --max-delete-percent P
                               delete what a restore to any time in the last N days does not need (mcp-backup-
-                              retention.service, with credentials that may delete)
+                              retention.service, with credentials that may delete); a run that would delete more
+                              than P% of the prefix's object versions deletes nothing and fails
     base_backup.py restore DATADIR [--target-time T | --target-lsn L | --target-xid X | --target-name N]
                               the newest verified backup that ends before the target, unpacked, verified and set
                               up to replay WAL from the archive to the target and then stop (recovery.signal)
+    base_backup.py replayed DATADIR
+                              after a restore without a target, promoted: did replay reach the archive's last
+                              segment? (a gap ends recovery early as if the archive ended there)
     base_backup.py restore --standby DATADIR
                               rebuild this host's replica: the newest verified backup, unpacked and verified, set
                               up as a standby (standby.signal); Patroni's first replica creation method, which
                               starts it following the leader
+
+The completion records live in the bucket, where every database host's keys may put: retention and restores
+trust a record only once it agrees with what S3 itself says about the backup's objects (one version each, S3's
+own dates and sizes) and with the backup's manifest (`Backups.vet`).
 
 Runs only where `pg_is_in_recovery()` is false: on a standby `run` says so and exits 0. Settings come from the
 WAL archiver's configuration (/etc/mcp-portal/wal-archive.json): same bucket, prefix and keys.
@@ -24,6 +32,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +43,10 @@ from hostside import layout, textfile, wal_archive
 
 RECORD = "backup.json"
 ARCHIVE = "base.tar.gz"
+MANIFEST = "backup_manifest"
+# A record is put seconds after its backup finished, and S3 dates the put itself: a record whose finish time is
+# further than this from S3's date was not written by a backup.
+RECORD_CLOCK_SLACK_S = 900
 
 
 def say(message):
@@ -82,8 +95,20 @@ class HashingWriter:
 def wal_range(manifest_path):
     """(timeline, start LSN, end LSN) of the WAL a backup needs, from its backup_manifest."""
     with open(manifest_path) as f:
-        ranges = json.load(f)["WAL-Ranges"]
+        return wal_range_of(json.load(f))
+
+
+def wal_range_of(manifest):
+    ranges = manifest["WAL-Ranges"]
     return ranges[-1]["Timeline"], ranges[0]["Start-LSN"], ranges[-1]["End-LSN"]
+
+
+class Distrust(Exception):
+    """Why a completion record does not count."""
+
+
+class RetentionRefused(wal_archive.ArchiveError):
+    """A retention run that would delete more than its cap: nothing was deleted."""
 
 
 SEGMENT_BYTES = 16 * 2**20
@@ -93,6 +118,11 @@ SEGMENTS_PER_XLOGID = 2**32 // SEGMENT_BYTES
 def segment_number(lsn):
     """The WAL segment (log id * segments per id + segment) holding `lsn`, as WAL file names number them."""
     return lsn_value(lsn) // SEGMENT_BYTES
+
+
+def file_segment(name):
+    """The segment number a WAL file name holds (log id * segments per id + segment), as segment_number counts."""
+    return int(name[8:16], 16) * SEGMENTS_PER_XLOGID + int(name[16:24], 16)
 
 
 def lsn_value(lsn):
@@ -116,6 +146,70 @@ class Backups:
                    if key.startswith(folder) and key.endswith("/" + RECORD)]
         return sorted(records, key=lambda r: r["id"])
 
+    def versions(self):
+        """Every version under the prefix, by key, newest first (delete markers included, as `"DeleteMarker": True`)."""
+        listed = {}
+        pages = self.archive.s3.get_paginator("list_object_versions").paginate(Bucket=self.archive.bucket,
+                                                                               Prefix=self.archive.prefix)
+        for page in pages:
+            for kind, marker in (("Versions", False), ("DeleteMarkers", True)):
+                for version in page.get(kind, []):
+                    if version["Key"].startswith(self.archive.prefix + "/"):
+                        listed.setdefault(version["Key"], []).append(dict(version, DeleteMarker=marker))
+        for entries in listed.values():  # S3 dates to the second: IsLatest says which is current
+            entries.sort(key=lambda v: (not v.get("IsLatest"), -v["LastModified"].timestamp()))
+        return listed
+
+    def vet(self, versions):
+        """(trusted records, [(backup id, why refused)]), oldest first. Any database host's keys may put a record,
+        so a record counts only where S3's own view of the backup agrees with it."""
+        owner = self.archive.owner() or self.archive.system_identifier()
+        trusted, refused = [], []
+        records = [k for k, entries in versions.items() if k.startswith(f"{self.archive.prefix}/backups/")
+                   and k.endswith("/" + RECORD) and not entries[0]["DeleteMarker"]]  # deleted: not a record
+        for key in sorted(records):
+            backup_id = key.split("/")[-2]
+            try:
+                trusted.append(self._vetted(backup_id, versions, owner))
+            except Distrust as exc:
+                refused.append((backup_id, str(exc)))
+        return trusted, refused
+
+    def _vetted(self, backup_id, versions, owner):
+        objects = {}
+        for name in (RECORD, ARCHIVE, MANIFEST):
+            entries = versions.get(self.key(backup_id, name), [])
+            stored = [v for v in entries if not v["DeleteMarker"]]
+            if len(stored) != 1 or entries[0]["DeleteMarker"]:
+                raise Distrust(f"{name} has {len(stored)} versions (one, never overwritten, is what a backup writes)")
+            objects[name] = stored[0]
+        s3, bucket = self.archive.s3, self.archive.bucket
+        record = json.load(s3.get_object(Bucket=bucket, Key=self.key(backup_id, RECORD))["Body"])
+        archive_sha256 = s3.head_object(Bucket=bucket, Key=self.key(backup_id, ARCHIVE))["Metadata"].get("sha256")
+        manifest = s3.get_object(Bucket=bucket, Key=self.key(backup_id, MANIFEST))["Body"].read()
+        problems = record_problems(record, backup_id, owner, objects[RECORD], objects[ARCHIVE], archive_sha256, manifest)
+        if problems:
+            raise Distrust("; ".join(problems))
+        return record
+
+    def conflicting(self, versions, first_segment):
+        """The keys a restore from segment `first_segment` on reads (history files, WAL from there) that hold
+        versions with different content: every put is conditional, so only a writer that is not the tier's
+        overwrites, and a restore must not guess which version is true."""
+        conflicts = []
+        for key, entries in versions.items():
+            name = key.rsplit("/", 1)[1]
+            needed = wal_archive.HISTORY.match(name) or (
+                key.startswith(f"{self.archive.prefix}/wal/") and wal_archive.WAL_FILE.match(name)
+                and file_segment(name) >= first_segment)
+            stored = [v for v in entries if not v["DeleteMarker"]]
+            if needed and len({v["ETag"] for v in stored}) > 1:  # ETags differ: compare the content checksums
+                digests = {self.archive.s3.head_object(Bucket=self.archive.bucket, Key=key, VersionId=v["VersionId"])
+                           ["Metadata"].get("sha256") for v in stored}
+                if len(digests) > 1 or None in digests:
+                    conflicts.append(key)
+        return sorted(conflicts)
+
     def run(self, work_root):
         if on_standby("base backups"):
             return None
@@ -131,6 +225,9 @@ class Backups:
                             "--manifest-checksums=SHA256", "-l", f"mcp-portal {backup_id}", "-h", layout.SOCKET_DIR],
                            check=True)
             copied = time.time()
+            # Every transaction id from here on was assigned after the backup ended, so commits after it: what
+            # makes this backup a start for a restore to such an xid.
+            next_xid = int(psql("select pg_snapshot_xmax(pg_current_snapshot())"))
             say(f"{backup_id}: pg_verifybackup")
             subprocess.run([f"{self.bin}/pg_verifybackup", data], check=True)
             verified = time.time()
@@ -142,52 +239,84 @@ class Backups:
                     tar.add(data, arcname="data")
             say(f"{backup_id}: packed {hashing.size / 2**20:.1f} MiB; uploading")
             upload(self.archive, packed, self.key(backup_id, ARCHIVE), hashing.sha256.hexdigest())
+            with open(os.path.join(data, "backup_manifest"), "rb") as f:
+                manifest = f.read()
+            self.archive.put_new(self.key(backup_id, MANIFEST), manifest)
             finished = time.time()
             record = {
                 "id": backup_id, "system_identifier": self.archive.system_identifier(), "timeline": timeline,
                 "start_lsn": start_lsn, "end_lsn": end_lsn, "started_at": started, "finished_at": finished,
                 "size_bytes": hashing.size, "sha256": hashing.sha256.hexdigest(), "verified": True,
+                "manifest_sha256": hashlib.sha256(manifest).hexdigest(), "next_xid": next_xid,
                 "durations_s": {"pg_basebackup": round(copied - started, 1), "pg_verifybackup": round(verified - copied, 1),
                                 "pack_and_upload": round(finished - verified, 1)},
                 "server_version": psql("show server_version"),
             }
             body = json.dumps(record, indent=1).encode()
-            self.archive.s3.put_object(Bucket=self.archive.bucket, Key=self.key(backup_id, RECORD), Body=body,
-                                       IfNoneMatch="*", ChecksumAlgorithm="SHA256", **self.archive._sse())
+            self.archive.put_new(self.key(backup_id, RECORD), body)
             say(f"{backup_id}: done in {finished - started:.1f} s, WAL {start_lsn}..{end_lsn} on timeline {timeline}")
             return record
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def retain(self, window_s, now=None):
+    def retain(self, window_s, max_delete_percent, now=None):
         """Delete what a point-in-time restore to any moment of the last `window_s` seconds does not need: the
         backups before the newest one that finished before the window opened (kept: it is where such a restore
-        starts), and the WAL before that backup's start. Never the newest verified backup, never a .history file.
-        Deletes every version (the bucket is versioned); returns what it deleted."""
-        if on_standby("retention"):
-            return []
-        opens = (now or time.time()) - window_s
-        verified = [r for r in self.records() if r.get("verified")]
-        if not verified:
-            say("no verified backup yet: nothing is deleted")
-            return []
-        before = [r for r in verified if r["finished_at"] <= opens]
-        oldest_kept = before[-1] if before else verified[0]
-        first_needed = segment_number(oldest_kept["start_lsn"])
-        doomed = []
-        for key in self.keys():
-            name = key.rsplit("/", 1)[1]
-            if key.startswith(f"{self.archive.prefix}/backups/"):
-                backup_id = key.split("/")[-2]
-                if backup_id < oldest_kept["id"] and backup_id != verified[-1]["id"]:
-                    doomed.append(key)
-            elif key.startswith(f"{self.archive.prefix}/wal/") and wal_archive.WAL_FILE.match(name):
-                if int(name[8:16], 16) * SEGMENTS_PER_XLOGID + int(name[16:24], 16) < first_needed:
-                    doomed.append(key)
-        say(f"retention: window {window_s / 86400:g} days, oldest kept backup {oldest_kept['id']}; "
-            f"deleting {len(doomed)} objects")
-        self.delete_all_versions(doomed)
-        return doomed
+        starts), and the WAL before the oldest kept backup's start. Never the newest trusted backup, never a
+        .history file, never a refused record's objects, never a version whose lock has not expired. Deletes every
+        version (the bucket is versioned); more than `max_delete_percent` of the prefix's versions at once:
+        nothing, RetentionRefused. Returns (deleted keys, refused records, versions still locked)."""
+        now = now or time.time()
+        opens = now - window_s
+        versions = self.versions()
+        trusted, refused = self.vet(versions)
+        for backup_id, why in refused:
+            say(f"retention: REFUSED backup {backup_id}: {why}; it does not count and its objects are kept")
+        if not trusted:
+            say("no trusted backup yet: nothing is deleted")
+            return [], refused, 0
+        oldest_kept, doomed = retention_plan(trusted, [backup_id for backup_id, _ in refused], versions, opens,
+                                             self.archive.prefix)
+        unlocked, locked = self.unlocked([v for key in doomed for v in versions[key]], now)
+        total = sum(len(entries) for entries in versions.values())
+        if len(unlocked) > total * max_delete_percent / 100:
+            raise RetentionRefused(
+                f"retention would delete {len(unlocked)} of the prefix's {total} object versions, more than "
+                f"{max_delete_percent:g}% (backup_retention_max_delete_percent): nothing deleted; if the backups "
+                f"listed by `mcp-base-backup list` say this is right, run once with --max-delete-percent 100")
+        say(f"retention: window {window_s / 86400:g} days, oldest kept backup {oldest_kept['id']}; deleting "
+            f"{len(unlocked)} object versions ({len({v['Key'] for v in unlocked})} keys); {locked} versions still "
+            "locked are kept")
+        self.delete(unlocked)
+        return sorted({v["Key"] for v in unlocked}), refused, locked
+
+    def unlocked(self, versions, now):
+        """(the versions whose Object Lock has expired, how many are still locked): S3 refuses to delete a locked
+        version, so asking first keeps one run's answer whole. A key's delete markers go only with its last
+        version: removing the marker over a locked version would bring a deleted object back."""
+        free, locked, held = [], 0, set()
+        for version in versions:
+            if not version["DeleteMarker"]:
+                head = self.archive.s3.head_object(Bucket=self.archive.bucket, Key=version["Key"],
+                                                   VersionId=version["VersionId"])
+                until = head.get("ObjectLockRetainUntilDate")
+                if head.get("ObjectLockLegalHoldStatus") == "ON" or (until and until.timestamp() > now):
+                    locked += 1
+                    held.add(version["Key"])
+                    continue
+            free.append(version)
+        return [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in free
+                if not (v["DeleteMarker"] and v["Key"] in held)], locked
+
+    def delete(self, versions):
+        s3 = self.archive.s3
+        for start in range(0, len(versions), 1000):
+            answer = s3.delete_objects(Bucket=self.archive.bucket,
+                                       Delete={"Objects": versions[start:start + 1000], "Quiet": True})
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise wal_archive.ArchiveError(f"S3 refused to delete {len(answer['Errors'])} versions, the first "
+                                               f"{first['Key']} ({first['Code']}: {first.get('Message', '')})")
 
     def keys(self):
         """Every key under the cluster's prefix. Listed by the prefix without its trailing '/' and filtered here:
@@ -198,35 +327,75 @@ class Backups:
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])
                 if obj["Key"].startswith(self.archive.prefix + "/")]
 
-    def delete_all_versions(self, keys):
-        s3, wanted = self.archive.s3, set(keys)
-        pages = s3.get_paginator("list_object_versions").paginate(Bucket=self.archive.bucket, Prefix=self.archive.prefix)
-        versions = [{"Key": v["Key"], "VersionId": v["VersionId"]} for page in pages
-                    for v in page.get("Versions", []) + page.get("DeleteMarkers", []) if v["Key"] in wanted]
-        for start in range(0, len(versions), 1000):
-            s3.delete_objects(Bucket=self.archive.bucket, Delete={"Objects": versions[start:start + 1000], "Quiet": True})
-
-    def choose(self, target_time=None, target_lsn=None):
-        """The newest verified backup of the cluster the prefix belongs to that ends before the target (the prefix
-        may be another environment's: a staging rebuild restores prod's backups on a host of its own)."""
-        owner = self.archive.owner() or self.archive.system_identifier()
-        candidates = [r for r in self.records() if r.get("verified") and r["system_identifier"] == owner]
+    def choose(self, target_time=None, target_lsn=None, target_xid=None):
+        """The newest trusted backup of the cluster the prefix belongs to that ends before the target (for an xid:
+        whose next transaction id at its end is at most the target's, so the target commits after it; the prefix
+        may be another environment's: a staging rebuild restores prod's backups on a host of its own). Refused
+        when any key in the prefix holds versions with different content."""
+        versions = self.versions()
+        candidates, refused = self.vet(versions)
+        for backup_id, why in refused:
+            say(f"backup {backup_id} is not used: {why}")
+        problem = target_problem(candidates, archived_segments(versions, self.archive.prefix), target_time, target_lsn)
+        if problem:
+            raise wal_archive.ArchiveError(problem)
         if target_time is not None:
             candidates = [r for r in candidates if r["finished_at"] < target_time]
         if target_lsn is not None:
             candidates = [r for r in candidates if lsn_value(r["end_lsn"]) <= lsn_value(target_lsn)]
+        if target_xid is not None:  # a record without next_xid cannot tell: not a candidate
+            candidates = [r for r in candidates if isinstance(r.get("next_xid"), int) and r["next_xid"] <= int(target_xid)]
         if not candidates:
             raise wal_archive.ArchiveError("no verified backup of this cluster ends before the target")
+        conflicts = self.conflicting(versions, segment_number(candidates[-1]["start_lsn"]))
+        if conflicts:
+            raise wal_archive.ArchiveError(
+                f"REFUSED: s3://{self.archive.bucket}/{conflicts[0]} (and {len(conflicts) - 1} more) holds versions "
+                f"with different content, and a restore from backup {candidates[-1]['id']} reads it; the tier never "
+                "overwrites, so something else wrote into the archive: investigate before restoring (docs/backups.md)")
         return candidates[-1]
+
+    def restore_point(self, name, scratch):
+        """The LSN of restore point `name`: pg_waldump over the archived segments, newest first, down to the oldest
+        trusted backup's start (a restore point is in the WAL only, and a restore must start before it)."""
+        trusted, _ = self.vet(self.versions())
+        if not trusted:
+            raise wal_archive.ArchiveError("no verified backup of this cluster: nothing to restore from")
+        oldest = min(segment_number(r["start_lsn"]) for r in trusted)
+        names = {key.rsplit("/", 1)[1] for key in self.keys() if key.startswith(f"{self.archive.prefix}/wal/")}
+        segments = sorted((n for n in names if wal_archive.SEGMENT.match(n)
+                           and file_segment(n) >= oldest),
+                          key=lambda n: (n[8:], n[:8]), reverse=True)
+        os.makedirs(scratch, mode=0o700)
+        try:
+            for segment in segments:
+                path = os.path.join(scratch, segment)
+                self.archive.fetch(segment, path)
+                dumped = subprocess.run([f"{self.bin}/pg_waldump", "--rmgr=XLOG", path], capture_output=True,
+                                        text=True).stdout  # it exits 1 at the segment's end: the records are out
+                os.unlink(path)
+                found = restore_point_in(dumped, name)
+                if found:
+                    return found
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise wal_archive.ArchiveError(
+            f"restore point {name!r} is in none of the {len(segments)} archived segments since the oldest backup's "
+            "start: check the name (pg_create_restore_point), and that its segment is archived (archive_timeout, "
+            "or pg_switch_wal() on the primary)")
 
     def restore(self, datadir, targets, standby=False):
         if os.path.exists(datadir) and os.listdir(datadir):
             raise wal_archive.ArchiveError(f"{datadir} is not empty: restore into an empty directory")
         target_time = targets.get("recovery_target_time")
         epoch = datetime.datetime.fromisoformat(target_time).timestamp() if target_time else None
-        record = self.choose(epoch, targets.get("recovery_target_lsn"))
-        say(f"restoring backup {record['id']} (WAL {record['start_lsn']}..{record['end_lsn']})")
         parent = os.path.dirname(os.path.abspath(datadir))
+        target_lsn = targets.get("recovery_target_lsn")
+        if targets.get("recovery_target_name"):
+            target_lsn = self.restore_point(targets["recovery_target_name"], os.path.join(parent, ".restore-point"))
+            say(f"restore point {targets['recovery_target_name']} is at {target_lsn}")
+        record = self.choose(epoch, target_lsn, targets.get("recovery_target_xid"))
+        say(f"restoring backup {record['id']} (WAL {record['start_lsn']}..{record['end_lsn']})")
         packed = os.path.join(parent, f".{record['id']}.{ARCHIVE}")
         unpack = os.path.join(parent, f".{record['id']}.unpacked")
         try:  # everything happens beside `datadir`; it appears only once the copy is verified
@@ -250,6 +419,68 @@ class Backups:
         recovery_settings(self.bin, datadir, targets)
         local_config(datadir)
         return record
+
+
+def archived_segments(versions, prefix):
+    """{WAL segment name: when S3 stored it (epoch)} for the full segments under the prefix (versions())."""
+    found = {}
+    for key, entries in versions.items():
+        name = key.rsplit("/", 1)[1]
+        if key.startswith(f"{prefix}/wal/") and wal_archive.SEGMENT.match(name) and not entries[0]["DeleteMarker"]:
+            found[name] = entries[0]["LastModified"].timestamp()
+    return found
+
+
+def _utc(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def target_problem(trusted, segments, target_time=None, target_lsn=None):
+    """None when the target lies within what the archive can restore to, else why, with the archive's range.
+    `trusted`: the vetted records, oldest first; `segments`: archived_segments(). Asked before anything is
+    downloaded: PostgreSQL would otherwise make the cluster and only then find that recovery ended before the
+    target."""
+    if not trusted or (target_time is None and target_lsn is None):
+        return None  # nothing to restore from is choose()'s to say
+    first, newest = trusted[0], trusted[-1]
+    last = max(segments, key=lambda n: (n[8:], n[:8])) if segments else None
+    # A backup holds the WAL to its own end: the archive reaches at least the newest backup's end.
+    if last and segments[last] > newest["finished_at"]:
+        end_time, end_lsn, end = segments[last], wal_archive.segment_end(last), f"segment {last}, the last archived"
+    else:
+        end_time, end_lsn, end = newest["finished_at"], lsn_value(newest["end_lsn"]), f"where backup {newest['id']} ended"
+    span = (f"the archive restores from {_utc(first['finished_at'])} ({first['end_lsn']}, where backup {first['id']} "
+            f"ended) to {_utc(end_time)} ({end})")
+    if (target_time is not None and target_time <= first["finished_at"]) or (
+            target_lsn is not None and lsn_value(target_lsn) < lsn_value(first["end_lsn"])):
+        return f"REFUSED: the target is before the oldest verified backup ended: {span}"
+    if (target_time is not None and target_time > end_time) or (target_lsn is not None and lsn_value(target_lsn) >= end_lsn):
+        return (f"REFUSED: the target is past the archive's end: {span}. If it is in the WAL the primary is writing "
+                "now, wait for archive_timeout to archive that segment, or run select pg_switch_wal() on the primary, "
+                "and restore again")
+    return None
+
+
+def replay_shortfall(history, archived):
+    """None when a copy promoted at the end of the archive replayed it to its last segment, else why not.
+    `history`: the promotion's timeline history file; `archived`: the parent timeline's archived segments."""
+    entries = [line.split() for line in history.splitlines() if line.strip() and not line.startswith("#")]
+    parent, switched = int(entries[-1][0]), entries[-1][1]
+    if archived and lsn_value(switched) < wal_archive.segment_position(archived[-1]):
+        return (f"replay stopped at {switched}, but the archive holds timeline {parent}'s WAL up to segment "
+                f"{archived[-1]}: a segment between could not be read (a gap in the archive?), so the restored "
+                "cluster misses what came after; drop it and restore again once the archive is whole")
+    return None
+
+
+def replayed_to_end(archive, datadir):
+    """replay_shortfall() for the copy in `datadir`, promoted after a restore without a target."""
+    wal = os.path.join(datadir, "pg_wal")
+    newest = max(f for f in os.listdir(wal) if wal_archive.HISTORY.match(f))
+    with open(os.path.join(wal, newest)) as f:
+        history = f.read()
+    parent = int(history.strip().splitlines()[-1].split()[0])
+    return replay_shortfall(history, archive.segments(parent))
 
 
 def recovery_settings(bin_directory, datadir, targets, action="promote"):
@@ -286,11 +517,78 @@ def local_config(datadir):
             f.write(content)
 
 
+def restore_point_in(dump, name):
+    """The LSN of the last restore point called `name` in pg_waldump's output, or None."""
+    found = re.findall(rf"lsn: ([0-9A-F]+/[0-9A-F]+), .*desc: RESTORE_POINT {re.escape(name)}$", dump, re.MULTILINE)
+    return found[-1] if found else None
+
+
+def record_problems(record, backup_id, owner, record_version, archive_version, archive_sha256, manifest):
+    """Why a completion record does not agree with S3's own view of its backup ([] when it does): S3 dates and
+    sizes what it stores, and the manifest pg_basebackup wrote holds the WAL range."""
+    try:
+        started = datetime.datetime.fromtimestamp(record["started_at"], datetime.timezone.utc)
+        checks = {
+            "its id is not its start time": record["id"] == backup_id == started.strftime("%Y%m%dT%H%M%SZ"),
+            "it is another cluster's": record["system_identifier"] == owner,
+            "it is not marked verified": record["verified"] is True,
+            "its finish time is not when S3 received it":
+                abs(record_version["LastModified"].timestamp() - record["finished_at"]) <= RECORD_CLOCK_SLACK_S
+                and record["started_at"] <= record["finished_at"],
+            "its archive's size is not the recorded size": archive_version["Size"] == record["size_bytes"],
+            "its archive is newer than the record": archive_version["LastModified"] <= record_version["LastModified"],
+            "its archive's stored sha256 is not the recorded one": archive_sha256 == record["sha256"],
+            "its manifest's sha256 is not the recorded one":
+                hashlib.sha256(manifest).hexdigest() == record.get("manifest_sha256"),
+        }
+        failed = [why for why, passed in checks.items() if not passed]
+        if failed:
+            return failed
+        manifest_range = wal_range_of(json.loads(manifest))
+        if manifest_range != (record["timeline"], record["start_lsn"], record["end_lsn"]):
+            return [f"its WAL range is not its manifest's ({manifest_range[0]}, {manifest_range[1]}..{manifest_range[2]})"]
+        if lsn_value(record["start_lsn"]) > lsn_value(record["end_lsn"]):
+            return ["its WAL range ends before it starts"]
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError, OSError, AttributeError) as exc:
+        return [f"the record or its manifest is malformed ({type(exc).__name__}: {exc})"]
+    return []
+
+
+def retention_plan(trusted, protected_ids, keys, opens, prefix):
+    """(the oldest backup kept, the keys to delete) for a window that opens at `opens`: the newest trusted backup
+    that finished before then is where a restore to the window's first moment starts, so it and every later one
+    stay, with the WAL from the oldest start among them; `protected_ids` (refused records: evidence) stay too."""
+    before = [r for r in trusted if r["finished_at"] <= opens]
+    oldest_kept = before[-1] if before else trusted[0]
+    kept = [r for r in trusted if r["id"] >= oldest_kept["id"]]
+    first_needed = min(segment_number(r["start_lsn"]) for r in kept)
+    protected = {r["id"] for r in kept} | set(protected_ids)
+    doomed = []
+    for key in keys:
+        name = key.rsplit("/", 1)[1]
+        if key.startswith(f"{prefix}/backups/"):
+            backup_id = key.split("/")[-2]
+            if backup_id < oldest_kept["id"] and backup_id not in protected:
+                doomed.append(key)
+        elif key.startswith(f"{prefix}/wal/") and wal_archive.WAL_FILE.match(name):
+            if file_segment(name) < first_needed:
+                doomed.append(key)
+    return oldest_kept, sorted(doomed)
+
+
+MULTIPART_BYTES = 64 * 2**20
+
+
 def upload(archive, path, key, digest):
+    """Multipart in 64 MiB parts; below that one put, read into memory (its Content-MD5 is the put's own)."""
     from boto3.s3.transfer import TransferConfig
-    archive.s3.upload_file(path, archive.bucket, key, Config=TransferConfig(multipart_threshold=64 * 2**20,
-                                                                            multipart_chunksize=64 * 2**20),
-                           ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": digest}, **archive._sse()})
+    if os.path.getsize(path) < MULTIPART_BYTES:
+        with open(path, "rb") as f:
+            archive.put_new(key, f.read(), {"sha256": digest})
+    else:
+        archive.s3.upload_file(path, archive.bucket, key, Config=TransferConfig(
+            multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES),
+            ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": digest}, **archive._sse()})
     stored = archive.s3.head_object(Bucket=archive.bucket, Key=key)["Metadata"].get("sha256")
     if stored != digest:
         raise wal_archive.ArchiveError(f"s3://{archive.bucket}/{key} does not show the backup's checksum after upload")
@@ -323,16 +621,20 @@ def main(argv):
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
     run.add_argument("--work-dir", required=True)
-    sub.add_parser("list")
+    sub.add_parser("list", help="the trusted backups' records, oldest first, one JSON object a line")
     retain = sub.add_parser("retain")
     retain.add_argument("--window-days", type=float, required=True)
     retain.add_argument("--credentials", required=True, help="keys that may delete (not the archive's)")
+    retain.add_argument("--max-delete-percent", type=float, required=True,
+                        help="a run that would delete more of the prefix's object versions deletes nothing")
     restore = sub.add_parser("restore")
     restore.add_argument("datadir")
     for target in ("time", "lsn", "xid", "name"):
         restore.add_argument(f"--target-{target}")
     restore.add_argument("--standby", action="store_true",
                          help="rebuild this host's own replica: the newest backup, then the archive and the primary")
+    replayed = sub.add_parser("replayed", help="after a restore without a target: did replay reach the archive's end?")
+    replayed.add_argument("datadir")
     args = parser.parse_args(argv[1:])
     config = wal_archive.load_config(os.environ.get("MCP_WAL_ARCHIVE_CONFIG", wal_archive.CONFIG))
     if args.command == "retain":
@@ -344,14 +646,28 @@ def main(argv):
             if record:
                 record_backup(record)
         elif args.command == "retain":
-            deleted = backups.retain(args.window_days * 86400)
+            if on_standby("retention"):
+                return 0
+            # A capped run raises: the unit fails, and its failure record alerts (MCPScheduledUnitFailed).
+            deleted, refused, locked = backups.retain(args.window_days * 86400, args.max_delete_percent)
             textfile.write("backup_retention", [
                 ("mcp_backup_retention_last_success_timestamp_seconds", "When retention last ran to its end.",
                  time.time()),
-                ("mcp_backup_retention_deleted_objects", "Objects (all versions) the last retention run deleted.",
-                 len(deleted))])
+                ("mcp_backup_retention_deleted_objects", "Objects the last retention run deleted.", len(deleted)),
+                ("mcp_backup_retention_locked_versions", "Versions retention would delete but their lock holds.",
+                 locked),
+                ("mcp_backup_retention_refused_records",
+                 "Completion records retention did not trust (forged, altered or overwritten).", len(refused))])
+        elif args.command == "replayed":
+            shortfall = replayed_to_end(backups.archive, args.datadir)
+            if shortfall:
+                raise wal_archive.ArchiveError(shortfall)
+            say("replay reached the archive's last segment")
         elif args.command == "list":
-            for record in backups.records():
+            trusted, refused = backups.vet(backups.versions())
+            for backup_id, why in refused:
+                print(f"backup {backup_id} is not listed: {why}", file=sys.stderr)
+            for record in trusted:
                 print(json.dumps(record, sort_keys=True))
         else:
             targets = {f"recovery_target_{t}": getattr(args, f"target_{t}") for t in ("time", "lsn", "xid", "name")

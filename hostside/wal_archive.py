@@ -2,7 +2,8 @@
 """PostgreSQL's WAL archive on S3: archive_command, restore_command, a resident uploader and a preflight check.
 
     wal_archive.py push PATH NAME    archive_command = '... push %p %f'
-    wal_archive.py fetch NAME DEST   restore_command = '... fetch %f %p'
+    wal_archive.py fetch NAME DEST   restore_command = '... fetch %f %p': 0 fetched, 1 absent (or, on a standby,
+                                     unreadable after retries), 255 unreadable in a restore: recovery aborts
     wal_archive.py serve             the resident uploader (mcp-wal-archive.service) push hands off to
     wal_archive.py check             can this host archive? (bucket, credentials, KMS key, clock, prefix owner)
     wal_archive.py seal TIMELINE     after a promotion to TIMELINE: no gap in the parent timeline up to the switch
@@ -15,6 +16,7 @@ that a failover replaced. Configuration: /etc/mcp-portal/wal-archive.json, writt
 Plain Python 3 with Debian's python3-boto3, imported only where S3 is used, so `push` starts fast.
 """
 
+import base64
 import email.utils
 import gzip
 import hashlib
@@ -26,6 +28,7 @@ import socketserver
 import struct
 import sys
 import time
+import zlib
 
 from hostside import layout, textfile
 
@@ -42,6 +45,11 @@ CURRENT_TIMELINE_SQL = ("(case when pg_is_in_recovery() then coalesce((select re
                         "(select timeline_id from pg_control_checkpoint())) "
                         "else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end)")
 HANDOFF_TIMEOUT_S = 600  # the uploader answers within this, or the push fails (PostgreSQL retries)
+# restore_command: a failed fetch is tried again after these pauses before it counts: about a minute in a
+# restore; briefly on a standby, which has the primary to stream from.
+FETCH_PAUSES_S = {"restore": (1, 2, 4, 8, 15, 30), "standby": (1,)}
+# PostgreSQL aborts recovery when restore_command exits above 125; 1 means "no such file", the archive's end.
+ABORT_RECOVERY = 255
 MAX_CLOCK_SKEW_S = 300  # S3 refuses signatures beyond 15 min; warn well before
 
 
@@ -117,12 +125,18 @@ class Archive:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.config["kms_key_id"]}
         return {"ServerSideEncryption": sse} if sse else {}
 
+    def put_new(self, key, body, metadata=None):
+        """Put `body` under `key` unless an object is there (PreconditionFailed), with checksums and SSE. S3 wants
+        Content-MD5 or the SDK's checksum on a write into a locked bucket; the fleet's moto only the first."""
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", Metadata=metadata or {},
+                           ChecksumAlgorithm="SHA256", ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
+                           **self._sse())
+
     def _put_if_absent(self, key, body, metadata):
         """True if this put created the object, False if one was already there."""
         from botocore.exceptions import ClientError
         try:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", Metadata=metadata,
-                               ChecksumAlgorithm="SHA256", **self._sse())
+            self.put_new(key, body, metadata)
             return True
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
@@ -230,7 +244,10 @@ class Archive:
                 return None
             raise
         metadata = obj.get("Metadata") or {}
-        data = COMPRESSIONS[metadata.get("compression", "none")][1](obj["Body"].read())
+        try:
+            data = COMPRESSIONS[metadata.get("compression", "none")][1](obj["Body"].read())
+        except (OSError, EOFError, zlib.error, KeyError) as exc:  # not what the archiver stored: same verdict
+            raise ArchiveError(f"s3://{self.bucket}/{self.key(name)} does not decompress ({exc}): not restored") from None
         if sha256(data) != metadata.get("sha256"):
             raise ArchiveError(f"s3://{self.bucket}/{self.key(name)} does not match its stored sha256: not restored")
         return data
@@ -266,6 +283,22 @@ class Archive:
             else:
                 missing.append(name)
         return parent, last, backfilled, missing
+
+    def fetch_patiently(self, name, dest, pauses, sleep=time.sleep):
+        """fetch(), tried again after each of `pauses` while S3 fails (unreachable, 5xx, throttled, refused); the
+        last failure is raised. A missing object is an answer; an object that does not match its checksum is one
+        too (refused at once: reading it again gives the same bytes)."""
+        for pause in (*pauses, None):
+            try:
+                return self.fetch(name, dest)
+            except ArchiveError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (anything else from S3 or the network may pass)
+                if pause is None:
+                    raise
+                print(f"wal_archive fetch {name}: {type(exc).__name__}: {exc}; again in {pause} s".replace("\n", " "),
+                      file=sys.stderr, flush=True)
+                sleep(pause)
 
     def fetch(self, name, dest):
         """Write `name` to `dest`, checked against its stored checksum; False when the archive lacks it."""
@@ -335,6 +368,9 @@ def preflight(config, host_epoch, system_identifier, s3=None, kms=None):
     if owner and system_identifier and owner != str(system_identifier):
         problems.append(f"{where} belongs to cluster {owner}, not to this one ({system_identifier}); "
                         "give this cluster its own archive prefix (wal_archive_prefix)")
+    lock = lock_problem(archive.s3, config["bucket"], config.get("recovery_window_days", 0))
+    if lock:
+        problems.append(lock)
     if config.get("sse") == "aws:kms":
         try:
             kms = kms or client(config, "kms")
@@ -343,6 +379,28 @@ def preflight(config, host_epoch, system_identifier, s3=None, kms=None):
             problems.append(f"the KMS key {config['kms_key_id']} cannot be used ({exc.response['Error']['Code']}); "
                             "check wal_archive_kms_key_id and the credentials' kms:GenerateDataKey permission")
     return problems
+
+
+def lock_problem(s3, bucket, window_days):
+    """A one-line problem unless S3 Object Lock locks every new version in `bucket` in COMPLIANCE mode for at
+    least the recovery window (then no key, however privileged, can delete or shorten what a restore needs)."""
+    from botocore.exceptions import ClientError
+    try:
+        lock = s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ObjectLockConfigurationNotFoundError":
+            return (f"cannot read bucket {bucket}'s Object Lock configuration ({exc.response['Error']['Code']}); "
+                    "the archive keys need s3:GetBucketObjectLockConfiguration")
+        lock = {}
+    retention = lock.get("Rule", {}).get("DefaultRetention", {})
+    days = retention.get("Days") or 365 * retention.get("Years", 0)
+    if lock.get("ObjectLockEnabled") == "Enabled" and retention.get("Mode") == "COMPLIANCE" and days >= window_days:
+        return None
+    has = (f"a default {retention.get('Mode')} lock of {days} days" if retention else
+           "Object Lock without a default retention" if lock.get("ObjectLockEnabled") == "Enabled" else "no Object Lock")
+    return (f"bucket {bucket} has {has}; it needs a default COMPLIANCE lock of at least the recovery window "
+            f"({window_days:g} days, backup_retention_days), so no key can delete what a restore needs "
+            "(docs/backups.md)")
 
 
 class Uploader(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -401,6 +459,30 @@ def record_push(outcome):
          time.time())])
 
 
+def recovery_kind(directory="."):
+    """"standby" where the data directory (restore_command's working directory) holds standby.signal, else
+    "restore" (recovery.signal: a point-in-time restore, the drill's, a replica's rebuild from a backup)."""
+    return "standby" if os.path.exists(os.path.join(directory, "standby.signal")) else "restore"
+
+
+def fetch_failed(name, exc, kind):
+    """The exit status for restore_command after `name` could not be fetched, said in one line: on a standby 1,
+    so it keeps streaming from the primary and Patroni does not restart it in a loop, counted for monitoring; in a
+    restore ABORT_RECOVERY, so recovery stops instead of ending early as if the archive ended there."""
+    reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    if kind == "standby":
+        print(f"wal_archive fetch {name}: {reason}; this standby goes on streaming from the primary", file=sys.stderr)
+        textfile.write("wal_restore", [
+            ("mcp_wal_restore_last_failure_timestamp_seconds",
+             "When restore_command on this standby last failed to fetch an archived segment (not its absence).",
+             time.time())])
+        return 1
+    print(f"wal_archive fetch {name}: {reason}; RECOVERY ABORTED: this restore stops here rather than end early "
+          "and promote without the WAL after it; fix the archive or its access and start the restore again",
+          file=sys.stderr)
+    return ABORT_RECOVERY
+
+
 def main(argv):
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else ("", [])
     usage = {"push": 2, "fetch": 2, "serve": 0, "check": 0, "seal": 1}
@@ -424,7 +506,11 @@ def main(argv):
             record_push("success")
             return 0
         if command == "fetch":
-            return 0 if Archive(config).fetch(*args) else 1
+            kind = recovery_kind()
+            try:
+                return 0 if Archive(config).fetch_patiently(*args, FETCH_PAUSES_S[kind]) else 1
+            except Exception as exc:  # noqa: BLE001 (after its tries, any failure is the same kind of answer)
+                return fetch_failed(args[0], exc, kind)
         if command == "serve":
             Uploader(config["socket"], Archive(config)).serve_forever()
         if command == "seal":

@@ -21,9 +21,11 @@ def fleet(*args, check=True, timeout=900):
     return result
 
 
-def on(host, command, check=True, timeout=120):
-    """Run a shell command on a fleet host over ssh; the result (stdout and stderr as text)."""
-    result = subprocess.run(ACCESS.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout)
+def on(host, command, check=True, timeout=120, input_text=None):
+    """Run a shell command on a fleet host over ssh (`input_text` on its stdin); the result (stdout and stderr as
+    text)."""
+    result = subprocess.run(ACCESS.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout,
+                            input=input_text)
     if check and result.returncode != 0:
         raise AssertionError(f"{host}: `{command}` exited {result.returncode}: {result.stderr.strip()}")
     return result

@@ -49,7 +49,8 @@ def prometheus(tmp_path_factory):
     for job in config["scrape_configs"]:
         port = job["static_configs"][0]["targets"][0].rsplit(":", 1)[1]
         job["static_configs"] = [{"targets": [f"{host}:{port}" for host in hosts[job["job_name"]]]}]
-        job["tls_config"] = {**job["tls_config"], "ca_file": str(SECRETS / "tls" / "ca.crt")}
+        ca = Path(job["tls_config"]["ca_file"]).name.removeprefix("mcp-portal-")  # ca.crt or database-ca.crt
+        job["tls_config"] = {**job["tls_config"], "ca_file": str(SECRETS / "tls" / ca)}
         if "cert_file" in job["tls_config"]:
             job["tls_config"].update(cert_file=str(client_cert), key_file=str(client_key))
         if "basic_auth" in job:
@@ -90,8 +91,9 @@ def s3():
 def test_every_host_exports_its_certificates_expiry_and_readable_tier_metrics():
     for host in [*DATABASE_HOSTS, *POOLERS]:
         node = scrape(host, "node")
+        held = [host, f"{host}-exporter", *([f"{host}-postgres"] if host in DATABASE_HOSTS else [])]  # PostgreSQL's own
         expiries = [x509.load_pem_x509_certificate((SECRETS / "tls" / f"{name}.crt").read_bytes()).not_valid_after_utc
-                    for name in (host, f"{host}-exporter")]
+                    for name in held]
         assert value(node, "mcp_tls_certificate_not_after_timestamp_seconds") == int(min(expiries).timestamp())
         assert value(node, "node_textfile_scrape_error") == 0, host
         assert (value(node, "mcp_base_backup_max_age_seconds") == 26 * 3600) == (host in DATABASE_HOSTS)
@@ -151,7 +153,8 @@ def test_prometheus_scrapes_every_exporter_and_evaluates_every_rule_on_the_fleet
     assert sorted((r["metric"]["instance"], r["metric"]["slot_name"]) for r in joined) == [(PRIMARY, s) for s in SLOTS]
     eventually(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in rules()), timeout=30,
                what="every rule evaluated")
-    assert len(rules()) == 35 and [r for r in rules() if r["health"] != "ok"] == []
+    declared = sum(len(group["rules"]) for group in yaml.safe_load(ALERTS.read_text())["groups"])
+    assert len(rules()) == declared and [r for r in rules() if r["health"] != "ok"] == []
     firing = [r["metric"]["alertname"] for r in prometheus('ALERTS{alertstate="firing"}')]
     assert firing == [], f"a healthy fleet fires {firing}"
 

@@ -2,6 +2,7 @@
 through auth_query over TLS, the roles that must not come through refused, and a configuration change that reloads
 without dropping clients."""
 
+import threading
 from pathlib import Path
 
 import psycopg
@@ -102,6 +103,15 @@ def writes(pooler):
         return False
 
 
+def writes_within(pooler, seconds):
+    """writes(), or False when no answer comes within `seconds` (a client PgBouncer keeps waiting for a server)."""
+    answer = []
+    probe = threading.Thread(target=lambda: answer.append(writes(pooler)), daemon=True)
+    probe.start()
+    probe.join(seconds)
+    return bool(answer and answer[0])
+
+
 def test_with_no_leader_seen_the_read_write_entries_go_through_haproxy_until_it_sees_one():
     """HAProxy on pgbouncer-2 loses sight of the leader (its server put in maintenance): mcp-follow-leader sends the
     read-write entries through HAProxy's leader listener, which has nothing to offer, and straight back to the
@@ -120,6 +130,26 @@ def test_with_no_leader_seen_the_read_write_entries_go_through_haproxy_until_it_
     moves = on("pgbouncer-2", "journalctl -u mcp-follow-leader -n 2 -o cat").stdout.splitlines()
     assert moves == ["portal, auth_lookup -> HAProxy (no single leader); PgBouncer reloaded",
                      "portal, auth_lookup -> pg-1; PgBouncer reloaded"]
+
+
+def test_only_postgresqls_own_key_passes_for_the_leader():
+    """The audit's item 7: the exporters' key on the leader names the host too, but the tier CA signed it, and
+    PgBouncer trusts only the database servers' CA: with that certificate in PostgreSQL's place, PgBouncer refuses
+    the leader (TLS) and no write goes through; with PostgreSQL's own back, they do."""
+    tls, exporter = "/etc/mcp-portal/tls", "/etc/mcp-portal/exporter-tls"
+    reload = "runuser -u postgres -- psql -XAtqc 'select pg_reload_conf()' >/dev/null"
+    log_lines = int(on("pgbouncer-1", "wc -l < /var/log/postgresql/pgbouncer.log").stdout)
+    on("pg-1", f"cp -p {tls}/server.crt {tls}/server.crt.kept && cp -p {tls}/server.key {tls}/server.key.kept && "
+               f"cp {exporter}/server.crt {tls}/server.crt && cp {exporter}/server.key {tls}/server.key && {reload}")
+    try:
+        on("pgbouncer-1", "runuser -u postgres -- psql -h /var/run/postgresql -p 6432 -U pgbouncer pgbouncer "
+                          "-XAtqc 'RECONNECT portal'")
+        assert not writes_within("pgbouncer-1", 8)
+        refused = on("pgbouncer-1", f"tail -n +{log_lines + 1} /var/log/postgresql/pgbouncer.log").stdout
+        assert "certificate verify failed" in refused
+    finally:
+        on("pg-1", f"mv {tls}/server.crt.kept {tls}/server.crt && mv {tls}/server.key.kept {tls}/server.key && {reload}")
+    eventually(lambda: writes("pgbouncer-1"), timeout=10)
 
 
 @pytest.mark.parametrize("role", ["replicator", "postgres", "portal_maintenance"])

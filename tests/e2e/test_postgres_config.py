@@ -22,12 +22,19 @@ def started():
 
 
 @pytest.fixture
-def overrides(tmp_path):
-    """Write group data overrides; the deploy after the test runs without them, converging back."""
+def refused(tmp_path):
+    """Write group data overrides that the deploy refuses: nothing to converge back from (each test checks)."""
     def write(text):
         (tmp_path / "local.py").write_text(text)  # the fleet's own group: overrides group_data/local.py
         return ["--group-data", str(tmp_path)]
-    yield write
+    return write
+
+
+@pytest.fixture
+def overrides(refused):
+    """Write group data overrides that the deploy applies; the deploy after the test runs without them, converging
+    back."""
+    yield refused
     deploy()
 
 
@@ -64,17 +71,17 @@ def test_decreased_hot_standby_setting_restarts_the_leader_first(overrides):
     assert grand_total(deploy(*overrides('postgres_settings = {"max_locks_per_transaction": 64}')))[1] == 0
 
 
-def test_bad_value_is_refused_before_any_host_changes(overrides):
+def test_bad_value_is_refused_before_any_host_changes(refused):
     before = {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS}
-    result = pyinfra_run("-y", *overrides('postgres_settings = {"work_mem": "12XB", "log_min_duration_statement": "1s"}'))
+    result = pyinfra_run("-y", *refused('postgres_settings = {"work_mem": "12XB", "log_min_duration_statement": "1s"}'))
     assert result.returncode != 0
     assert "group_data/local.py: postgres_settings: work_mem = '12XB': unit 'XB'" in result.stderr + result.stdout
     assert {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS} == before
 
 
-def test_slot_retention_the_wal_volume_cannot_hold_is_refused(overrides):
+def test_slot_retention_the_wal_volume_cannot_hold_is_refused(refused):
     before = {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS}
-    result = pyinfra_run("-y", *overrides('postgres_settings = {"max_slot_wal_keep_size": "100TB"}'))
+    result = pyinfra_run("-y", *refused('postgres_settings = {"max_slot_wal_keep_size": "100TB"}'))
     assert result.returncode != 0
     assert "the WAL volume (/var/lib/postgresql/17/main/pg_wal) has" in result.stdout + result.stderr
     assert "lower max_slot_wal_keep_size" in result.stdout + result.stderr
@@ -95,9 +102,9 @@ def test_dry_run_after_a_group_data_edit_lists_what_the_real_run_then_changes(ov
     assert "OnCalendar=*:*:0/15" in on("pgbouncer-1", "systemctl cat mcp-heartbeat.timer").stdout
 
 
-def test_a_connection_budget_max_connections_cannot_hold_is_refused(overrides):
+def test_a_connection_budget_max_connections_cannot_hold_is_refused(refused):
     before = {h: on(h, f"md5sum {CONF}").stdout for h in DATABASE_HOSTS}
-    result = pyinfra_run("-y", *overrides("postgres_max_connections = 100"))
+    result = pyinfra_run("-y", *refused("postgres_max_connections = 100"))
     assert result.returncode != 0
     assert ("group_data/local.py: postgres_max_connections: max_connections 100 is below the connection budget 142 "
             "(PgBouncer pgbouncer-1 62 + PgBouncer pgbouncer-2 62 + monitoring (direct) 5 + jobs (direct) 5 + "

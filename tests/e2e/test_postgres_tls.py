@@ -1,6 +1,8 @@
-"""PostgreSQL on the network: TLS with the deploy's CA (verify-full), pg_hba admits only hostssl lines."""
+"""PostgreSQL on the network: TLS with the database servers' CA (verify-full), pg_hba admits only hostssl lines;
+operator-supplied TLS files that are missing or signed by the wrong CA are refused before any change."""
 
 import datetime
+import shutil
 from pathlib import Path
 
 import psycopg
@@ -14,7 +16,8 @@ from tests.e2e.test_deploy import pyinfra_run
 from tests.fleet_helpers import on
 
 REPO = Path(__file__).resolve().parents[2]
-CA = REPO / ".secrets/local/tls/ca.crt"
+SECRETS = REPO / ".secrets/local"
+CA = SECRETS / "tls/database-ca.crt"  # PostgreSQL's certificates come from the database servers' CA
 
 
 def connect_error(**params):
@@ -62,4 +65,24 @@ def test_operator_supplied_tls_that_is_missing_is_refused_before_any_change(tmp_
     result = pyinfra_run("-y", "--data", "secrets_source=operator", "--data", f"secrets_dir={tmp_path}")
     assert result.returncode != 0
     assert f"missing secret {tmp_path}/tls/ca.crt" in result.stdout + result.stderr
+    assert on("pg-1", "md5sum /etc/mcp-portal/tls/server.crt").stdout == before
+
+
+@pytest.mark.parametrize("mistake, expected", [
+    ("pg-1-postgres", "pg-1: {tls}/pg-1-postgres.crt is not signed by {tls}/database-ca.crt"),
+    ("database-ca", "{tls}/ca.crt and {tls}/database-ca.crt are one CA"),
+], ids=["postgresql's certificate from the tier CA", "one CA for both"])
+def test_operator_supplied_tls_from_the_wrong_ca_is_refused_before_any_change(tmp_path, mistake, expected):
+    """The fleet's own secrets, supplied by an operator, with one mistake: PostgreSQL's certificate signed by the
+    tier CA (pg-1's own), or the tier CA given as the database CA. Either would let another key pass for PostgreSQL."""
+    supplied = tmp_path / "prod"
+    shutil.copytree(SECRETS, supplied)
+    tls = supplied / "tls"
+    source = "pg-1" if mistake == "pg-1-postgres" else "ca"
+    for suffix in (".crt", ".key"):
+        shutil.copy(tls / f"{source}{suffix}", tls / f"{mistake}{suffix}")
+    before = on("pg-1", "md5sum /etc/mcp-portal/tls/server.crt").stdout
+    result = pyinfra_run("-y", "--data", "secrets_source=operator", "--data", f"secrets_dir={supplied}")
+    assert result.returncode != 0
+    assert expected.format(tls=tls) in result.stdout + result.stderr
     assert on("pg-1", "md5sum /etc/mcp-portal/tls/server.crt").stdout == before

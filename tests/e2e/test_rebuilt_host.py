@@ -37,32 +37,28 @@ def test_a_rebuilt_host_rejoins_etcd_and_the_cluster_as_a_clone():
     assert grand_total(deploy())[1] == 0
 
 
+@pytest.fixture(scope="module")
 def host_with_debian_default_cluster():
-    """Bare host, then PostgreSQL installed the Debian way: a `main` cluster of its own, without checksums."""
+    """Bare host, then PostgreSQL installed the Debian way: a `main` cluster of its own, without checksums. Made
+    once: the refusals below leave it as they found it, then the deploy replaces it."""
     fleet("reset", HOST)
     on(HOST, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-17", timeout=600)
     assert psql("show data_checksums") == "off"
 
 
-def test_an_empty_cluster_patroni_did_not_make_is_replaced_by_a_clone():
-    host_with_debian_default_cluster()
-    output = deploy()
-    assert "Remove the empty cluster 17/main Patroni did not make" in output
-    assert streaming() and psql("show data_checksums") == "on" and psql("select pg_is_in_recovery()") == "t"
-
-
-@pytest.mark.parametrize("content", ["create database portal_data", "create table kept(x int)"])
-def test_a_cluster_holding_anything_is_refused_before_any_change(content):
-    host_with_debian_default_cluster()
+@pytest.mark.parametrize("content, undo", [("create database portal_data", "drop database portal_data"),
+                                           ("create table kept(x int)", "drop table kept")])
+def test_a_cluster_holding_anything_is_refused_before_any_change(host_with_debian_default_cluster, content, undo):
     psql(content)
     result = pyinfra_run("-y")
     assert result.returncode != 0
     assert f"{HOST}: cluster 17/main holds data and is not of the Patroni cluster mcp-portal" in result.stderr
     assert on(HOST, "test -e /etc/mcp-portal/roles", check=False).returncode == 1  # no operation ran
     assert psql("show data_checksums") == "off" and psql("select pg_is_in_recovery()") == "f"
+    psql(undo)  # empty again, for the next test
 
 
-def test_the_tier_converges_again_after_the_refusal():
-    fleet("reset", HOST)
-    deploy()
-    assert streaming()
+def test_after_the_refusal_an_empty_cluster_patroni_did_not_make_is_replaced_by_a_clone(host_with_debian_default_cluster):
+    output = deploy()
+    assert "Remove the empty cluster 17/main Patroni did not make" in output
+    assert streaming() and psql("show data_checksums") == "on" and psql("select pg_is_in_recovery()") == "t"

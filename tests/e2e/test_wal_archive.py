@@ -1,8 +1,10 @@
 """WAL archiving on the fleet, read back independently from S3 with the fleet's admin keys: segments land with
 their checksum, a duplicate is success, a different segment under the same name and an old timeline are refused
 (and counted by PostgreSQL), an S3 outage loses nothing, a dying uploader never acknowledges, restore_command
-checks what it fetches, and the preflight stops a deploy that could not archive."""
+checks what it fetches, a restore refuses an archive where a segment was overwritten, and the preflight stops a
+deploy that could not archive (the bucket's lock included)."""
 
+import datetime
 import gzip
 import hashlib
 import json
@@ -19,6 +21,7 @@ from tests.fleet_helpers import fleet, on
 
 PRIMARY = "pg-1"
 PROGRAM = layout.program("wal-archive")
+BACKUP_UNIT = "mcp-base-backup.service"
 TIER = json.loads((Layout().local / "s3" / "tier.json").read_text()) if (Layout().local / "s3" / "tier.json").exists() else {}
 BUCKET, PREFIX = TIER.get("bucket"), "local"
 
@@ -80,10 +83,12 @@ def test_archiving_the_same_segment_again_is_success(s3):
 
 
 def test_a_different_segment_under_an_archived_name_is_refused_loudly(s3):
+    on(PRIMARY, f"systemctl start {BACKUP_UNIT}", timeout=600)  # a backup whose restore reads the segment below
     upcoming = psql("select pg_walfile_name(pg_current_wal_lsn())")
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/wal/{upcoming}", Body=b"another server's segment",
                   Metadata={"sha256": hashlib.sha256(b"another server's segment").hexdigest(), "compression": "none"})
     failed = int(archiver()["failed"])
+    target = psql("select pg_current_wal_lsn()")  # in that segment: a restore to it reads the segment
     try:
         switch()
         eventually(lambda: int(archiver()["failed"]) > failed, what="a failed archive attempt")
@@ -94,6 +99,13 @@ def test_a_different_segment_under_an_archived_name_is_refused_loudly(s3):
     finally:
         s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/wal/{upcoming}")
     eventually(lambda: archiver()["last_archived"] >= upcoming, what=f"{upcoming} archived once the impostor left")
+    # The impostor's version stays under the delete marker (locked): a restore that reads this segment refuses.
+    refused = on(PRIMARY, f"runuser -u postgres -- {layout.program('base-backup')} restore "
+                          f"/var/lib/postgresql/refused-restore --target-lsn {target}", check=False)
+    assert refused.returncode == 1
+    assert f"REFUSED: s3://{BUCKET}/{PREFIX}/wal/{upcoming} (and 0 more) holds versions with different content" in refused.stderr
+    assert on(PRIMARY, "test -e /var/lib/postgresql/refused-restore", check=False).returncode == 1
+    on(PRIMARY, f"systemctl start {BACKUP_UNIT}", timeout=600)  # restores from here on start past the impostor
 
 
 def test_a_segment_past_the_end_of_its_timeline_in_the_archive_is_refused(s3):
@@ -111,8 +123,24 @@ def test_a_segment_past_the_end_of_its_timeline_in_the_archive_is_refused(s3):
         log = on(PRIMARY, "tail -n 200 /var/log/postgresql/postgresql-17-main.log").stdout
         assert f"{name} is on timeline {timeline}, which the archive shows ended at 0/3000000 (timeline {timeline + 1})" in log
     finally:
-        s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/history/{later}")
+        erase(s3, f"{PREFIX}/history/{later}")
     eventually(lambda: archiver()["last_archived"] >= name, what=f"{name} archived after the history file left")
+
+
+def erase(s3, key):
+    """Every version of `key` gone, as if never written: a real promotion archives this history file later (the
+    drills'), and restores refuse a key whose versions differ. Only the fleet can: moto lets its admin shorten a
+    COMPLIANCE lock, S3 lets no one."""
+    until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
+    pages = s3.get_paginator("list_object_versions").paginate(Bucket=BUCKET, Prefix=PREFIX)  # moto: no '/' here
+    listed = [v for page in pages for v in page.get("Versions", []) + page.get("DeleteMarkers", []) if v["Key"] == key]
+    for version in listed:
+        if "Size" in version:  # a version, not a delete marker: locked
+            s3.put_object_retention(Bucket=BUCKET, Key=key, VersionId=version["VersionId"],
+                                    Retention={"Mode": "COMPLIANCE", "RetainUntilDate": until})
+    time.sleep(3)
+    for version in listed:
+        s3.delete_object(Bucket=BUCKET, Key=key, VersionId=version["VersionId"])
 
 
 def test_an_s3_outage_keeps_the_wal_and_the_archive_catches_up_without_a_gap(s3):
@@ -154,13 +182,19 @@ def test_restore_command_refuses_an_object_that_does_not_match_its_checksum(s3):
     name = "0000000100000000000000FE"
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/wal/{name}", Body=b"tampered",
                   Metadata={"sha256": hashlib.sha256(b"original").hexdigest(), "compression": "none"})
+    # restore_command runs in the data directory: standby.signal there makes a failure "try again" (1), its
+    # absence (a restore, recovery.signal) "abort recovery" (255).
+    standby = "mkdir -p /tmp/standby && touch /tmp/standby/standby.signal && cd /tmp/standby && "
     try:
-        fetched = on(PRIMARY, f"runuser -u postgres -- {PROGRAM} fetch {name} /tmp/{name}", check=False)
-        assert fetched.returncode == 1 and "does not match its stored sha256: not restored" in fetched.stderr
-        assert on(PRIMARY, f"test -e /tmp/{name}", check=False).returncode == 1
-        missing = on(PRIMARY, f"runuser -u postgres -- {PROGRAM} fetch 0000000100000000000000FF /tmp/x", check=False)
-        assert missing.returncode == 1
+        for cwd, status in (("cd /tmp && ", 255), (standby, 1)):
+            fetched = on(PRIMARY, f"{cwd}runuser -u postgres -- {PROGRAM} fetch {name} /tmp/{name}", check=False)
+            assert fetched.returncode == status and "does not match its stored sha256: not restored" in fetched.stderr
+            assert on(PRIMARY, f"test -e /tmp/{name}", check=False).returncode == 1
+            missing = on(PRIMARY, f"{cwd}runuser -u postgres -- {PROGRAM} fetch 0000000100000000000000FF /tmp/x",
+                         check=False)
+            assert missing.returncode == 1  # absent: the archive's end, for either
     finally:
+        on(PRIMARY, "rm -rf /tmp/standby")
         s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/wal/{name}")
 
 
@@ -176,9 +210,14 @@ def test_the_database_hosts_keys_cannot_delete_from_the_archive():
     ("wal_archive_bucket=no-such-bucket", "bucket no-such-bucket does not exist"),
     ("wal_archive_kms_key_id=alias/no-such-key", "the KMS key alias/no-such-key cannot be used"),
     ("wal_archive_prefix=someone-else", "s3://mcp-portal-archive/someone-else belongs to cluster 1234567890"),
+    ("wal_archive_bucket=unlocked", "bucket unlocked has no Object Lock; it needs a default COMPLIANCE lock of at "
+                                    "least the recovery window (30 days, backup_retention_days)"),
+    ("backup_retention_days=45", "bucket mcp-portal-archive has a default COMPLIANCE lock of 30 days; it needs"),
 ])
 def test_the_preflight_stops_a_deploy_that_could_not_archive(s3, override, message):
     s3.put_object(Bucket=BUCKET, Key="someone-else/cluster.json", Body=b"{}", Metadata={"system-identifier": "1234567890"})
+    s3.create_bucket(Bucket="unlocked")  # versioned, but without Object Lock
+    s3.put_bucket_versioning(Bucket="unlocked", VersioningConfiguration={"Status": "Enabled"})
     conf = "/etc/postgresql/17/main/mcp-portal.conf"
     before = on(PRIMARY, f"md5sum {conf}").stdout
     result = pyinfra_run("-y", "--data", override)

@@ -110,9 +110,12 @@ def tier_client(service, user, s3_credentials):
     return client(service, dict(s3_credentials, **keys))
 
 
-def test_the_tiers_bucket_is_versioned_and_its_keys_are_private(s3_credentials):
+def test_the_tiers_bucket_is_versioned_and_locked_and_its_keys_are_private(s3_credentials):
     tier = json.loads((Layout().local / "s3" / "tier.json").read_text())
     assert client("s3", s3_credentials).get_bucket_versioning(Bucket=tier["bucket"])["Status"] == "Enabled"
+    lock = client("s3", s3_credentials).get_object_lock_configuration(Bucket=tier["bucket"])["ObjectLockConfiguration"]
+    assert lock["ObjectLockEnabled"] == "Enabled"
+    assert (lock["Rule"]["DefaultRetention"]["Mode"], lock["Rule"]["DefaultRetention"]["Days"]) == ("COMPLIANCE", 30)
     for name in ("tier", "wal-archiver", "backup-retention"):
         assert oct((Layout().local / "s3" / f"{name}.json").stat().st_mode & 0o777) == "0o600"
 

@@ -19,6 +19,15 @@ def test_only_the_lookup_role_is_in_the_auth_file(pgbouncer_target):
     assert "client_tls_sslmode = require" in ini and "auth_type = scram-sha-256" in ini
 
 
+def test_pgbouncer_trusts_only_the_database_servers_ca_for_postgresql(pgbouncer_target):
+    host = pgbouncer_target.host
+    ini = host.file("/etc/pgbouncer/pgbouncer.ini").content_string
+    assert "server_tls_sslmode = verify-ca" in ini and "server_tls_ca_file = /etc/mcp-portal/tls/database-ca.crt" in ini
+    # Its own certificate (the tier CA's) is no database server's.
+    assert host.run("openssl verify -CAfile /etc/mcp-portal/tls/database-ca.crt /etc/mcp-portal/tls/server.crt").rc != 0
+    assert host.run("openssl verify -CAfile /etc/mcp-portal/tls/ca.crt /etc/mcp-portal/tls/server.crt").rc == 0
+
+
 def test_lookup_function_is_security_definer_with_a_pinned_path_for_one_role(primary_target):
     row = primary_target.host.check_output(
         "runuser -u postgres -- psql -d auth_lookup -XtAc %s",

@@ -61,7 +61,12 @@ def test_network_access_is_tls_and_scram_only(db):
     assert psql(db, "show ssl_min_protocol_version") in ("TLSv1.2", "TLSv1.3")
 
 
-def test_tls_key_is_private_to_postgres_and_the_certificate_chains_to_the_ca(db):
+def test_tls_key_is_private_to_postgres_and_only_its_certificate_is_the_database_cas(db):
     key = db.file("/etc/mcp-portal/tls/server.key")
     assert key.user == "postgres" and key.mode == 0o600
-    assert db.run("openssl verify -CAfile /etc/mcp-portal/tls/ca.crt /etc/mcp-portal/tls/server.crt").rc == 0
+    verify = "openssl verify -CAfile /etc/mcp-portal/tls/database-ca.crt {}"
+    assert db.run(verify.format("/etc/mcp-portal/tls/server.crt")).rc == 0
+    # The other keys on the host (the exporters', etcd's) cannot pass for PostgreSQL to PgBouncer.
+    for other in ("/etc/mcp-portal/exporter-tls/server.crt", "/etc/mcp-portal/etcd-tls/server.crt"):
+        assert db.file(other).exists and db.run(verify.format(other)).rc != 0
+    assert db.run("openssl verify -CAfile /etc/mcp-portal/tls/ca.crt /etc/mcp-portal/etcd-tls/server.crt").rc == 0

@@ -1,13 +1,16 @@
 """The base backup program's parts that need neither S3 nor PostgreSQL: WAL ranges from a manifest, LSN order,
-the choice of backup for a target."""
+the choice of backup for a target, which records retention and restores trust, and what retention deletes."""
 
+import datetime
+import hashlib
+import io
 import json
+import time
 
 import pytest
 
 from hostside import base_backup
 from hostside.base_backup import Backups, lsn_value, wal_range
-
 
 
 def test_wal_range_comes_from_the_manifest(tmp_path):
@@ -20,41 +23,197 @@ def test_lsns_compare_as_numbers():
     assert lsn_value("1/0") > lsn_value("0/FFFFFFFF") > lsn_value("0/A000000") > lsn_value("0/9FFFFFF")
 
 
-class Listed(Backups):
-    """Backups whose records are given, for choose(), in a prefix that cluster `owner` claimed (None: unclaimed)."""
+class VersionedBucket:
+    """The S3 calls Backups makes, over a dict of versions: enough to check what retention and restores trust,
+    delete and refuse (the calls themselves are exercised against the fleet's S3 endpoint)."""
 
-    def __init__(self, records, owner="7"):
-        super().__init__({"bucket": "b", "prefix": "p", "system_identifier": "7", "bin_directory": "/nonexistent"})
-        self.given = records
-        self.archive.owner = lambda: owner
+    def __init__(self):
+        self.versions, self.count = {}, 0  # key -> [version dicts, newest first]
 
-    def records(self):
-        return self.given
+    def put(self, key, body, at, metadata=None, locked_until=None):
+        self.count += 1
+        self.versions.setdefault(key, []).insert(0, {
+            "Key": key, "VersionId": str(self.count), "ETag": hashlib.md5(body).hexdigest(), "Size": len(body),
+            "LastModified": datetime.datetime.fromtimestamp(at, datetime.timezone.utc), "body": body,
+            "Metadata": metadata or {}, "until": locked_until})
+
+    def get_paginator(self, _):
+        return self
+
+    def paginate(self, Bucket, Prefix):
+        listed = [dict(v, IsLatest=i == 0) for entries in self.versions.values() for i, v in enumerate(entries)
+                  if v["Key"].startswith(Prefix)]
+        fields = ("Key", "VersionId", "ETag", "Size", "LastModified", "IsLatest")
+        return [{"Versions": [{k: v[k] for k in fields} for v in listed]}]
+
+    def _version(self, Key, VersionId=None):
+        return next(v for v in self.versions[Key] if VersionId in (None, v["VersionId"]))
+
+    def get_object(self, Bucket, Key):
+        return {"Body": io.BytesIO(self._version(Key)["body"]), "Metadata": self._version(Key)["Metadata"]}
+
+    def head_object(self, Bucket, Key, VersionId=None):
+        version = self._version(Key, VersionId)
+        until = version["until"] and datetime.datetime.fromtimestamp(version["until"], datetime.timezone.utc)
+        return {"Metadata": version["Metadata"], **({"ObjectLockRetainUntilDate": until} if until else {})}
+
+    def delete_objects(self, Bucket, Delete):
+        errors = []
+        for wanted in Delete["Objects"]:
+            version = self._version(wanted["Key"], wanted["VersionId"])
+            if version["until"] and version["until"] > time.time():
+                errors.append({"Key": wanted["Key"], "Code": "AccessDenied"})
+                continue
+            self.versions[wanted["Key"]].remove(version)
+            if not self.versions[wanted["Key"]]:
+                del self.versions[wanted["Key"]]
+        return {"Errors": errors} if errors else {}
 
 
-RECORDS = [
-    {"id": "1", "system_identifier": "7", "verified": True, "finished_at": 100.0, "end_lsn": "0/3000000"},
-    {"id": "2", "system_identifier": "7", "verified": False, "finished_at": 200.0, "end_lsn": "0/5000000"},
-    {"id": "3", "system_identifier": "7", "verified": True, "finished_at": 300.0, "end_lsn": "0/7000000"},
-    {"id": "4", "system_identifier": "8", "verified": True, "finished_at": 400.0, "end_lsn": "0/9000000"},
-]
+OWNER, DAY = "7", 86400.0
 
 
-@pytest.mark.parametrize("time, lsn, chosen", [(None, None, "3"), (250.0, None, "1"), (301.0, None, "3"),
-                                               (None, "0/6FFFFFF", "1"), (None, "0/7000000", "3")])
-def test_the_newest_verified_backup_of_this_cluster_ending_before_the_target(time, lsn, chosen):
-    assert Listed(RECORDS).choose(time, lsn)["id"] == chosen
+def in_bucket(s3, backups=(), owner=OWNER):
+    """Backups over `s3`, in a prefix `owner` claimed."""
+    found = Backups({"bucket": "b", "prefix": "p", "bin_directory": "/nonexistent"})
+    found.archive._s3 = s3
+    found.archive.owner = lambda: owner
+    return found
 
 
-@pytest.mark.parametrize("owner, chosen", [("8", "4"), (None, "3")])
-def test_the_backups_chosen_are_the_prefix_owners_even_from_another_clusters_host(owner, chosen):
-    # A staging host (system identifier 7) restoring prod's prefix (claimed by 8) restores prod's backups.
-    assert Listed(RECORDS, owner).choose()["id"] == chosen
+def write_backup(s3, started, first_lsn, last_lsn, **changes):
+    """What Backups.run stores for a backup that started at `started` (epoch seconds) and took a minute; `changes`
+    alter the record only, as a forger with the hosts' put-only keys would."""
+    backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    archive = b"packed " + backup_id.encode()
+    manifest = json.dumps({"WAL-Ranges": [{"Timeline": 1, "Start-LSN": first_lsn, "End-LSN": last_lsn}]}).encode()
+    record = {"id": backup_id, "system_identifier": OWNER, "timeline": 1, "start_lsn": first_lsn, "end_lsn": last_lsn, "started_at": started, "finished_at": started + 60, "size_bytes": len(archive),
+              "sha256": hashlib.sha256(archive).hexdigest(), "verified": True,
+              "manifest_sha256": hashlib.sha256(manifest).hexdigest(), "next_xid": int(started) % 10**6, **changes}
+    s3.put(f"p/backups/{backup_id}/base.tar.gz", archive, started + 50, {"sha256": hashlib.sha256(archive).hexdigest()})
+    s3.put(f"p/backups/{backup_id}/backup_manifest", manifest, started + 55)
+    s3.put(f"p/backups/{backup_id}/backup.json", json.dumps(record).encode(), started + 60)
+    return backup_id
 
 
-def test_no_backup_before_the_target_is_an_error():
+def write_wal(s3, first, last, at):
+    for number in range(first, last + 1):
+        s3.put(f"p/wal/00000001{number // 256:08X}{number % 256:08X}", b"wal", at)
+
+
+NOW = 1_800_000_000.0
+
+
+def daily_archive(days=5):
+    """A backup a day for `days` days, each starting at segment 16 * day, and the WAL between."""
+    s3 = VersionedBucket()
+    ids = [write_backup(s3, NOW - (days - d) * DAY, f"0/{16 * d + 1:X}000028", f"0/{16 * d + 1:X}000100")
+           for d in range(days)]
+    write_wal(s3, 1, 16 * days, NOW - days * DAY)
+    return s3, ids
+
+
+def test_a_backup_written_as_the_tier_writes_it_is_trusted():
+    s3, ids = daily_archive(2)
+    trusted, refused = in_bucket(s3).vet(in_bucket(s3).versions())
+    assert [r["id"] for r in trusted] == ids and refused == []
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"finished_at": 0, "start_lsn": "FFFFFFFF/0"}, "its finish time is not when S3 received it"),
+    ({"size_bytes": 1}, "its archive's size is not the recorded size"),
+    ({"sha256": "0" * 64}, "its archive's stored sha256 is not the recorded one"),
+    ({"manifest_sha256": "0" * 64}, "its manifest's sha256 is not the recorded one"),
+    ({"start_lsn": "0/1000028"}, "its WAL range is not its manifest's"),
+    ({"system_identifier": "8"}, "it is another cluster's"),
+    ({"verified": "yes"}, "it is not marked verified"),
+    ({"started_at": "soon"}, "malformed"),
+])
+def test_a_record_that_disagrees_with_s3_or_its_manifest_is_refused(changes, why):
+    s3 = VersionedBucket()
+    write_backup(s3, NOW - DAY, "0/2000028", "0/2000100", **changes)
+    trusted, refused = in_bucket(s3).vet(in_bucket(s3).versions())
+    assert trusted == [] and why in refused[0][1]
+
+
+def test_an_overwritten_record_is_refused():
+    s3 = VersionedBucket()
+    backup_id = write_backup(s3, NOW - DAY, "0/2000028", "0/2000100")
+    key = f"p/backups/{backup_id}/backup.json"
+    s3.put(key, s3.versions[key][0]["body"], NOW - DAY + 61)
+    assert "backup.json has 2 versions" in in_bucket(s3).vet(in_bucket(s3).versions())[1][0][1]
+
+
+def test_the_audits_forged_record_deletes_nothing_a_real_backup_needs():
+    s3, ids = daily_archive(5)
+    # The forgery of the audit: the newest id, verified, finished at 0, starting at the end of WAL.
+    forged = write_backup(s3, NOW - 30, "FFFFFFFF/0", "FFFFFFFF/100", finished_at=0)
+    before = set(s3.versions)
+    deleted, refused, locked = in_bucket(s3).retain(2.5 * DAY, 100, now=NOW)
+    assert [backup_id for backup_id, _ in refused] == [forged]
+    # The window opens 2.5 days ago: the backup from 3 days ago is where a restore to its first moment starts.
+    assert {k.split("/")[2] for k in deleted if "/backups/" in k} == set(ids[:2])
+    assert all(f"p/backups/{b}/backup.json" in s3.versions for b in ids[2:] + [forged])
+    assert min(k for k in s3.versions if "/wal/" in k) == "p/wal/000000010000000000000021"  # the kept backup's start
+    assert set(deleted) == before - set(s3.versions)
+
+
+def test_wal_a_kept_backup_needs_is_kept_even_when_it_starts_before_the_oldest_kept():
+    s3, ids = daily_archive(3)
+    # A backup whose record is fine but whose range starts before the one before it (a long-running backup).
+    late = write_backup(s3, NOW - DAY / 2, "0/8000028", "0/31000100")
+    in_bucket(s3).retain(1.4 * DAY, 100, now=NOW)
+    assert "p/wal/000000010000000000000008" in s3.versions and "p/wal/000000010000000000000007" not in s3.versions
+    assert f"p/backups/{late}/backup.json" in s3.versions
+
+
+def test_a_run_that_would_delete_more_than_its_cap_deletes_nothing():
+    s3, _ = daily_archive(5)
+    before = {k: len(v) for k, v in s3.versions.items()}
+    with pytest.raises(base_backup.RetentionRefused, match=r"would delete \d+ of the prefix's \d+ object versions, "
+                                                           r"more than 25% \(backup_retention_max_delete_percent\)"):
+        in_bucket(s3).retain(0.5 * DAY, 25, now=NOW)
+    assert {k: len(v) for k, v in s3.versions.items()} == before
+
+
+def test_locked_versions_are_kept_and_counted():
+    s3, ids = daily_archive(3)
+    s3.versions[f"p/backups/{ids[0]}/base.tar.gz"][0]["until"] = NOW + DAY
+    deleted, _, locked = in_bucket(s3).retain(0.5 * DAY, 100, now=NOW)
+    assert locked == 1 and f"p/backups/{ids[0]}/base.tar.gz" in s3.versions and deleted
+
+
+def test_the_newest_trusted_backup_of_the_prefix_owner_ending_before_the_target_is_chosen():
+    s3, ids = daily_archive(3)
+    backups = in_bucket(s3)
+    assert backups.choose()["id"] == ids[-1]
+    assert backups.choose(target_time=NOW - 1.5 * DAY)["id"] == ids[1]
+    assert backups.choose(target_lsn="0/210000FF")["id"] == ids[1]
+    xids = [r["next_xid"] for r in backups.vet(backups.versions())[0]]
+    assert xids == sorted(xids)
+    assert backups.choose(target_xid=str(xids[2] - 1))["id"] == ids[1]  # assigned before the newest ended
+    assert backups.choose(target_xid=str(xids[2]))["id"] == ids[2]
+    write_backup(s3, NOW - 100, "0/40000028", "0/40000100", system_identifier="8")  # another cluster's
+    assert backups.choose()["id"] == ids[-1]
+    assert in_bucket(s3, owner="8").choose()["id"] > ids[-1]  # a staging host restoring prod's prefix
+
+
+def test_no_backup_before_the_target_is_an_error_with_the_archives_range():
+    s3, _ = daily_archive(2)
+    with pytest.raises(base_backup.wal_archive.ArchiveError, match="REFUSED: the target is before the oldest verified "
+                       r"backup ended: the archive restores from .* to .* \(where backup \d+T\d+Z ended\)"):
+        in_bucket(s3).choose(NOW - 10 * DAY)
     with pytest.raises(base_backup.wal_archive.ArchiveError, match="no verified backup of this cluster ends before the target"):
-        Listed(RECORDS).choose(50.0)
+        in_bucket(s3).choose(target_xid=1)  # no record's next xid is that low
+
+
+def test_a_restore_refuses_when_a_key_it_reads_holds_two_different_versions():
+    s3, ids = daily_archive(2)  # the backups start in segments 0x01 and 0x11
+    s3.put("p/wal/000000010000000000000005", b"other wal", NOW, {"sha256": "x"})
+    assert in_bucket(s3).choose()["id"] == ids[1]  # it starts after the overwritten segment
+    with pytest.raises(base_backup.wal_archive.ArchiveError,
+                       match=f"REFUSED: s3://b/p/wal/000000010000000000000005 .* a restore from backup {ids[0]} reads it"):
+        in_bucket(s3).choose(target_lsn="0/11000000")
 
 
 def test_cli_usage_errors_exit_2(capsys):
@@ -78,3 +237,70 @@ def test_a_backup_is_recorded_for_monitoring(tmp_path, monkeypatch):
     assert metrics_of(tmp_path / "base_backup.prom") == {
         "mcp_base_backup_last_success_timestamp_seconds": "1090.5", "mcp_base_backup_size_bytes": "123",
         "mcp_base_backup_duration_seconds": "90.5", "mcp_base_backup_verified": "1"}
+
+
+def test_a_delete_marker_over_a_locked_version_stays():
+    s3, ids = daily_archive(3)
+    key = f"p/backups/{ids[0]}/base.tar.gz"
+    s3.versions[key][0]["until"] = NOW + DAY
+    s3.versions[key].insert(0, {"Key": key, "VersionId": "marker", "DeleteMarker": True})
+    unlocked, locked = in_bucket(s3).unlocked([dict(v, DeleteMarker=v.get("DeleteMarker", False))
+                                               for v in s3.versions[key]], NOW)
+    assert unlocked == [] and locked == 1
+
+
+WALDUMP = """rmgr: XLOG        len (rec/tot):     54/    54, tx:          0, lsn: 0/1A000060, prev 0/1A000028, desc: RESTORE_POINT e2e-1
+rmgr: XLOG        len (rec/tot):     54/    54, tx:          0, lsn: 0/1A0000D8, prev 0/1A000098, desc: RESTORE_POINT e2e-12
+rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/1A000110, prev 0/1A0000D8, desc: CHECKPOINT_ONLINE redo 0/1A0000D8
+"""
+
+
+@pytest.mark.parametrize("name, lsn", [("e2e-1", "0/1A000060"), ("e2e-12", "0/1A0000D8"), ("e2e", None), ("e2e-1.", None)])
+def test_a_restore_point_is_found_by_its_exact_name_in_pg_waldumps_output(name, lsn):
+    assert base_backup.restore_point_in(WALDUMP, name) == lsn
+
+
+HISTORY = "1\t0/1A0000D8\tno recovery target specified\n"
+
+
+@pytest.mark.parametrize("archived, short", [
+    (["000000010000000000000019", "00000001000000000000001A"], False),  # stopped inside the last segment
+    (["000000010000000000000019"], False),
+    (["000000010000000000000019", "00000001000000000000001A", "00000001000000000000001C"], True),  # 1B missing
+    ([], False),
+])
+def test_a_restore_without_a_target_must_have_replayed_to_the_archives_last_segment(archived, short):
+    found = base_backup.replay_shortfall(HISTORY, archived)
+    assert (found is not None) == short
+    assert not short or "replay stopped at 0/1A0000D8, but the archive holds timeline 1's WAL up to segment 00000001000000000000001C" in found
+
+
+def test_a_target_outside_the_archive_is_refused_with_its_range():
+    """Before anything is downloaded: PostgreSQL would make the cluster and then stop short of the target."""
+    trusted = [{"id": "20261201T100000Z", "finished_at": 1000.0, "end_lsn": "0/3000100"},
+               {"id": "20261201T110000Z", "finished_at": 5000.0, "end_lsn": "0/6000100"}]
+    segments = {"000000010000000000000007": 6000.0, "000000010000000000000008": 6100.0, "000000020000000000000008": 6200.0}
+    problem = base_backup.target_problem
+    assert problem(trusted, segments, target_time=3000.0) is None
+    assert problem(trusted, segments, target_lsn="0/8FFFFFF") is None
+    assert problem(trusted, segments) is None  # to the archive's end: replay finds it
+    early = problem(trusted, segments, target_time=999.0)
+    assert early.startswith("REFUSED: the target is before the oldest verified backup ended")
+    assert "from 1970-01-01 00:16:40+00 (0/3000100, where backup 20261201T100000Z ended)" in early
+    assert "to 1970-01-01 01:43:20+00 (segment 000000020000000000000008, the last archived)" in early
+    assert problem(trusted, segments, target_lsn="0/3000000").startswith("REFUSED: the target is before")
+    late = problem(trusted, segments, target_time=6201.0)
+    assert late.startswith("REFUSED: the target is past the archive's end") and "pg_switch_wal()" in late
+    assert problem(trusted, segments, target_lsn="0/9000000").startswith("REFUSED: the target is past")
+    # No WAL archived since the newest backup: the archive ends where that backup ended.
+    assert "to 1970-01-01 01:23:20+00 (where backup 20261201T110000Z ended)" in problem(trusted, {}, target_time=5001.0)
+    assert problem([], segments, target_time=1.0) is None  # nothing to restore from: choose() says so
+
+
+def test_archived_segments_are_the_full_segments_still_stored():
+    stamp = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+    versions = {f"p/wal/{name}": [{"LastModified": stamp, "DeleteMarker": marker}]
+                for name, marker in (("000000010000000000000001", False), ("000000010000000000000002", True),
+                                     ("000000010000000000000003.partial", False))}
+    versions["p/history/00000002.history"] = [{"LastModified": stamp, "DeleteMarker": False}]
+    assert base_backup.archived_segments(versions, "p") == {"000000010000000000000001": stamp.timestamp()}

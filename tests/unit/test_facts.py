@@ -34,3 +34,12 @@ def test_ungranted_functions_tell_a_stopped_cluster_from_a_granted_role():
     assert fact.default() is None  # no output: the cluster is not running
     assert fact.process(["checked"]) == []
     assert fact.process(["checked", "pg_catalog.pg_read_binary_file(text)"]) == ["pg_catalog.pg_read_binary_file(text)"]
+
+
+def test_newest_backup_tells_none_from_an_archive_it_could_not_list():
+    from deploys.facts import NewestBackup
+    fact = NewestBackup()
+    assert fact.process([]) is None  # no program or configuration yet: a first deploy
+    assert fact.process(['{"finished_at": 1764600000.5, "id": "a"}', '{"finished_at": 1764603600.5, "id": "b"}']) \
+        == 1764603600.5
+    assert fact.process(["unreadable"]) == NewestBackup.UNREADABLE

@@ -1,4 +1,5 @@
-"""Certificates the deploy makes for generated environments: issued once, renewed when due or misnamed."""
+"""Certificates the deploy makes for generated environments: issued once, renewed when due or misnamed, from the CA
+that their role calls for."""
 
 import datetime
 import ipaddress
@@ -6,10 +7,11 @@ import socket
 import ssl
 import threading
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from deploys.tls import issue, names_of, needs_new_certificate
+from deploys.tls import DATABASE_CA, DATABASE_ROLE, issue, issuer_of, names_of, needs_new_certificate
 
 
 def test_names_cover_the_inventory_name_and_address():
@@ -40,20 +42,53 @@ def test_renewed_when_names_change_or_expiry_nears(tmp_path):
     assert needs_new_certificate(tmp_path / "absent.crt", sans, 30, ca) == "missing"
 
 
-def test_strict_verifiers_accept_the_chain(tmp_path):
-    """Python 3.13 (as on the hosts) verifies with VERIFY_X509_STRICT by default: key identifiers are required."""
-    cert_path, key_path = issue(tmp_path, "pg-1", names_of("pg-1", "198.51.100.11"), 397, 30)
+def handshake(cert_path, key_path, cafile):
+    """The subject a strict client trusting `cafile` sees from a server with this certificate, or ssl.SSLError."""
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert_path, key_path)
-    client = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    client = ssl.create_default_context(cafile=str(cafile))
     client.verify_flags |= ssl.VERIFY_X509_STRICT
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        accepted = threading.Thread(target=lambda: server.wrap_socket(theirs, server_side=True).close())
+        accepted = threading.Thread(target=_serve, args=(server, theirs))
         accepted.start()
-        with client.wrap_socket(ours, server_hostname="pg-1") as tls:
-            assert tls.getpeercert()["subject"] == ((("commonName", "pg-1"),),)
-        accepted.join()
+        try:
+            with client.wrap_socket(ours, server_hostname="pg-1") as tls:
+                return tls.getpeercert()["subject"]
+        finally:
+            accepted.join()
+
+
+def _serve(server, sock):
+    try:
+        server.wrap_socket(sock, server_side=True).close()
+    except (ssl.SSLError, OSError):
+        pass  # the client refused the certificate
+
+
+def test_strict_verifiers_accept_the_chain(tmp_path):
+    """Python 3.13 (as on the hosts) verifies with VERIFY_X509_STRICT by default: key identifiers are required."""
+    cert_path, key_path = issue(tmp_path, "pg-1", names_of("pg-1", "198.51.100.11"), 397, 30)
+    assert handshake(cert_path, key_path, tmp_path / "ca.crt") == ((("commonName", "pg-1"),),)
+
+
+def test_only_postgresqls_certificate_comes_from_the_database_ca(tmp_path):
+    """PgBouncer trusts the database CA alone: a certificate naming the same host from the tier CA (the exporters',
+    PgBouncer's, etcd's) does not pass for PostgreSQL; PostgreSQL's does, and every host's trust in both accepts it."""
+    sans = names_of("pg-1", "198.51.100.11")
+    assert issuer_of(DATABASE_ROLE) == DATABASE_CA and issuer_of("exporter") == issuer_of("") == "ca"
+    postgres = issue(tmp_path, "pg-1-postgres", sans, 397, 30, ca=DATABASE_CA)
+    exporter = issue(tmp_path, "pg-1-exporter", sans, 397, 30)
+    database_ca = tmp_path / "database-ca.crt"
+    assert handshake(*postgres, database_ca) == ((("commonName", "pg-1-postgres"),),)
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer certificate"):
+        handshake(*exporter, database_ca)
+    both = tmp_path / "both.crt"
+    both.write_bytes((tmp_path / "ca.crt").read_bytes() + database_ca.read_bytes())
+    assert handshake(*exporter, both) and handshake(*postgres, both)
+    # A certificate the other CA signed is re-issued from the right one.
+    ca = x509.load_pem_x509_certificate(database_ca.read_bytes())
+    assert needs_new_certificate(exporter[0], sans, 30, ca) == "not issued by the current CA"
 
 
 def test_a_ca_without_key_identifiers_is_replaced_and_its_certificates_reissued(tmp_path):

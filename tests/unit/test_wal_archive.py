@@ -9,8 +9,12 @@ import time
 
 import pytest
 
+import botocore.exceptions
+
+from hostside import wal_archive
 from hostside.wal_archive import (COMPRESSIONS, SEGMENT, Archive, ArchiveError, clock_skew_problem, format_lsn,
-                                  handoff, lsn, main, segment_end, segment_name, segment_range, timeline_of)
+                                  handoff, lock_problem, lsn, main, segment_end, segment_name, segment_range,
+                                  timeline_of)
 
 CONFIG = {"bucket": "b", "prefix": "/local/", "socket": "/nonexistent"}
 
@@ -55,6 +59,35 @@ def test_clock_skew_against_the_endpoints_date_header(offset, problem):
     endpoint = 1795622400.0  # that Date as epoch seconds
     found = clock_skew_problem(date, endpoint + offset)
     assert found is None if problem is None else problem in found and "fix NTP" in found
+
+
+class LockConfiguration:
+    """A bucket's answer to GetObjectLockConfiguration: `lock` (None: the bucket has no Object Lock)."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def get_object_lock_configuration(self, Bucket):
+        if self.lock is None:
+            raise botocore.exceptions.ClientError({"Error": {"Code": "ObjectLockConfigurationNotFoundError"}}, "Get")
+        return {"ObjectLockConfiguration": self.lock}
+
+
+def rule(mode, **period):
+    return {"ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": mode, **period}}}
+
+
+@pytest.mark.parametrize("lock, problem", [
+    (rule("COMPLIANCE", Days=30), None),
+    (rule("COMPLIANCE", Years=1), None),
+    (rule("COMPLIANCE", Days=7), "has a default COMPLIANCE lock of 7 days; it needs a default COMPLIANCE lock of at least"),
+    (rule("GOVERNANCE", Days=30), "has a default GOVERNANCE lock of 30 days"),
+    ({"ObjectLockEnabled": "Enabled"}, "has Object Lock without a default retention"),
+    (None, "bucket b has no Object Lock; it needs"),
+])
+def test_the_archive_bucket_must_lock_every_version_for_the_recovery_window(lock, problem):
+    found = lock_problem(LockConfiguration(lock), "b", 30)
+    assert found is None if problem is None else problem in found and "(30 days, backup_retention_days)" in found
 
 
 def uploader(tmp_path, reply):
@@ -200,3 +233,55 @@ def test_seal_archives_the_parent_timelines_gap_from_pg_wal_and_names_what_is_go
 def test_seal_waits_for_the_promotions_history():
     with pytest.raises(ArchiveError, match="history is not archived yet"):
         MemoryArchive({}).seal(2, "/nonexistent")
+
+
+class Flaky(Archive):
+    """fetch() answers from `script`: an exception is raised, anything else returned."""
+
+    def __init__(self, script):
+        super().__init__(CONFIG)
+        self.script = list(script)
+
+    def fetch(self, name, dest):
+        answer = self.script.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_a_failed_fetch_is_tried_again_after_each_pause_until_it_succeeds():
+    slept = []
+    archive = Flaky([ConnectionError("cut"), TimeoutError("slow"), True])
+    assert archive.fetch_patiently("000000010000000000000003", "/nonexistent", (1, 2, 4), slept.append) is True
+    assert slept == [1, 2]
+
+
+def test_a_segment_that_does_not_match_its_checksum_is_refused_at_once():
+    with pytest.raises(ArchiveError, match="tampered"):
+        Flaky([ArchiveError("tampered"), True]).fetch_patiently("000000010000000000000003", "/nonexistent", (1,),
+                                                                 lambda _: pytest.fail("tried again"))
+
+
+def test_a_missing_segment_is_an_answer_not_a_failure():
+    slept = []
+    assert Flaky([False]).fetch_patiently("000000010000000000000003", "/nonexistent", (1, 2), slept.append) is False
+    assert slept == []
+
+
+def test_the_last_failure_is_raised_once_the_pauses_are_spent():
+    with pytest.raises(ConnectionError, match="still cut"):
+        Flaky([ConnectionError("cut"), ConnectionError("still cut")]).fetch_patiently(
+            "000000010000000000000003", "/nonexistent", (1,), lambda _: None)
+
+
+def test_a_restore_aborts_recovery_and_a_standby_goes_on_streaming_and_is_counted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MCP_METRICS_DIR", str(tmp_path))
+    (tmp_path / "recovery.signal").write_text("")
+    assert wal_archive.recovery_kind(str(tmp_path)) == "restore"
+    assert wal_archive.fetch_failed("000000010000000000000003", ArchiveError("no match"), "restore") == 255 > 125
+    assert "RECOVERY ABORTED" in capsys.readouterr().err and not (tmp_path / "wal_restore.prom").exists()
+    (tmp_path / "standby.signal").write_text("")
+    assert wal_archive.recovery_kind(str(tmp_path)) == "standby"
+    assert wal_archive.fetch_failed("000000010000000000000003", ConnectionError("cut"), "standby") == 1
+    assert "this standby goes on streaming from the primary" in capsys.readouterr().err
+    assert "mcp_wal_restore_last_failure_timestamp_seconds " in (tmp_path / "wal_restore.prom").read_text()
