@@ -1,6 +1,7 @@
 """`pyinfra inventory/local.py deploy.py` on the fleet: converges, and a second run changes nothing."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,10 +17,15 @@ PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 REPO = Path(__file__).resolve().parents[2]
 
 
-def pyinfra_argv(*args):
-    """pyinfra as prod runs it: logged in as an unprivileged user that becomes root through sudo (the fleet makes
-    it; test_operator_deploy.py watches that no secret shows on the way). `make local` deploys as root."""
-    return [PYINFRA, "--user", OPERATOR, "--sudo", *args]
+# Every deploy of the tiers as prod runs them (an unprivileged SSH user with sudo) costs ~8 s more per run than
+# as root; test_operator_deploy.py always deploys that way, the rest only when this is set (README: Tests).
+AS_OPERATOR = os.environ.get("MCP_E2E_AS_OPERATOR") == "1"
+
+
+def pyinfra_argv(*args, as_operator=AS_OPERATOR):
+    """pyinfra as root, as `make local` runs it, or as prod runs it: logged in as an unprivileged user that becomes
+    root through sudo (the fleet makes it; test_operator_deploy.py watches that no secret shows on the way)."""
+    return [PYINFRA, *(("--user", OPERATOR, "--sudo") if as_operator else ()), *args]
 
 
 def pyinfra_run(*args):

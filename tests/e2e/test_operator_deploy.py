@@ -1,4 +1,4 @@
-"""A deploy as prod runs one (and as the deploy tier runs all of its own, pyinfra_argv): an unprivileged SSH user (`deploy`, the fleet makes it as inventory/prod.py expects)
+"""A deploy as prod runs one (and as the deploy tiers run all of theirs with MCP_E2E_AS_OPERATOR=1): an unprivileged SSH user (`deploy`, the fleet makes it as inventory/prod.py expects)
 that becomes root through sudo. While the deploy writes secrets again, a watcher on every host, running as an
 unprivileged user, reads every file it can where a secret could pass (temporary directories, the directories the
 secrets land in, the operator's home), over and over; afterwards it reads the whole filesystem once. It must
@@ -89,7 +89,7 @@ def kind(host):
 
 
 def as_operator(*args):
-    return subprocess.run(pyinfra_argv("-y", "inventory/local.py", "deploy.py", *args), cwd=REPO,
+    return subprocess.run(pyinfra_argv("-y", "inventory/local.py", "deploy.py", *args, as_operator=True), cwd=REPO,
                           capture_output=True, text=True, timeout=1800)
 
 
