@@ -53,8 +53,8 @@ test-fleet: venv deps
 # move the primary (last: they leave another host primary), then the post-deploy checks on the tier they left.
 test-infra: venv deps
 	$(BIN)/fleet up
-	$(BIN)/pytest -q --durations=10 tests/e2e
-	$(BIN)/pytest -q --durations=10 tests/drills
+	$(BIN)/pytest -q --durations=30 tests/e2e
+	$(BIN)/pytest -q --durations=20 tests/drills
 	$(BIN)/pytest -q tests/infra --inventory inventory/local.py
 
 # The drills alone, on a fleet that is up (they deploy first).
