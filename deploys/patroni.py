@@ -250,8 +250,11 @@ def _refuse_a_foreign_cluster(pg, lead):
                           "replace it: move it away first (docs/failover.md)")
     # Its configuration directory stays: the deploy renders it, and Patroni writes postgresql.conf there.
     server.shell(name=f"Remove the empty cluster {pg.label} Patroni did not make (this host clones the leader instead)",
-                 commands=[f"pg_ctlcluster --skip-systemctl-redirect {pg.major} {pg.name} stop -m fast || true",
-                           f"systemctl stop {pg.unit} || true", f"rm -rf {pg.data_directory}"])
+                 # Through its unit first (stopped outside, its ExecStop fails and leaves the unit failed),
+                 # then whatever runs outside systemd.
+                 commands=[f"systemctl stop {pg.unit} || true",
+                           f"pg_ctlcluster --skip-systemctl-redirect {pg.major} {pg.name} stop -m fast || true",
+                           f"systemctl reset-failed {pg.unit} || true", f"rm -rf {pg.data_directory}"])
 
 
 def _start(pg, what, ready, **global_arguments):

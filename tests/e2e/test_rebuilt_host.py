@@ -62,3 +62,4 @@ def test_after_the_refusal_an_empty_cluster_patroni_did_not_make_is_replaced_by_
     output = deploy()
     assert "Remove the empty cluster 17/main Patroni did not make" in output
     assert streaming() and psql("show data_checksums") == "on" and psql("select pg_is_in_recovery()") == "t"
+    assert on(HOST, "systemctl --failed --no-legend --plain").stdout.strip() == ""  # Debian's unit stopped cleanly
