@@ -124,6 +124,7 @@ def test_a_segment_past_the_end_of_its_timeline_in_the_archive_is_refused(s3):
         assert f"{name} is on timeline {timeline}, which the archive shows ended at 0/3000000 (timeline {timeline + 1})" in log
     finally:
         erase(s3, f"{PREFIX}/history/{later}")
+    switch()  # a new segment wakes the archiver, which retries the refused one now rather than within a minute
     eventually(lambda: archiver()["last_archived"] >= name, what=f"{name} archived after the history file left")
 
 
