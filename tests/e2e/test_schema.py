@@ -13,6 +13,7 @@ import pytest
 from deploys.schema import PROJECT, plan_changes, sqitch_command
 from hostside import layout
 from tests.e2e.test_pgbouncer import connect, password
+from tests.e2e.test_replication import eventually
 from tests.fleet_helpers import on
 
 PRIMARY = "pg-1"
@@ -20,6 +21,7 @@ TAG = "e2e-schema"
 BULK_USERS = 2000
 SERVERS = 5
 METRICS = "/var/lib/mcp-portal/metrics/audit_partitions.prom"
+NOT_SET_HERE = "the tenant context was not set by this transaction"
 
 
 def as_postgres(sql, database="portal", check=True):
@@ -85,7 +87,7 @@ def test_every_table_holding_portal_rows_has_forced_rls_and_partitions_are_close
     unprotected = as_postgres(
         "select relname from pg_class where relnamespace = 'portal'::regnamespace and relkind in ('r', 'p') "
         "and not relispartition and not (relrowsecurity and relforcerowsecurity) order by 1").stdout.split()
-    assert unprotected == ["encryption_keys", "key_rotations", "retention_policies"]  # no tenant rows in them
+    assert unprotected == ["encryption_keys", "key_rotations", "retention_policies", "tenant_key"]  # no tenant rows
     open_partitions = as_postgres(
         "select relname from pg_class where relnamespace = 'portal'::regnamespace and relispartition "
         "and has_table_privilege('portal_app', oid, 'select, insert, update, delete')").stdout.split()
@@ -133,7 +135,7 @@ def test_a_context_left_at_session_level_does_not_serve_the_next_transaction(ten
     session = on(PRIMARY, f"PGPASSWORD='{password('portal_app')}' psql 'host=127.0.0.1 dbname=portal user=portal_app "
                           f"sslmode=require' -XAtq <<'SQL'\n{script}\nSQL", check=False)
     assert "left over: " in session.stdout and str(tenants["alice"]) in session.stdout
-    assert session.stderr.count("the tenant context was not set by this transaction") == 2, session.stderr
+    assert session.stderr.count(NOT_SET_HERE) == 2, session.stderr
     assert session.stdout.count("\n") == 3  # set_tenant, set_config, "left over": no count was answered
 
 
@@ -142,6 +144,47 @@ def test_a_tenant_set_outside_a_transaction_block_is_gone_by_the_next_statement(
         app.execute("select portal.set_tenant(%s)", (tenants["alice"],))
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no tenant set"):
             app.execute("select count(*) from portal.user_server_configs")
+
+
+@pytest.mark.parametrize("who", ["alice", "gone"])
+def test_a_context_written_by_hand_is_refused_for_an_active_or_a_deactivated_user(tenants, who):
+    # The audit's attack: set_config in the transaction, skipping set_tenant()'s check that the user is active;
+    # in the old format (transaction start/tenant) and in the sealed one with a made-up seal.
+    tenant = tenants[who]
+    for context in ("extract(epoch from now())::text || '/' || %s", "%s || '/' || repeat('0', 64)"):
+        with connect("portal") as app, pytest.raises(psycopg.errors.InsufficientPrivilege, match=NOT_SET_HERE), app.transaction():
+            app.execute(f"select set_config('portal.tenant', {context}, true)", (str(tenant),))
+            app.execute("select count(*) from portal.user_server_configs")
+
+
+def test_a_context_copied_from_another_transaction_or_connection_is_refused(tenants):
+    with connect("portal") as first, connect("portal") as second:
+        with first.transaction():
+            first.execute("select portal.set_tenant(%s)", (tenants["alice"],))
+            sealed = first.execute("select current_setting('portal.tenant')").fetchone()[0]
+            # While that transaction is open its server connection is not the second client's.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=NOT_SET_HERE), second.transaction():
+                second.execute("select set_config('portal.tenant', %s, true)", (sealed,))
+                second.execute("select count(*) from portal.user_server_configs")
+            assert first.execute("select count(*) from portal.user_server_configs").fetchone()[0] == SERVERS
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=NOT_SET_HERE), first.transaction():
+            first.execute("select set_config('portal.tenant', %s, true)", (sealed,))
+            first.execute("select count(*) from portal.user_server_configs")
+
+
+def test_the_app_cannot_read_the_key_that_seals_contexts_nor_make_a_seal(tenants):
+    with connect("portal") as app:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("select * from portal.tenant_key")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("select portal.tenant_seal('x', '\\x00', '\\x00')")
+
+
+def test_a_sealed_context_serves_a_tenant_on_the_replicas_too(tenants):
+    with connect("portal_ro") as replica:
+        assert replica.execute("select pg_is_in_recovery()").fetchone()[0] is True
+        eventually(lambda: in_tenant(replica, tenants["alice"], "select count(*) from portal.user_server_configs")
+                   == [(SERVERS,)], timeout=10)
 
 
 @pytest.mark.parametrize("who, error", [("gone", "no active user"), ("nobody", "no active user"),
