@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # Every deploy of the tiers as prod runs them (an unprivileged SSH user with sudo) costs ~8 s more per run than
-# as root; test_operator_deploy.py always deploys that way, the rest only when this is set (README: Tests).
+# as root; test_operator_deploy.py always deploys that way, the rest only when this is set (README: Test tiers).
 AS_OPERATOR = os.environ.get("MCP_E2E_AS_OPERATOR") == "1"
 
 
