@@ -10,13 +10,16 @@ tenant + one query. Four policy variants on user_server_configs, swapped between
   - the assessment's "optimized": `(SELECT get_current_user_id())` validating per statement, `OR (SELECT is_admin(...))`;
   - ours (sql/): portal.set_tenant() validating once and sealing the context, `user_id = (SELECT portal.tenant())`
     checking the seal, admins by role.
-Every variant runs REPETITIONS times, interleaved; reports the median p50/p95 latency per transaction with the
+Every variant runs REPETITIONS times (--repetitions), interleaved; reports the median p50/p95 latency per transaction with the
 spread of p50, the ratio to no RLS, and the plan of each RLS-only query. A profile then times each step of a
 transaction inside one backend (each call repeated PROFILE_CALLS times): what the seal costs, against the
 previous design (a context bound to the transaction's start time only, which the app could forge).
+`--protocol prepared` runs pgbench with prepared statements, so each transaction leaves planning out
+(bench/results/rls-prepared.md; the simple protocol's go to rls.md).
 Needs the fleet up and deployed (`make local`); drops its database. Run as root: `make bench-rls`.
 """
 
+import argparse
 import datetime
 import json
 import os
@@ -149,7 +152,7 @@ FILTERS = {"app filter": "user_id = bench_uid(:n)", "RLS alone": "true"}
 RUNNER = r'''
 import glob, json, os, subprocess, sys, tempfile
 database, seconds, password, plan = sys.argv[1], sys.argv[2], sys.argv[3], json.load(open(sys.argv[4]))
-repetitions, profile_calls = int(sys.argv[5]), int(sys.argv[6])
+repetitions, profile_calls, protocol = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
 env = dict(os.environ, PGPASSWORD=password)
 
 def psql(sql, role="postgres"):
@@ -171,7 +174,7 @@ for repetition, variant in [(r, v) for r in range(repetitions) for v in plan]:
         with open(script, "w") as f:
             f.write(f"\\set n random(1, {run['users']})\nBEGIN;\nSELECT {variant['tenant']};\n{run['query']};\nEND;\n")
         subprocess.run(["runuser", "-u", "postgres", "--", "env", f"PGPASSWORD={password}", "pgbench", "-n", "-h",
-                        "/var/run/postgresql", "-U", "portal_app", "-c", "2", "-j", "2", "-T", seconds, "-f", script,
+                        "/var/run/postgresql", "-U", "portal_app", "-c", "2", "-j", "2", "-T", seconds, "-M", protocol, "-f", script,
                         "-l", "--log-prefix", os.path.join(work, "log"), database],
                        check=True, capture_output=True, text=True, cwd=work)
         latencies = sorted(int(line.split()[2]) for path in glob.glob(os.path.join(work, "log*"))
@@ -191,6 +194,12 @@ print(json.dumps({"runs": results, "profile": [{"step": step, "us": float(us)} f
 
 
 def main():
+    options = argparse.ArgumentParser(description="Row-level security cost on the fleet (make bench-rls).")
+    options.add_argument("--protocol", choices=("simple", "prepared"), default="simple",
+                         help="pgbench's query protocol: prepared leaves planning out of each transaction "
+                              "(results in rls-prepared.md)")
+    options.add_argument("--repetitions", type=int, default=REPETITIONS)
+    args = options.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/rls.py: run as root (it uses the fleet): make bench-rls")
     password = (REPO / ".secrets/local/passwords/portal_app").read_text().strip()
@@ -206,18 +215,18 @@ def main():
                       for shape, query in SHAPES.items() for label, condition in FILTERS.items()
                       if not (name == "no RLS" and label == "RLS alone")]}
             for name, (setup, tenant) in VARIANTS.items()]
-    print(f"pgbench: {REPETITIONS} x {len(VARIANTS)} variants x {len(SHAPES)} shapes x {len(FILTERS)} filters, "
+    print(f"pgbench ({args.protocol}): {args.repetitions} x {len(VARIANTS)} variants x {len(SHAPES)} shapes x {len(FILTERS)} filters, "
           f"{SECONDS} s each; then the profile", flush=True)
     try:
         measured = json.loads(on(HOST, f"cat > /var/tmp/bench-rls-plan.json <<'JSON'\n{json.dumps(plan)}\nJSON\n"
-                                       f"python3 - {DATABASE} {SECONDS} '{password}' /var/tmp/bench-rls-plan.json {REPETITIONS} "
-                                       f"{PROFILE_CALLS} <<'PY'\n"
+                                       f"python3 - {DATABASE} {SECONDS} '{password}' /var/tmp/bench-rls-plan.json {args.repetitions} "
+                                       f"{PROFILE_CALLS} {args.protocol} <<'PY'\n"
                                        f"{RUNNER}\nPY", timeout=3600).stdout.strip().splitlines()[-1])
     finally:
         on(HOST, f"rm -f /var/tmp/bench-rls-plan.json; runuser -u postgres -- psql -qX "
                  f"-c 'drop database if exists {DATABASE} with (force)'", timeout=120)
-    write(measured)
-    print(RESULTS.read_text())
+    results = write(measured, args.protocol, args.repetitions)
+    print(results.read_text())
 
 
 def median(values):
@@ -225,8 +234,8 @@ def median(values):
     return values[len(values) // 2]
 
 
-def write(measured):
-    """The table of medians over the repetitions (p50 spread: min-max), the verdicts, and the profile."""
+def write(measured, protocol, repetitions):
+    """The table of medians over the repetitions (p50 spread: min-max), the verdicts, and the profile; its path."""
     runs = {}
     for r in measured["runs"]:
         runs.setdefault((r["variant"], r["shape"], r["filter"]), []).append(r)
@@ -246,13 +255,14 @@ def write(measured):
     naive = {shape: summary[("assessment current", shape, "app filter")]["p50"] for shape in SHAPES}
     above_naive = [f"{shape}, {label}" for (_, shape, label), m in ours.items() if m["p50"] >= naive[shape]]
     profile = "\n".join(f"| {p['step']} | {p['us']:.2f} |" for p in measured["profile"])
-    RESULTS.write_text(f"""# Row-level security cost
+    results = RESULTS if protocol == "simple" else RESULTS.with_name("rls-prepared.md")
+    results.write_text(f"""# Row-level security cost ({protocol} protocol)
 
-Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `make bench-rls` on
+Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `bench/rls.py --protocol {protocol}` on
 {platform.node()}: {os.cpu_count()} cores, kernel {platform.release()}. On `{HOST}` (a fleet host sharing the
 machine's cores; postgres_memory_budget_mb 512), in a scratch database made by the portal's migrations:
 {USERS} users, {USERS * SERVERS_PER_USER} user_server_configs, {AUDIT_ROWS} audit rows. pgbench as portal_app
-over the local socket, 2 clients, {SECONDS} s per row, every row {REPETITIONS} times (interleaved); one transaction
+over the local socket (`pgbench -M {protocol}`), 2 clients, {SECONDS} s per row, every row {repetitions} times (interleaved); one transaction
 = BEGIN, set the tenant, the query, END. p50 and p95 are the medians over the repetitions, with the spread of p50
 (min-max). Ratios are against "no RLS" with the app's filter, same shape, same run. The targets: ours <= 1.10x on
 every shape, and below the assessment's naive per-row policy ("assessment current", app filter) on every shape.
@@ -273,6 +283,7 @@ hand for any user, a deactivated one included); "sealed" is sql/'s.
 |---|---|
 {profile}
 """)
+    return results
 
 
 if __name__ == "__main__":
