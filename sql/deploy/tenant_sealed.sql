@@ -34,8 +34,8 @@ ALTER FUNCTION portal.rotate_tenant_key() OWNER TO portal_definer;
 REVOKE ALL ON FUNCTION portal.rotate_tenant_key() FROM PUBLIC;
 SELECT portal.rotate_tenant_key();
 
--- The seal of a tenant in this transaction on this connection. A SQL-standard body: names bound now, and inlined
--- into its callers' plans (no call of its own).
+-- The seal of a tenant in this transaction on this connection. A SQL-standard body: its names are bound when it
+-- is made, whatever search_path its caller has.
 CREATE FUNCTION portal.tenant_seal(tenant text, inner_pad bytea, outer_pad bytea) RETURNS text
   LANGUAGE sql STABLE PARALLEL RESTRICTED
   RETURN encode(sha256(outer_pad || sha256(inner_pad || textsend(tenant) || int4send(pg_backend_pid())
