@@ -5,6 +5,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from fleet import access as access_mod
@@ -114,13 +115,25 @@ class Fleet:
             self.say(f"booting {', '.join(booting)}")
         for name in booting:
             self._ready(name, authorized_key)
-        self.s3.ensure(self.say)
+        self.s3.ensure(self.say, self._others_cut_off)
         self.say(f"up: {len(self.machines)} hosts running in {time.monotonic() - started:.0f}s "
                  f"({len(booting)} booted); ssh with `fleet ssh HOST` or `ssh -F {self.access.config} HOST`")
 
     def _boot(self, machine, authorized_key):
         machine.write_identity(authorized_key, access_mod.host_etc_hosts(self.topology), self.proxy.url)
         machine.boot()
+
+    @contextmanager
+    def _others_cut_off(self):
+        """Every host but the S3 endpoint's off the network, then back as it was (a host cut before stays cut)."""
+        connected = [m.host for n, m in self.machines.items() if n != self.s3.host.name and network.link_is_up(m.host.veth)]
+        for host in connected:
+            network.set_link(host, up=False)
+        try:
+            yield
+        finally:
+            for host in connected:
+                network.set_link(host, up=True)
 
     def _ready(self, name, authorized_key):
         """A booted host answers ssh and has prod's deploy user: after `up`, `start` and `reset` alike."""
@@ -228,7 +241,7 @@ class Fleet:
         self._publish_names()
         self._ready(machine.host.name, authorized_key)
         if machine.host is self.s3.host:
-            self.s3.ensure(self.say)
+            self.s3.ensure(self.say, self._others_cut_off)
 
     def cut(self, name):
         machine = self._machine(name)

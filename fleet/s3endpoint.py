@@ -109,7 +109,8 @@ class S3Endpoint:
         self.host = host
         self.credentials_file = layout.local / "s3.json"
 
-    def ensure(self, say):
+    def ensure(self, say, others_cut_off):
+        """`others_cut_off`: a context manager that keeps every other host off the network while it is open."""
         installed = self.access.run(self.host.name, f"dpkg-query -W -f='${{Status}}' {PACKAGES[0]}", check=False).stdout
         if "install ok installed" not in installed:
             say(f"{self.host.name}: installing {', '.join(PACKAGES)} through the apt proxy")
@@ -136,10 +137,15 @@ class S3Endpoint:
             self._provision_tier()
             return
         if not self._bootstrap(invocation):
-            say(f"{self.host.name}: the endpoint answered unauthenticated calls before ours; restarting it (it held nothing we can read)")
-            self.access.run(self.host.name, "systemctl restart moto")
-            self._wait_port()
-            if not self._bootstrap(self._invocation()):
+            # Hosts that boot with a cluster (a stopped fleet taken over) ask for WAL at once, and every request
+            # spends one of the window's actions: the second try has the endpoint to ourselves.
+            say(f"{self.host.name}: the endpoint answered unauthenticated calls before ours; restarting it with the other "
+                "hosts cut off (it held nothing we can read)")
+            with others_cut_off():
+                self.access.run(self.host.name, "systemctl restart moto")
+                self._wait_port()
+                bootstrapped = self._bootstrap(self._invocation())
+            if not bootstrapped:
                 raise FleetError(f"could not create the fleet's S3 user on {self.host.name}; see `fleet ssh {self.host.name} journalctl -u moto`")
         self._provision_tier()
         say(f"{self.host.name}: S3/KMS endpoint up at {endpoint_url(self.host)}, authentication enforced")

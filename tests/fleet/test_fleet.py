@@ -6,6 +6,7 @@ Tests run in file order: read-only checks first, then drills that power off, cut
 import json
 import os
 import re
+import shlex
 import socket
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -235,6 +236,25 @@ def test_reset_returns_a_host_to_bare(fleet_up):
     fleet("reset", "pgbouncer-1")
     assert on("pgbouncer-1", "test -e /root/reset-probe", check=False).returncode == 1
     assert on("pgbouncer-1", "systemctl is-system-running").stdout.strip() == "running"
+
+
+def test_up_makes_its_s3_user_while_database_hosts_ask_the_endpoint_for_wal(fleet_up):
+    """As when a stopped fleet whose replicas run restore_command is taken over: their requests spend the fresh
+    endpoint's unauthenticated window before the fleet's own calls. `up` retries with the other hosts cut off."""
+    ask = ("while :; do (exec 3<>/dev/tcp/s3/9000 && printf 'GET /mcp-portal-archive/wal HTTP/1.0\\r\\nHost: s3\\r\\n\\r\\n' >&3 "
+           "&& cat <&3 >/dev/null) 2>/dev/null; sleep 0.02; done")
+    askers = ("pg-1", "pg-2")
+    for host in askers:
+        on(host, f"systemd-run --quiet --unit=ask-for-wal bash -c {shlex.quote(ask)}")
+    try:
+        on("s3", "systemctl restart moto")
+        out = fleet("up").stdout
+    finally:
+        for host in askers:
+            on(host, "systemctl stop ask-for-wal", check=False)
+    assert "restarting it with the other hosts cut off" in out
+    client("s3", json.loads((Layout().local / "s3.json").read_text())).list_buckets()
+    test_database_hosts_reach_the_endpoint_by_name(fleet_up)
 
 
 def test_up_recovers_after_every_process_was_killed(fleet_up):
