@@ -116,6 +116,7 @@ def test_with_no_leader_seen_the_read_write_entries_go_through_haproxy_until_it_
     """HAProxy on pgbouncer-2 loses sight of the leader (its server put in maintenance): mcp-follow-leader sends the
     read-write entries through HAProxy's leader listener, which has nothing to offer, and straight back to the
     leader once HAProxy's check sees it again. pgbouncer-1 is not moved."""
+    since = on("pgbouncer-2", "date +%s.%N").stdout.strip()
     haproxy("pgbouncer-2", "disable server primary/pg-1")
     try:
         eventually(lambda: {connects_to("pgbouncer-2", e) for e in ("portal", "auth_lookup")} == {("127.0.0.1", "5000")},
@@ -127,9 +128,10 @@ def test_with_no_leader_seen_the_read_write_entries_go_through_haproxy_until_it_
     eventually(lambda: connects_to("pgbouncer-2", "portal") == (ADDRESSES["pg-1"], "5432"), timeout=10)
     # PgBouncer answers a new client with its last failed server login for server_login_retry (1 s) after it
     eventually(lambda: writes("pgbouncer-2"), timeout=5)
-    moves = on("pgbouncer-2", "journalctl -u mcp-follow-leader -n 2 -o cat").stdout.splitlines()
-    assert moves == ["portal, auth_lookup -> HAProxy (no single leader); PgBouncer reloaded",
-                     "portal, auth_lookup -> pg-1; PgBouncer reloaded"]
+    # The service logs a move just after the reload a client can see, so its line may reach the journal later.
+    eventually(lambda: on("pgbouncer-2", f"journalctl -u mcp-follow-leader --since @{since} -o cat").stdout.splitlines()
+               == ["portal, auth_lookup -> HAProxy (no single leader); PgBouncer reloaded",
+                   "portal, auth_lookup -> pg-1; PgBouncer reloaded"], timeout=5)
 
 
 def test_only_postgresqls_own_key_passes_for_the_leader():
