@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # prometheus: its promtool checks and unit-tests the alert rules (monitoring/).
 DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv prometheus
 
-.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-drills test-down bench bench-fleet bench-deploy bench-archive bench-archive-lag bench-backup bench-rls bench-pgbouncer bench-failover bench-deps
+.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-drills test-down bench bench-fleet bench-deploy bench-archive bench-archive-lag bench-replay bench-backup bench-rls bench-pgbouncer bench-failover bench-deps
 
 ## make local: virtualenv, fleet up, deploy to the fleet, post-deploy checks
 local: deps venv up deploy check
@@ -65,7 +65,7 @@ test-down: venv
 	$(BIN)/pytest -q tests/teardown
 
 ## make bench: every benchmark, one after another (the fleet's own first: it takes the fleet down and up)
-bench: bench-fleet bench-deploy bench-archive bench-archive-lag bench-backup bench-rls bench-pgbouncer bench-failover
+bench: bench-fleet bench-deploy bench-archive bench-archive-lag bench-replay bench-backup bench-rls bench-pgbouncer bench-failover
 
 bench-fleet: venv deps
 	$(BIN)/python bench/fleet_up.py
@@ -75,6 +75,9 @@ bench-deploy: venv deps
 
 bench-archive: venv deps
 	$(BIN)/python bench/archive.py
+
+bench-replay: venv deps
+	$(BIN)/python bench/replay.py
 
 bench-backup: venv deps
 	$(BIN)/python bench/backup.py

@@ -44,7 +44,7 @@ def _config():
         "endpoint_url": k.wal_archive_endpoint_url, "region": k.wal_archive_region,
         "bucket": k.wal_archive_bucket, "prefix": k.wal_archive_prefix, "sse": k.wal_archive_sse,
         "kms_key_id": k.wal_archive_kms_key_id, "compression": k.wal_archive_compression,
-        "credentials_file": CREDENTIALS, "socket": f"/run/{UNIT}/socket", "claim_prefix": True,
+        "prefetch": k.wal_restore_prefetch, "credentials_file": CREDENTIALS, "socket": f"/run/{UNIT}/socket", "claim_prefix": True,
         "data_directory": pg.data_directory, "bin_directory": pg.bin_directory,
         "recovery_window_days": k.backup_retention_days,
     }

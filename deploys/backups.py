@@ -116,7 +116,8 @@ def _restore_source(pg):
     config = {"bucket": k.restore_source_bucket or k.wal_archive_bucket, "prefix": k.restore_source_prefix,
               "region": k.restore_source_region or k.wal_archive_region,
               "endpoint_url": k.restore_source_endpoint_url or k.wal_archive_endpoint_url,
-              "credentials_file": SOURCE_CREDENTIALS, "claim_prefix": False, "bin_directory": pg.bin_directory}
+              "credentials_file": SOURCE_CREDENTIALS, "claim_prefix": False, "bin_directory": pg.bin_directory,
+              "prefetch": k.wal_restore_prefetch}
     secrets.put_private("The restore source's read-only S3 keys", credentials.read_text(), SOURCE_CREDENTIALS,
                         user="postgres", group="postgres")
     files.put(name="The restore source's archive", dest=SOURCE_CONFIG, mode="644",

@@ -361,6 +361,7 @@ class Archive(Knobs):
     wal_archive_kms_key_id: _shaped(KMS_KEY.optional()) = Field("", description="The KMS key for aws:kms.")
     wal_archive_compression: Literal["none", "gzip"] = Field("gzip", description="Compression of archived segments.")
     wal_archive_credentials: LocalPath = Field("", description="The archive's S3 keys (JSON: access_key_id, secret_access_key; put, get, list); empty: <secrets_dir>/s3/wal-archiver.json.")
+    wal_restore_prefetch: int = Field(8, ge=0, le=64, description="restore_command fetches this many segments ahead, in parallel, into a spool in pg_wal (16 MiB each, removed when recovery ends); 0: one at a time.")
     wal_archive_preflight: bool = Field(True, description="Check the archive from the control machine before deploying; off only to ship an urgent change during an S3 outage.")
 
     @model_validator(mode="after")

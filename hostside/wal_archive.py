@@ -4,6 +4,7 @@
     wal_archive.py push PATH NAME    archive_command = '... push %p %f'
     wal_archive.py fetch NAME DEST   restore_command = '... fetch %f %p': 0 fetched, 1 absent (or, on a standby,
                                      unreadable after retries), 255 unreadable in a restore: recovery aborts
+    wal_archive.py prefetch PID      fetches ahead of fetch while recovery process PID runs; fetch starts it
     wal_archive.py serve             the resident uploader (mcp-wal-archive.service) push hands off to
     wal_archive.py check             can this host archive? (bucket, credentials, KMS key, clock, prefix owner)
     wal_archive.py seal TIMELINE     after a promotion to TIMELINE: no gap in the parent timeline up to the switch
@@ -17,13 +18,16 @@ Plain Python 3 with Debian's python3-boto3, imported only where S3 is used, so `
 """
 
 import base64
+import contextlib
 import email.utils
 import gzip
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import socketserver
 import struct
 import sys
@@ -51,6 +55,8 @@ FETCH_PAUSES_S = {"restore": (1, 2, 4, 8, 15, 30), "standby": (1,)}
 # PostgreSQL aborts recovery when restore_command exits above 125; 1 means "no such file", the archive's end.
 ABORT_RECOVERY = 255
 MAX_CLOCK_SKEW_S = 300  # S3 refuses signatures beyond 15 min; warn well before
+PREFETCH_DIR = "mcp-prefetch"  # in pg_wal (class Prefetch)
+PREFETCH_IDLE_S = 60  # a prefetcher that was asked for nothing this long leaves, and empties its spool
 
 
 class ArchiveError(Exception):
@@ -429,6 +435,164 @@ class Handler(socketserver.StreamRequestHandler):
         self.wfile.write(reply.encode() + b"\n")
 
 
+class Prefetch:
+    """Segments fetched ahead of restore_command, `depth` at a time in parallel (pgBackRest's asynchronous
+    archive-get), so replay does not wait for one process start and one S3 round trip per segment.
+
+    The spool is a directory in the data directory's pg_wal: a spooled segment reaches PostgreSQL by a rename, and
+    pg_basebackup copies nothing under pg_wal. It holds only the `depth` segments after the one restore_command
+    asked for last, each written under a temporary name and renamed once its stored checksum matched (Archive.fetch).
+    One prefetcher owns the spool while it holds its lock, and empties it when it starts and when it leaves: at
+    once when PostgreSQL's startup process (the recovery) exits, so no prefetcher is left in the cluster's service
+    when a failed start returns; when recovery ended (no recovery.signal or standby.signal); or when nothing was
+    asked for in PREFETCH_IDLE_S. A segment is served only while its prefetcher runs, so none outlives the restore
+    that fetched it."""
+
+    def __init__(self, data_directory, depth):
+        self.data_directory = os.path.abspath(data_directory)
+        self.spool = os.path.join(self.data_directory, "pg_wal", PREFETCH_DIR)
+        self.depth = depth
+        self.wanted_file = os.path.join(self.spool, "wanted")
+
+    def serve(self, name, dest, spawn, wait_s=HANDOFF_TIMEOUT_S, sleep=time.sleep):
+        """restore_command's side: True when `name` came from the spool to `dest`; else the caller fetches it. Says
+        what is wanted next and starts a prefetcher (`spawn`) when none runs."""
+        os.makedirs(self.spool, mode=0o700, exist_ok=True)
+        _write_atomically(self.wanted_file, name.encode())
+        if not self._owned():
+            spawn()
+            return False
+        path = os.path.join(self.spool, name)
+        deadline = time.monotonic() + wait_s
+        while os.path.exists(path + ".fetching") and time.monotonic() < deadline and self._owned():
+            sleep(0.02)  # already on its way: waiting beats fetching it twice
+        if not self._owned():  # its prefetcher left (and emptied the spool, or is about to)
+            return False
+        try:
+            os.rename(path, dest)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _owned(self):
+        """True while a prefetcher holds the spool's lock."""
+        import fcntl
+        try:
+            fd = os.open(os.path.join(self.spool, "lock"), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def run(self, archive, recovery_pid, idle_s=PREFETCH_IDLE_S, poll_s=0.01):
+        """The prefetcher: until process `recovery_pid` exits, recovery ends or nobody asks, keep the `depth` segments
+        after the wanted one in the spool. A segment absent or unreadable is not tried again until something later
+        is wanted (restore_command then fetches it itself and says why)."""
+        import fcntl
+        import select
+        from concurrent.futures import ThreadPoolExecutor
+        try:
+            recovery = os.pidfd_open(recovery_pid)  # readable once that process has exited
+        except ProcessLookupError:
+            return "the recovery had ended; nothing fetched ahead"
+        os.makedirs(self.spool, mode=0o700, exist_ok=True)
+        lock = os.open(os.path.join(self.spool, "lock"), os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            os.close(recovery)
+            return "another prefetcher owns the spool"
+        pool = ThreadPoolExecutor(self.depth)
+        in_flight, given_up, spooled, wanted = {}, set(), set(), None
+        try:
+            archive.s3  # one client for every thread, made before them
+            self._clear(keep=())
+            while True:
+                asked = self._wanted()
+                if not self._recovering():
+                    why = "recovery ended"
+                    break
+                if not asked or time.time() - asked[1] >= idle_s:
+                    why = f"nothing asked for in {idle_s} s"
+                    break
+                if asked[0] != wanted:
+                    wanted, given_up = asked[0], set()
+                window = prefetch_window(wanted, self.depth)
+                self._clear(keep={wanted, *window, *in_flight})
+                for name, future in list(in_flight.items()):
+                    if future.done():
+                        del in_flight[name]
+                        if future.exception() is not None or not future.result():
+                            given_up.add(name)
+                        else:  # once: restore_command may have taken it before `wanted` said so
+                            spooled.add(name)
+                for name in window:
+                    path = os.path.join(self.spool, name)
+                    if name not in in_flight and name not in given_up | spooled and not os.path.exists(path):
+                        open(f"{path}.fetching", "wb").close()  # on its way from now: restore_command waits for it
+                        in_flight[name] = pool.submit(self._fetch, archive, name)
+                if select.select([recovery], [], [], poll_s)[0]:
+                    why = "the recovery process exited"
+                    break
+        finally:
+            # Renamed first: a download still running then finds no spool to write into, and is not waited for.
+            pool.shutdown(wait=False, cancel_futures=True)
+            gone = f"{self.spool}.gone.{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.spool, gone)
+            shutil.rmtree(gone, ignore_errors=True)
+            os.close(lock)
+            os.close(recovery)
+        return f"{why}; {len(spooled)} segments fetched ahead, spool removed"
+
+    def _fetch(self, archive, name):
+        """archive.fetch() into the spool; its .fetching mark goes either way."""
+        path = os.path.join(self.spool, name)
+        try:
+            return archive.fetch(name, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):  # gone once fetch() renamed it into place
+                os.unlink(f"{path}.fetching")
+
+    def _recovering(self):
+        return any(os.path.exists(os.path.join(self.data_directory, f)) for f in ("recovery.signal", "standby.signal"))
+
+    def _wanted(self):
+        """(the segment restore_command asked for last, when it asked), or None."""
+        try:
+            with open(self.wanted_file) as f:
+                name, asked_at = f.read().strip(), os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
+            return None
+        return (name, asked_at) if SEGMENT.match(name) else None
+
+    def _clear(self, keep):
+        """Remove every spooled segment (finished or not) whose name is not in `keep`."""
+        for entry in os.listdir(self.spool):
+            if SEGMENT.match(entry.removesuffix(".fetching")) and entry.removesuffix(".fetching") not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.spool, entry))
+
+
+def prefetch_window(wanted, depth):
+    """The `depth` segments after `wanted`, on its timeline."""
+    start = segment_position(wanted)
+    return [segment_name(timeline_of(wanted), start + i * WAL_SEGMENT_BYTES) for i in range(1, depth + 1)]
+
+
+def _write_atomically(path, data):
+    partial = f"{path}.{os.getpid()}"
+    with open(partial, "wb") as f:
+        f.write(data)
+    os.rename(partial, path)
+
+
 def handoff(socket_path, path, name):
     """The uploader's verdict for one segment: (ok, message); None when no uploader is listening."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -465,6 +629,47 @@ def recovery_kind(directory="."):
     return "standby" if os.path.exists(os.path.join(directory, "standby.signal")) else "restore"
 
 
+def served_ahead(config, name, dest, program):
+    """restore_command: True when the prefetcher had `name` ready (config's `prefetch` segments ahead; 0: off); it
+    is started (`program` prefetch, in its own session) when none runs. Any trouble here only means fetching it
+    the usual way."""
+    depth = int(config.get("prefetch") or 0)
+    if not depth or not SEGMENT.match(name):
+        return False
+
+    recovery = recovery_process()
+    if recovery is None:
+        return False
+
+    def spawn():
+        subprocess.Popen([program, "prefetch", str(recovery)], start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, close_fds=True)
+    try:
+        return Prefetch(".", depth).serve(name, dest, spawn)
+    except OSError as exc:
+        print(f"wal_archive fetch {name}: the prefetch spool failed ({exc}); fetching it directly", file=sys.stderr)
+        return False
+
+
+def recovery_process(proc="/proc"):
+    """The pid of PostgreSQL's startup process, which runs restore_command through a shell: the nearest ancestor
+    named postgres (MCP_WAL_PREFETCH_WATCH_PID names another, for a benchmark); None when there is none."""
+    if os.environ.get("MCP_WAL_PREFETCH_WATCH_PID"):
+        return int(os.environ["MCP_WAL_PREFETCH_WATCH_PID"])
+    pid = os.getppid()
+    for _ in range(4):  # restore_command <- sh <- startup process
+        try:
+            with open(f"{proc}/{pid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            return None
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if name == "postgres":
+            return pid
+        pid = int(fields[1])  # the parent's
+    return None
+
+
 def fetch_failed(name, exc, kind):
     """The exit status for restore_command after `name` could not be fetched, said in one line: on a standby 1,
     so it keeps streaming from the primary and Patroni does not restart it in a loop, counted for monitoring; in a
@@ -485,7 +690,7 @@ def fetch_failed(name, exc, kind):
 
 def main(argv):
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else ("", [])
-    usage = {"push": 2, "fetch": 2, "serve": 0, "check": 0, "seal": 1}
+    usage = {"push": 2, "fetch": 2, "prefetch": 1, "serve": 0, "check": 0, "seal": 1}
     if usage.get(command) != len(args):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
@@ -507,12 +712,18 @@ def main(argv):
             return 0
         if command == "fetch":
             kind = recovery_kind()
+            if served_ahead(config, *args, program=argv[0]):
+                return 0
             try:
                 return 0 if Archive(config).fetch_patiently(*args, FETCH_PAUSES_S[kind]) else 1
             except Exception as exc:  # noqa: BLE001 (after its tries, any failure is the same kind of answer)
                 return fetch_failed(args[0], exc, kind)
         if command == "serve":
             Uploader(config["socket"], Archive(config)).serve_forever()
+        if command == "prefetch":
+            print(f"wal_archive prefetch: {Prefetch('.', config['prefetch']).run(Archive(config), int(args[0]))}",
+                  file=sys.stderr, flush=True)
+            os._exit(0)  # without waiting for a download that no one will read
         if command == "seal":
             parent, last, backfilled, missing = Archive(config).seal(int(args[0]), os.path.join(config["data_directory"], "pg_wal"))
             print(f"timeline {parent} ends in {last}; archived now: {', '.join(backfilled) or 'none'}; "

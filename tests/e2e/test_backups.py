@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import subprocess
 import tarfile
 import time
@@ -120,6 +121,11 @@ def test_point_in_time_restore_has_what_came_before_the_target_and_not_after(bac
     assert restored_cluster(f"select string_agg(label, ',') from pitr_probe where label like '_{run}'") == f"A{run}"
     assert restored_cluster("show archive_mode") == "off"
     assert restored_cluster("select pg_is_in_recovery()") == "f"
+    # restore_command's prefetcher (wal_restore_prefetch) served segments, and left with its spool at the promotion.
+    ahead = re.findall(r"wal_archive prefetch: recovery ended; (\d+) segments fetched ahead", on(RESTORE_HOST, f"cat {RESTORE_LOG}").stdout)
+    assert ahead and int(ahead[-1]) >= 1
+    assert on(RESTORE_HOST, "ls -A /var/lib/postgresql/17/restore/pg_wal").stdout.split().count("mcp-prefetch") == 0
+    assert on(RESTORE_HOST, "pgrep -f 'mcp-wal-archiv[e] prefetch'", check=False).returncode == 1
 
 
 @pytest.fixture(scope="module")

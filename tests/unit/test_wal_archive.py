@@ -2,7 +2,9 @@
 over a real Unix socket. Its S3 behaviour is tested on the fleet (tests/e2e/test_wal_archive.py)."""
 
 import hashlib
+import os
 import socket
+import subprocess
 import struct
 import threading
 import time
@@ -285,3 +287,165 @@ def test_a_restore_aborts_recovery_and_a_standby_goes_on_streaming_and_is_counte
     assert wal_archive.fetch_failed("000000010000000000000003", ConnectionError("cut"), "standby") == 1
     assert "this standby goes on streaming from the primary" in capsys.readouterr().err
     assert "mcp_wal_restore_last_failure_timestamp_seconds " in (tmp_path / "wal_restore.prom").read_text()
+
+
+# -- restore_command's prefetch ------------------------------------------------------------------------------
+
+SEGMENTS = [segment_name(1, i * SEGMENT_BYTES) for i in range(3, 23)]
+
+
+class CountingArchive(MemoryArchive):
+    """Counts reads; a name in `tampered` fails its checksum, as Archive.read says it."""
+
+    def __init__(self, objects, tampered=(), delay_s=0.0):
+        super().__init__(objects)
+        self._s3 = object()  # no S3 client is made
+        self.reads, self.tampered, self.delay_s = [], set(tampered), delay_s
+
+    def read(self, name):
+        self.reads.append(name)
+        time.sleep(self.delay_s)
+        if name in self.tampered:
+            raise ArchiveError(f"{name} does not match its stored sha256: not restored")
+        return super().read(name)
+
+
+@pytest.fixture
+def recovering(tmp_path):
+    """A data directory in recovery, and the prefetchers started in it (threads, as `prefetch` processes)."""
+    (tmp_path / "pg_wal").mkdir()
+    (tmp_path / "recovery.signal").touch()
+    started = []
+
+    def prefetch(archive, depth=4, idle_s=60, recovery_pid=os.getpid()):
+        thread = threading.Thread(
+            target=lambda: wal_archive.Prefetch(tmp_path, depth).run(archive, recovery_pid, idle_s=idle_s), daemon=True)
+        started.append(thread)
+        return thread.start
+
+    yield tmp_path, prefetch, started
+    (tmp_path / "recovery.signal").unlink(missing_ok=True)
+    for thread in started:
+        thread.join(5)
+
+
+def replay(datadir, archive, names, spawn, depth=4, replay_s=0.0):
+    """restore_command for each name in turn, as PostgreSQL calls it (replaying each for `replay_s`); how each
+    arrived, and their bytes."""
+    how, contents = [], []
+    dest = datadir / "pg_wal" / "RECOVERYXLOG"
+    for name in names:
+        if wal_archive.Prefetch(datadir, depth).serve(name, str(dest), spawn):
+            how.append("spool")
+        else:
+            assert archive.fetch(name, str(dest))
+            how.append("direct")
+        contents.append(dest.read_bytes())
+        dest.unlink()
+        time.sleep(replay_s)
+    return how, contents
+
+
+def eventually(check, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.01)
+
+
+def test_the_prefetch_window_is_the_segments_after_the_wanted_one_on_its_timeline():
+    assert wal_archive.prefetch_window("0000000200000000000000FE", 3) == [
+        "0000000200000000000000FF", "000000020000000100000000", "000000020000000100000001"]
+
+
+def test_after_the_first_segment_every_one_comes_from_the_spool_each_read_once_with_its_bytes(recovering):
+    datadir, prefetch, _ = recovering
+    objects = {n: n.encode() * 1000 for n in SEGMENTS}
+    archive = CountingArchive(objects, delay_s=0.01)
+    how, contents = replay(datadir, archive, SEGMENTS, prefetch(archive), replay_s=0.05)
+    assert how == ["direct"] + ["spool"] * (len(SEGMENTS) - 1)
+    assert contents == [objects[n] for n in SEGMENTS]
+    served = [n for n in archive.reads if n in objects]  # (a name past the archive's end is asked again later)
+    assert sorted(served) == SEGMENTS  # each read once
+
+
+def test_the_spool_holds_at_most_depth_segments_after_the_wanted_one(recovering):
+    datadir, prefetch, _ = recovering
+    archive = CountingArchive({n: b"x" for n in SEGMENTS})
+    replay(datadir, archive, SEGMENTS[:1], prefetch(archive, depth=3), depth=3)
+    spool = datadir / "pg_wal" / wal_archive.PREFETCH_DIR
+    eventually(lambda: {p.name for p in spool.iterdir() if SEGMENT.match(p.name)} == set(SEGMENTS[1:4]))
+    time.sleep(0.2)
+    assert {p.name for p in spool.iterdir() if SEGMENT.match(p.name)} == set(SEGMENTS[1:4])
+
+
+def test_a_tampered_or_absent_segment_never_reaches_the_spool_and_restore_command_refuses_it_itself(recovering):
+    datadir, prefetch, _ = recovering
+    archive = CountingArchive({n: b"x" for n in SEGMENTS[:5]}, tampered={SEGMENTS[2]})
+    spawn = prefetch(archive)
+    replay(datadir, archive, SEGMENTS[:2], spawn)
+    assert not wal_archive.Prefetch(datadir, 4).serve(SEGMENTS[2], str(datadir / "pg_wal" / "RECOVERYXLOG"), spawn)
+    with pytest.raises(ArchiveError, match="does not match its stored sha256"):
+        archive.fetch(SEGMENTS[2], str(datadir / "pg_wal" / "RECOVERYXLOG"))
+    how, _ = replay(datadir, archive, SEGMENTS[3:5], spawn)
+    assert how[1] == "spool"
+    assert not wal_archive.Prefetch(datadir, 4).serve(SEGMENTS[5], str(datadir / "pg_wal" / "RECOVERYXLOG"), spawn)
+
+
+def test_the_spool_is_gone_when_recovery_ends_and_when_nothing_is_asked(recovering):
+    datadir, prefetch, started = recovering
+    archive = CountingArchive({n: b"x" for n in SEGMENTS})
+    spool = datadir / "pg_wal" / wal_archive.PREFETCH_DIR
+    replay(datadir, archive, SEGMENTS[:2], prefetch(archive))
+    (datadir / "recovery.signal").unlink()  # promoted
+    started[0].join(5)
+    assert not spool.exists()
+    (datadir / "recovery.signal").touch()
+    replay(datadir, archive, SEGMENTS[2:3], prefetch(archive, idle_s=0.3))
+    started[1].join(5)
+    assert not started[1].is_alive() and not spool.exists()
+
+
+def test_a_spool_without_its_prefetcher_is_never_served(recovering):
+    """Left by a killed prefetcher (maybe of another archive): only a live prefetcher's segments are served, and
+    the next one empties the spool before it starts."""
+    datadir, prefetch, _ = recovering
+    spool = datadir / "pg_wal" / wal_archive.PREFETCH_DIR
+    spool.mkdir()
+    (spool / "lock").touch()
+    (spool / SEGMENTS[1]).write_bytes(b"stale")
+    spawned = []
+    assert not wal_archive.Prefetch(datadir, 4).serve(SEGMENTS[1], str(datadir / "pg_wal" / "RECOVERYXLOG"),
+                                                      lambda: spawned.append(1))
+    assert spawned == [1] and not (datadir / "pg_wal" / "RECOVERYXLOG").exists()
+    archive = CountingArchive({n: n.encode() for n in SEGMENTS})
+    how, contents = replay(datadir, archive, SEGMENTS[1:4], prefetch(archive))
+    assert contents == [n.encode() for n in SEGMENTS[1:4]]
+
+
+def test_the_prefetcher_leaves_at_once_when_the_recovery_process_exits(recovering):
+    """A start that fails (recovery aborted) must not leave a prefetcher in the cluster's service: systemd would
+    wait for it before it calls the start failed."""
+    datadir, prefetch, started = recovering
+    startup = subprocess.Popen(["sleep", "60"])
+    archive = CountingArchive({n: b"x" for n in SEGMENTS})
+    replay(datadir, archive, SEGMENTS[:1], prefetch(archive, recovery_pid=startup.pid))
+    eventually(lambda: (datadir / "pg_wal" / wal_archive.PREFETCH_DIR / SEGMENTS[1]).exists())
+    startup.kill()
+    startup.wait()
+    killed = time.monotonic()
+    started[0].join(5)
+    assert time.monotonic() - killed < 0.5 and not started[0].is_alive()
+    assert list((datadir / "pg_wal").iterdir()) == []  # recovery.signal is still there: only the exit ended it
+
+
+def test_the_recovery_process_is_the_nearest_ancestor_named_postgres(tmp_path, monkeypatch):
+    """restore_command <- sh <- postgres (the startup process); `(sh)` with a space in a name parses too."""
+    monkeypatch.delenv("MCP_WAL_PREFETCH_WATCH_PID", raising=False)
+    monkeypatch.setattr(os, "getppid", lambda: 30)
+    for pid, name, parent in ((30, "sh", 20), (20, "postgres", 10), (10, "postgres", 1)):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) S {parent} 1 1 0 -1\n")
+    assert wal_archive.recovery_process(str(tmp_path)) == 20
+    (tmp_path / "20" / "stat").write_text("20 (my prog) S 1 1 1 0 -1\n")
+    assert wal_archive.recovery_process(str(tmp_path)) is None
