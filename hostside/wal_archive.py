@@ -57,6 +57,7 @@ ABORT_RECOVERY = 255
 MAX_CLOCK_SKEW_S = 300  # S3 refuses signatures beyond 15 min; warn well before
 PREFETCH_DIR = "mcp-prefetch"  # in pg_wal (class Prefetch)
 PREFETCH_IDLE_S = 60  # a prefetcher that was asked for nothing this long leaves, and empties its spool
+PREFETCH_WAIT_S = 30  # restore_command waits this long for a segment on its way, then fetches it itself
 
 
 class ArchiveError(Exception):
@@ -454,7 +455,7 @@ class Prefetch:
         self.depth = depth
         self.wanted_file = os.path.join(self.spool, "wanted")
 
-    def serve(self, name, dest, spawn, wait_s=HANDOFF_TIMEOUT_S, sleep=time.sleep):
+    def serve(self, name, dest, spawn, wait_s=PREFETCH_WAIT_S, sleep=time.sleep):
         """restore_command's side: True when `name` came from the spool to `dest`; else the caller fetches it. Says
         what is wanted next and starts a prefetcher (`spawn`) when none runs."""
         os.makedirs(self.spool, mode=0o700, exist_ok=True)
