@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from remote import leader, on
+from remote import leader, on, real_segments
 
 HOST = leader()
 SEGMENTS = 40
@@ -99,31 +99,11 @@ print(json.dumps({"segments": len(files), "bytes": sum(os.path.getsize(f"{source
                   "seconds": results, "identical": checked, "failed": failed}))
 '''
 
-PREPARE = f"""set -e
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq awscli barman-cli-cloud >/dev/null
-runuser -u postgres -- psql -qX -c 'drop database if exists bench_wal' -c 'create database bench_wal'
-runuser -u postgres -- pgbench -i -s 60 -q bench_wal 2>/dev/null
-rm -rf /var/tmp/bench-wal && mkdir /var/tmp/bench-wal
-cd /var/lib/postgresql/17/main/pg_wal
-current=$(runuser -u postgres -- psql -XtAc 'select pg_walfile_name(pg_current_wal_lsn())')
-# The most recently written segments but the current one, renamed to consecutive names on timeline 0x7E (a
-# prefetcher reads ahead by name; restore_command does not look inside).
-n=0
-for f in $(ls -t | grep -E '^[0-9A-F]{{24}}$' | grep -v "$current" | head -n {SEGMENTS}); do
-  cp "$f" /var/tmp/bench-wal/$(printf '0000007E00000000%08X' $((n + 1))); n=$((n + 1))
-done
-chown -R postgres: /var/tmp/bench-wal
-runuser -u postgres -- psql -qX -c 'drop database bench_wal'
-ls /var/tmp/bench-wal | wc -l
-"""
-
 
 def main():
     if os.geteuid() != 0:
         sys.exit("bench/replay.py: run as root (it uses the fleet): make bench-replay")
-    copied = int(on(HOST, PREPARE, timeout=1200).stdout.split()[-1])
-    if copied < SEGMENTS:
-        sys.exit(f"bench/replay.py: only {copied} closed segments in pg_wal; expected {SEGMENTS}")
+    real_segments(HOST, SEGMENTS, scale=60, timeline=0x7E)
     run = time.strftime("%Y%m%dT%H%M%S")
     measured = json.loads(on(HOST, f"python3 - {run} {','.join(map(str, DEPTHS))} <<'PY'\n{RUNNER}\nPY",
                              timeout=3600).stdout.strip().splitlines()[-1])
