@@ -648,7 +648,7 @@ def served_ahead(config, name, dest, program):
     try:
         return Prefetch(".", depth).serve(name, dest, spawn)
     except OSError as exc:
-        print(f"wal_archive fetch {name}: the prefetch spool failed ({exc}); fetching it directly", file=sys.stderr)
+        print(f"wal_archive fetch {name}: prefetching failed ({exc}); fetching it directly", file=sys.stderr)
         return False
 
 

@@ -449,3 +449,12 @@ def test_the_recovery_process_is_the_nearest_ancestor_named_postgres(tmp_path, m
     assert wal_archive.recovery_process(str(tmp_path)) == 20
     (tmp_path / "20" / "stat").write_text("20 (my prog) S 1 1 1 0 -1\n")
     assert wal_archive.recovery_process(str(tmp_path)) is None
+
+
+def test_a_prefetcher_that_cannot_start_leaves_restore_command_to_fetch_as_before(recovering, monkeypatch, capsys):
+    datadir, _, _ = recovering
+    monkeypatch.chdir(datadir)
+    monkeypatch.setenv("MCP_WAL_PREFETCH_WATCH_PID", str(os.getpid()))
+    assert not wal_archive.served_ahead({"prefetch": 4}, SEGMENTS[0], "pg_wal/RECOVERYXLOG", program="/nonexistent/mcp")
+    assert "prefetching failed (" in capsys.readouterr().err
+    assert not wal_archive.served_ahead({"prefetch": 0}, SEGMENTS[0], "pg_wal/RECOVERYXLOG", program="/nonexistent/mcp")
