@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fleet.access import Access
@@ -29,6 +30,24 @@ def on(host, command, check=True, timeout=120, input_text=None):
     if check and result.returncode != 0:
         raise AssertionError(f"{host}: `{command}` exited {result.returncode}: {result.stderr.strip()}")
     return result
+
+
+def host_clock(host):
+    """The host's time now, as journalctl's --since takes it."""
+    return "@" + on(host, "date +%s.%N").stdout.strip()
+
+
+def logged(host, unit, *expected, options="", timeout=10):
+    """The unit's journal (`journalctl -u unit -o cat options`) once it holds a line and every one of `expected`.
+    A service's output reaches journald through a stream socket, so its last lines may land after `systemctl
+    start` has returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = on(host, f"journalctl -u {unit} -o cat --no-pager {options}").stdout
+        if text.strip() and all(line in text for line in expected):
+            return text
+        assert time.monotonic() < deadline, f"{host}: {unit}'s journal lacks {expected} after {timeout}s:\n{text[-2000:]}"
+        time.sleep(0.2)
 
 
 def nspawn_pids():

@@ -22,7 +22,7 @@ from hostside import layout
 from hostside.base_backup import lsn_value as lsn_of
 from tests.e2e.test_deploy import REPO, pyinfra_argv
 from tests.e2e.test_wal_archive import BUCKET, PREFIX, eventually, psql, switch
-from tests.fleet_helpers import fleet, on
+from tests.fleet_helpers import fleet, host_clock, logged, on
 from tests.metrics import scrape, value
 
 PRIMARY, REPLICA, RESTORE_HOST = "pg-1", "pg-2", "pg-3"  # pg-1 leads (conftest.py)
@@ -76,8 +76,7 @@ def test_a_backup_is_verified_uploaded_with_its_checksum_and_recorded(s3, backup
     # The bucket's default lock holds every version for the recovery window: no key can delete or shorten it.
     assert obj["ObjectLockMode"] == "COMPLIANCE"
     assert obj["ObjectLockRetainUntilDate"].timestamp() > time.time() + 29 * 86400
-    journal = on(PRIMARY, f"journalctl -u {UNIT} --no-pager -o cat").stdout
-    assert f"{backup['id']}: pg_verifybackup" in journal and f"{backup['id']}: done in" in journal
+    logged(PRIMARY, UNIT, f"{backup['id']}: pg_verifybackup", f"{backup['id']}: done in")
 
 
 def test_the_timer_is_persistent_and_a_failure_is_recorded_until_the_next_success():
@@ -100,9 +99,9 @@ def unit_failed(host, unit):
 
 
 def test_on_a_replica_the_backup_does_nothing_and_says_why(s3, backup):
+    since = host_clock(REPLICA)
     on(REPLICA, f"systemctl start {UNIT}")
-    journal = on(REPLICA, f"journalctl -u {UNIT} --no-pager -o cat").stdout
-    assert "base backups run on the leader only; nothing to do" in journal
+    logged(REPLICA, UNIT, "base backups run on the leader only; nothing to do", options=f"--since {since}")
     assert records(s3)[-1]["id"] >= backup["id"]  # and nothing newer came from the replica
     assert all(r["system_identifier"] == backup["system_identifier"] for r in records(s3))
 
@@ -447,9 +446,9 @@ def test_the_drill_restores_the_newest_backup_and_finds_the_canary(backup):
 
 def test_on_a_replica_the_drill_does_nothing_and_says_why():
     assert on(REPLICA, "systemctl is-enabled mcp-restore-drill.timer").stdout.strip() == "enabled"  # it follows the leader
+    since = host_clock(REPLICA)
     on(REPLICA, f"systemctl start {DRILL}")
-    log = on(REPLICA, f"journalctl -u {DRILL} -n 5 --no-pager -o cat").stdout
-    assert "the restore drill run on the leader only; nothing to do" in log
+    logged(REPLICA, DRILL, "the restore drill run on the leader only; nothing to do", options=f"--since {since}")
 
 
 def test_a_drill_on_a_backup_corrupted_inside_fails_loudly_and_is_recorded(s3):

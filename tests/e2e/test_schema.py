@@ -14,7 +14,7 @@ from deploys.schema import PROJECT, plan_changes, sqitch_command
 from hostside import layout
 from tests.e2e.test_pgbouncer import connect, password
 from tests.e2e.test_replication import eventually
-from tests.fleet_helpers import on
+from tests.fleet_helpers import host_clock, logged, on
 
 PRIMARY = "pg-1"
 TAG = "e2e-schema"
@@ -320,8 +320,10 @@ def month(offset):
 
 
 def run_partition_job(host=PRIMARY):
+    """What the job logs when started now (its last line)."""
+    since = host_clock(host)
     on(host, "systemctl start mcp-audit-partitions.service", timeout=120)
-    return on(host, "journalctl -u mcp-audit-partitions.service -t mcp-portal-jobs -n 1 -o cat").stdout.strip()
+    return logged(host, "mcp-audit-partitions.service", options=f"-t mcp-portal-jobs --since {since}").strip().splitlines()[-1]
 
 
 def drop_month(name):
