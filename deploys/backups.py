@@ -46,7 +46,7 @@ def base_backups():
     units = [
         files.template(name="Base backup service", src="templates/base-backup.service.j2",
                        dest=f"/etc/systemd/system/{UNIT}.service", mode="644", program=PROGRAM,
-                       work_dir=k.backup_work_dir, timeout_s=k.backup_timeout_s),
+                       work_dir=k.backup_work_dir, timeout_s=k.backup_timeout_s, full_every_days=k.backup_full_every_days),
         files.template(name="Base backup timer", src="templates/base-backup.timer.j2",
                        dest=f"/etc/systemd/system/{UNIT}.timer", mode="644", schedule=k.backup_schedule),
         files.template(name="Retention service", src="templates/backup-retention.service.j2",

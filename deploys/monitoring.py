@@ -60,6 +60,9 @@ def _tier_gauges(database_host):
              k.wal_archive_max_age_s),
             ("mcp_base_backup_max_age_seconds", "Oldest a primary's last base backup may be (backup_max_age_h).",
              k.backup_max_age_h * 3600),
+            ("mcp_base_backup_full_max_age_seconds", "Oldest the full backup the last backup's chain starts with may "
+             "be (backup_full_every_days, and backup_max_age_h for the run that takes the next one).",
+             k.backup_full_every_days * 86400 + k.backup_max_age_h * 3600),
             ("mcp_backup_retention_max_age_seconds", "Oldest a primary's last retention run may be.",
              k.backup_retention_max_age_h * 3600),
         ]

@@ -39,6 +39,8 @@ TIER_SETTINGS = {
     # Recent WAL kept without a slot: a member rejoining after a failover finds it before its slot is back on the
     # new leader (Patroni's default too; it ignores 0).
     "wal_keep_size": "128MB",
+    # Incremental base backups (backup_full_every_days) read the WAL summaries since their parent began.
+    "summarize_wal": "on",
     # Archiving is switched on by the WAL-archiving deploy; archive_timeout is the assessment's 5 min.
     "archive_mode": "off",
     "archive_timeout": "300s",

@@ -36,6 +36,9 @@ wal_archive_prefix = "local"
 wal_archive_credentials = ".fleet/s3/wal-archiver.json"
 # Retention's own keys, the only ones that may delete.
 backup_retention_credentials = ".fleet/s3/backup-retention.json"
+# Every timer backup full, so each test's backup stands alone; tests/e2e/test_incremental_backups.py takes
+# incremental ones with the default schedule's flag.
+backup_full_every_days = 0
 
 # The portal's data keys are wrapped by the endpoint's second KMS key; `fleet up` issues a user that may only
 # make and unwrap data keys with it.

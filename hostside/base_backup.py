@@ -1,16 +1,21 @@
 #!/usr/bin/python3
 """Verified base backups to S3, and restores from them.
 
-    base_backup.py run        one backup (mcp-base-backup.service): pg_basebackup -> pg_verifybackup -> pack ->
-                              multipart upload with checksums and SSE -> completion record
+    base_backup.py run --work-dir DIR [--full-every-days N]
+                              one backup (mcp-base-backup.service): pg_basebackup -> pg_verifybackup -> pack ->
+                              multipart upload with checksums and SSE -> completion record. Incremental on top of
+                              the newest backup (--incremental, PostgreSQL 17's WAL summaries) while the full backup
+                              its chain starts with began less than N days ago, and then verified as its chain
+                              restores: every link downloaded, pg_combinebackup into DIR, pg_verifybackup
     base_backup.py list       the backups in the archive, oldest first (JSON lines)
     base_backup.py retain --window-days N --max-delete-percent P
                               delete what a restore to any time in the last N days does not need (mcp-backup-
                               retention.service, with credentials that may delete); a run that would delete more
                               than P% of the prefix's object versions deletes nothing and fails
     base_backup.py restore DATADIR [--target-time T | --target-lsn L | --target-xid X | --target-name N]
-                              the newest verified backup that ends before the target, unpacked, verified and set
-                              up to replay WAL from the archive to the target and then stop (recovery.signal)
+                              the newest verified backup that ends before the target (an incremental one: its
+                              whole chain, combined with pg_combinebackup), unpacked, verified and set up to replay
+                              WAL from the archive to the target and then stop (recovery.signal)
     base_backup.py replayed DATADIR
                               after a restore without a target, promoted: did replay reach the archive's last
                               segment? (a gap ends recovery early as if the archive ended there)
@@ -21,7 +26,8 @@
 
 The completion records live in the bucket, where every database host's keys may put: retention and restores
 trust a record only once it agrees with what S3 itself says about the backup's objects (one version each, S3's
-own dates and sizes) and with the backup's manifest (`Backups.vet`).
+own dates and sizes) and with the backup's manifest, and an incremental backup only while every link of its chain
+is trusted (`Backups.vet`).
 
 Runs only where `pg_is_in_recovery()` is false: on a standby `run` says so and exits 0. Settings come from the
 WAL archiver's configuration (/etc/mcp-portal/wal-archive.json): same bucket, prefix and keys.
@@ -173,7 +179,8 @@ class Backups:
                 trusted.append(self._vetted(backup_id, versions, owner))
             except Distrust as exc:
                 refused.append((backup_id, str(exc)))
-        return trusted, refused
+        trusted, broken = whole_chains(trusted)
+        return trusted, sorted(refused + broken)
 
     def _vetted(self, backup_id, versions, owner):
         objects = {}
@@ -210,7 +217,7 @@ class Backups:
                     conflicts.append(key)
         return sorted(conflicts)
 
-    def run(self, work_root):
+    def run(self, work_root, full_every_s=0.0):
         if on_standby("base backups"):
             return None
         self.archive.check_owner()
@@ -220,16 +227,20 @@ class Backups:
         data = os.path.join(work, "data")
         os.makedirs(work, mode=0o700)
         try:
-            say(f"{backup_id}: pg_basebackup (plain, WAL streamed, fast checkpoint, SHA-256 manifest)")
-            subprocess.run([f"{self.bin}/pg_basebackup", "-D", data, "-Fp", "-X", "stream", "-c", "fast",
-                            "--manifest-checksums=SHA256", "-l", f"mcp-portal {backup_id}", "-h", layout.SOCKET_DIR],
-                           check=True)
+            parent = None
+            if full_every_s > 0:  # every record vetted: a broken chain is never built on
+                trusted, _ = self.vet(self.versions())
+                parent = incremental_parent(trusted, started, full_every_s,
+                                            int(psql(f"select {wal_archive.CURRENT_TIMELINE_SQL}")))
+            links = self.taken(backup_id, data, parent and self.links(parent, trusted), work)
             copied = time.time()
             # Every transaction id from here on was assigned after the backup ended, so commits after it: what
             # makes this backup a start for a restore to such an xid.
             next_xid = int(psql("select pg_snapshot_xmax(pg_current_snapshot())"))
             say(f"{backup_id}: pg_verifybackup")
             subprocess.run([f"{self.bin}/pg_verifybackup", data], check=True)
+            if links:  # what a restore does with it: every link from S3, combined, verified
+                self.assemble(links + [{"id": backup_id}], os.path.join(work, "chain"), here={backup_id: data})
             verified = time.time()
             timeline, start_lsn, end_lsn = wal_range(os.path.join(data, "backup_manifest"))
             packed = os.path.join(work, ARCHIVE)
@@ -248,16 +259,76 @@ class Backups:
                 "start_lsn": start_lsn, "end_lsn": end_lsn, "started_at": started, "finished_at": finished,
                 "size_bytes": hashing.size, "sha256": hashing.sha256.hexdigest(), "verified": True,
                 "manifest_sha256": hashlib.sha256(manifest).hexdigest(), "next_xid": next_xid,
+                "chain": [r["id"] for r in links] + [backup_id],
                 "durations_s": {"pg_basebackup": round(copied - started, 1), "pg_verifybackup": round(verified - copied, 1),
                                 "pack_and_upload": round(finished - verified, 1)},
                 "server_version": psql("show server_version"),
             }
             body = json.dumps(record, indent=1).encode()
             self.archive.put_new(self.key(backup_id, RECORD), body)
-            say(f"{backup_id}: done in {finished - started:.1f} s, WAL {start_lsn}..{end_lsn} on timeline {timeline}")
+            kind = f"incremental on {links[-1]['id']}, chain of {len(links) + 1}" if links else "full"
+            say(f"{backup_id}: done in {finished - started:.1f} s ({kind}), WAL {start_lsn}..{end_lsn} on timeline "
+                f"{timeline}")
             return record
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def taken(self, backup_id, data, links, work):
+        """pg_basebackup into `data`: incremental on the last of `links` (trusted records, full first) when there
+        are any, else full, and full too when the incremental one fails (the WAL summaries since its parent's start
+        are gone, or began after it). The links it was taken on ([] for a full backup)."""
+        command = [f"{self.bin}/pg_basebackup", "-D", data, "-Fp", "-X", "stream", "-c", "fast",
+                   "--manifest-checksums=SHA256", "-l", f"mcp-portal {backup_id}", "-h", layout.SOCKET_DIR]
+        if links:
+            parent = links[-1]
+            manifest = os.path.join(work, "parent_manifest")
+            self.archive.s3.download_file(self.archive.bucket, self.key(parent["id"], MANIFEST), manifest)
+            if sha256_of(manifest) != parent["manifest_sha256"]:
+                raise wal_archive.ArchiveError(f"backup {parent['id']}'s manifest does not match its record")
+            say(f"{backup_id}: pg_basebackup --incremental on {parent['id']} (its chain: {len(links)} backups)")
+            if subprocess.run(command + [f"--incremental={manifest}"]).returncode == 0:
+                return links
+            say(f"{backup_id}: the incremental backup failed (above): a full one instead")
+            shutil.rmtree(data, ignore_errors=True)
+        say(f"{backup_id}: pg_basebackup (full, plain, WAL streamed, fast checkpoint, SHA-256 manifest)")
+        subprocess.run(command, check=True)
+        return []
+
+    def links(self, record, trusted):
+        """The trusted records a restore of `record` combines, full backup first (vet() keeps only whole chains)."""
+        by_id = {r["id"]: r for r in trusted}
+        return [by_id[backup_id] for backup_id in chain_ids(record)]
+
+    def unpacked(self, record, into):
+        """Backup `record`'s archive, downloaded (checked against its recorded sha256) and unpacked: its data
+        directory, `into`/data."""
+        os.makedirs(into, mode=0o700)
+        packed = os.path.join(into, ARCHIVE)
+        download(self.archive, self.key(record["id"], ARCHIVE), packed, record["sha256"])
+        with tarfile.open(packed, "r:gz") as tar:
+            tar.extractall(into, filter="data")
+        os.unlink(packed)
+        return os.path.join(into, "data")
+
+    def assemble(self, links, work, here=None):
+        """The data directory `links` (records, full backup first) restore to, verified, under `work`: a full
+        backup's own, or pg_combinebackup's of the chain. `here`: {backup id: data directory already on this host}."""
+        here = here or {}
+        os.makedirs(work, mode=0o700, exist_ok=True)
+        parts = [here.get(r["id"]) or self.unpacked(r, os.path.join(work, r["id"])) for r in links]
+        if len(parts) == 1:
+            data = parts[0]
+        else:
+            data = os.path.join(work, "combined")
+            say(f"pg_combinebackup of {len(parts)} backups ({links[0]['id']} .. {links[-1]['id']})")
+            subprocess.run([f"{self.bin}/pg_combinebackup", "--manifest-checksums=SHA256", "-o", data, *parts],
+                           check=True)
+            for part in parts:
+                if part not in here.values():  # a link's copy goes as soon as it is combined: disk for one more
+                    shutil.rmtree(os.path.dirname(part), ignore_errors=True)
+        say(f"pg_verifybackup on the {'combined chain' if len(parts) > 1 else 'restored copy'}")
+        subprocess.run([f"{self.bin}/pg_verifybackup", data], check=True)
+        return data
 
     def retain(self, window_s, max_delete_percent, now=None):
         """Delete what a point-in-time restore to any moment of the last `window_s` seconds does not need: the
@@ -330,10 +401,12 @@ class Backups:
     def choose(self, target_time=None, target_lsn=None, target_xid=None):
         """The newest trusted backup of the cluster the prefix belongs to that ends before the target (for an xid:
         whose next transaction id at its end is at most the target's, so the target commits after it; the prefix
-        may be another environment's: a staging rebuild restores prod's backups on a host of its own). Refused
-        when any key in the prefix holds versions with different content."""
+        may be another environment's: a staging rebuild restores prod's backups on a host of its own), as the
+        records a restore combines (links(): itself alone for a full backup). Refused when any key in the prefix
+        holds versions with different content."""
         versions = self.versions()
         candidates, refused = self.vet(versions)
+        trusted = list(candidates)
         for backup_id, why in refused:
             say(f"backup {backup_id} is not used: {why}")
         problem = target_problem(candidates, archived_segments(versions, self.archive.prefix), target_time, target_lsn)
@@ -353,7 +426,7 @@ class Backups:
                 f"REFUSED: s3://{self.archive.bucket}/{conflicts[0]} (and {len(conflicts) - 1} more) holds versions "
                 f"with different content, and a restore from backup {candidates[-1]['id']} reads it; the tier never "
                 "overwrites, so something else wrote into the archive: investigate before restoring (docs/backups.md)")
-        return candidates[-1]
+        return self.links(candidates[-1], trusted)
 
     def restore_point(self, name, scratch):
         """The LSN of restore point `name`: pg_waldump over the archived segments, newest first, down to the oldest
@@ -394,24 +467,19 @@ class Backups:
         if targets.get("recovery_target_name"):
             target_lsn = self.restore_point(targets["recovery_target_name"], os.path.join(parent, ".restore-point"))
             say(f"restore point {targets['recovery_target_name']} is at {target_lsn}")
-        record = self.choose(epoch, target_lsn, targets.get("recovery_target_xid"))
-        say(f"restoring backup {record['id']} (WAL {record['start_lsn']}..{record['end_lsn']})")
-        packed = os.path.join(parent, f".{record['id']}.{ARCHIVE}")
-        unpack = os.path.join(parent, f".{record['id']}.unpacked")
+        links = self.choose(epoch, target_lsn, targets.get("recovery_target_xid"))
+        record = links[-1]
+        chain = f", incremental: its chain is {' '.join(r['id'] for r in links)}" if len(links) > 1 else ""
+        say(f"restoring backup {record['id']} (WAL {record['start_lsn']}..{record['end_lsn']}{chain})")
+        work = os.path.join(parent, f".{record['id']}.restore")
         try:  # everything happens beside `datadir`; it appears only once the copy is verified
-            download(self.archive, self.key(record["id"], ARCHIVE), packed, record["sha256"])
-            with tarfile.open(packed, "r:gz") as tar:
-                tar.extractall(unpack, filter="data")
-            say("pg_verifybackup on the restored copy")
-            subprocess.run([f"{self.bin}/pg_verifybackup", os.path.join(unpack, "data")], check=True)
-            os.chmod(os.path.join(unpack, "data"), 0o700)
+            data = self.assemble(links, work)
+            os.chmod(data, 0o700)
             if os.path.exists(datadir):
                 os.rmdir(datadir)  # empty, checked above
-            os.rename(os.path.join(unpack, "data"), datadir)
+            os.rename(data, datadir)
         finally:
-            shutil.rmtree(unpack, ignore_errors=True)
-            if os.path.exists(packed):
-                os.unlink(packed)
+            shutil.rmtree(work, ignore_errors=True)
         if standby:  # the host's own configuration (primary_conninfo, its slot) takes it from here
             with open(os.path.join(datadir, "standby.signal"), "w"):
                 pass
@@ -429,6 +497,62 @@ def archived_segments(versions, prefix):
         if key.startswith(f"{prefix}/wal/") and wal_archive.SEGMENT.match(name) and not entries[0]["DeleteMarker"]:
             found[name] = entries[0]["LastModified"].timestamp()
     return found
+
+
+def chain_ids(record):
+    """The backups a restore of `record` combines, full backup first: its own id alone for a full backup (records
+    from before incremental backups have no chain)."""
+    return record.get("chain") or [record["id"]]
+
+
+def whole_chains(records):
+    """(the records whose chain is whole, [(backup id, why not)]), oldest first: an incremental backup restores
+    only on top of every link before it, each trusted, on the same timeline, one starting after the other ended."""
+    whole, broken = {}, []
+    for record in records:  # ids are start times: a link comes before what is built on it
+        chain = chain_ids(record)
+        if not (isinstance(chain, list) and all(isinstance(i, str) for i in chain) and chain
+                and chain[-1] == record["id"] and chain == sorted(set(chain))):
+            broken.append((record["id"], f"its chain {chain!r} does not end with it in time order"))
+            continue
+        missing = next((backup_id for backup_id in chain[:-1] if backup_id not in whole), None)
+        parent = whole.get(chain[-2]) if len(chain) > 1 else None
+        if missing:
+            broken.append((record["id"], f"backup {missing}, a link of its chain, is missing or refused: a broken "
+                                         "chain, not restorable"))
+        elif parent and (chain_ids(parent) != chain[:-1] or parent["timeline"] != record["timeline"]
+                         or lsn_value(parent["end_lsn"]) > lsn_value(record["start_lsn"])):
+            broken.append((record["id"], f"it does not follow backup {parent['id']}, its parent (chain, timeline or "
+                                         "WAL range)"))
+        else:
+            whole[record["id"]] = record
+    return list(whole.values()), broken
+
+
+def incremental_parent(trusted, now, full_every_s, timeline):
+    """The backup the next one is incremental on, or None for a full one: the newest trusted backup, while it is
+    on the current timeline and the full backup its chain starts with began less than `full_every_s` ago (0:
+    every backup full). Trusted records only, so a broken chain is never built on."""
+    if not trusted or full_every_s <= 0:
+        return None
+    newest = trusted[-1]
+    full = next(r for r in trusted if r["id"] == chain_ids(newest)[0])
+    if newest["timeline"] != timeline or now - full["started_at"] >= full_every_s:
+        return None
+    return newest
+
+
+def started_at(backup_id):
+    """The epoch a backup id names (ids are their backup's start, UTC)."""
+    return datetime.datetime.strptime(backup_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def sha256_of(path):
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def _utc(epoch):
@@ -557,12 +681,14 @@ def record_problems(record, backup_id, owner, record_version, archive_version, a
 def retention_plan(trusted, protected_ids, keys, opens, prefix):
     """(the oldest backup kept, the keys to delete) for a window that opens at `opens`: the newest trusted backup
     that finished before then is where a restore to the window's first moment starts, so it and every later one
-    stay, with the WAL from the oldest start among them; `protected_ids` (refused records: evidence) stay too."""
+    stay, with the links of their chains and the WAL from the oldest start among them; `protected_ids` (refused
+    records: evidence) stay too."""
     before = [r for r in trusted if r["finished_at"] <= opens]
     oldest_kept = before[-1] if before else trusted[0]
     kept = [r for r in trusted if r["id"] >= oldest_kept["id"]]
     first_needed = min(segment_number(r["start_lsn"]) for r in kept)
-    protected = {r["id"] for r in kept} | set(protected_ids)
+    # A kept incremental backup restores on top of its whole chain (their WAL before it is not needed).
+    protected = {backup_id for r in kept for backup_id in chain_ids(r)} | set(protected_ids)
     doomed = []
     for key in keys:
         name = key.rsplit("/", 1)[1]
@@ -596,11 +722,7 @@ def upload(archive, path, key, digest):
 
 def download(archive, key, path, digest):
     archive.s3.download_file(archive.bucket, key, path)
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            sha.update(block)
-    if sha.hexdigest() != digest:
+    if sha256_of(path) != digest:
         raise wal_archive.ArchiveError(f"s3://{archive.bucket}/{key} does not match its recorded sha256: not restored")
 
 
@@ -613,6 +735,10 @@ def record_backup(record):
         ("mcp_base_backup_duration_seconds", "Backup, verification, packing and upload of the last base backup.",
          record["finished_at"] - record["started_at"]),
         ("mcp_base_backup_verified", "1 when pg_verifybackup passed the last base backup.", int(record["verified"])),
+        ("mcp_base_backup_chain_length", "Backups a restore of the last one combines (1: it is a full backup).",
+         len(chain_ids(record))),
+        ("mcp_base_backup_last_full_timestamp_seconds", "When the full backup the last one's chain starts with began.",
+         started_at(chain_ids(record)[0])),
     ])
 
 
@@ -621,6 +747,8 @@ def main(argv):
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
     run.add_argument("--work-dir", required=True)
+    run.add_argument("--full-every-days", type=float, default=0.0,
+                     help="incremental backups on the newest until its chain's full one is this old (0: all full)")
     sub.add_parser("list", help="the trusted backups' records, oldest first, one JSON object a line")
     retain = sub.add_parser("retain")
     retain.add_argument("--window-days", type=float, required=True)
@@ -642,7 +770,7 @@ def main(argv):
     backups = Backups(config)
     try:
         if args.command == "run":
-            record = backups.run(args.work_dir)
+            record = backups.run(args.work_dir, args.full_every_days * 86400)
             if record:
                 record_backup(record)
         elif args.command == "retain":

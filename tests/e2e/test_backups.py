@@ -284,7 +284,7 @@ def forge_corrupted_backup(s3, backup):
     s3.copy_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{forged_id}/backup_manifest",
                    CopySource={"Bucket": BUCKET, "Key": f"{PREFIX}/backups/{backup['id']}/backup_manifest"})
     forged = dict(backup, id=forged_id, sha256=digest, size_bytes=len(repacked.getvalue()), started_at=started,
-                  finished_at=started + 1)
+                  finished_at=started + 1, chain=[forged_id])
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{forged_id}/backup.json", Body=json.dumps(forged).encode())
     return forged_id
 

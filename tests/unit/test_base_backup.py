@@ -186,16 +186,16 @@ def test_locked_versions_are_kept_and_counted():
 def test_the_newest_trusted_backup_of_the_prefix_owner_ending_before_the_target_is_chosen():
     s3, ids = daily_archive(3)
     backups = in_bucket(s3)
-    assert backups.choose()["id"] == ids[-1]
-    assert backups.choose(target_time=NOW - 1.5 * DAY)["id"] == ids[1]
-    assert backups.choose(target_lsn="0/210000FF")["id"] == ids[1]
+    assert backups.choose()[-1]["id"] == ids[-1]
+    assert backups.choose(target_time=NOW - 1.5 * DAY)[-1]["id"] == ids[1]
+    assert backups.choose(target_lsn="0/210000FF")[-1]["id"] == ids[1]
     xids = [r["next_xid"] for r in backups.vet(backups.versions())[0]]
     assert xids == sorted(xids)
-    assert backups.choose(target_xid=str(xids[2] - 1))["id"] == ids[1]  # assigned before the newest ended
-    assert backups.choose(target_xid=str(xids[2]))["id"] == ids[2]
+    assert backups.choose(target_xid=str(xids[2] - 1))[-1]["id"] == ids[1]  # assigned before the newest ended
+    assert backups.choose(target_xid=str(xids[2]))[-1]["id"] == ids[2]
     write_backup(s3, NOW - 100, "0/40000028", "0/40000100", system_identifier="8")  # another cluster's
-    assert backups.choose()["id"] == ids[-1]
-    assert in_bucket(s3, owner="8").choose()["id"] > ids[-1]  # a staging host restoring prod's prefix
+    assert backups.choose()[-1]["id"] == ids[-1]
+    assert in_bucket(s3, owner="8").choose()[-1]["id"] > ids[-1]  # a staging host restoring prod's prefix
 
 
 def test_no_backup_before_the_target_is_an_error_with_the_archives_range():
@@ -210,7 +210,7 @@ def test_no_backup_before_the_target_is_an_error_with_the_archives_range():
 def test_a_restore_refuses_when_a_key_it_reads_holds_two_different_versions():
     s3, ids = daily_archive(2)  # the backups start in segments 0x01 and 0x11
     s3.put("p/wal/000000010000000000000005", b"other wal", NOW, {"sha256": "x"})
-    assert in_bucket(s3).choose()["id"] == ids[1]  # it starts after the overwritten segment
+    assert in_bucket(s3).choose()[-1]["id"] == ids[1]  # it starts after the overwritten segment
     with pytest.raises(base_backup.wal_archive.ArchiveError,
                        match=f"REFUSED: s3://b/p/wal/000000010000000000000005 .* a restore from backup {ids[0]} reads it"):
         in_bucket(s3).choose(target_lsn="0/11000000")
@@ -231,12 +231,18 @@ def metrics_of(path):
     return dict(line.split() for line in path.read_text().splitlines() if not line.startswith("#"))
 
 
-def test_a_backup_is_recorded_for_monitoring(tmp_path, monkeypatch):
+def test_a_backup_is_recorded_for_monitoring_with_its_chain(tmp_path, monkeypatch):
     monkeypatch.setenv("MCP_METRICS_DIR", str(tmp_path))
-    base_backup.record_backup({"started_at": 1000.0, "finished_at": 1090.5, "size_bytes": 123, "verified": True})
+    base_backup.record_backup({"id": "19700101T001640Z", "started_at": 1000.0, "finished_at": 1090.5, "size_bytes": 123,
+                               "verified": True, "chain": ["19700101T000001Z", "19700101T000010Z", "19700101T001640Z"]})
     assert metrics_of(tmp_path / "base_backup.prom") == {
         "mcp_base_backup_last_success_timestamp_seconds": "1090.5", "mcp_base_backup_size_bytes": "123",
-        "mcp_base_backup_duration_seconds": "90.5", "mcp_base_backup_verified": "1"}
+        "mcp_base_backup_duration_seconds": "90.5", "mcp_base_backup_verified": "1",
+        "mcp_base_backup_chain_length": "3", "mcp_base_backup_last_full_timestamp_seconds": "1.0"}
+    base_backup.record_backup({"id": "19700101T001640Z", "started_at": 1000.0, "finished_at": 1090.5, "size_bytes": 1,
+                               "verified": True})  # a full backup, recorded before chains were
+    found = metrics_of(tmp_path / "base_backup.prom")
+    assert found["mcp_base_backup_chain_length"] == "1" and found["mcp_base_backup_last_full_timestamp_seconds"] == "1000.0"
 
 
 def test_a_delete_marker_over_a_locked_version_stays():
@@ -304,3 +310,95 @@ def test_archived_segments_are_the_full_segments_still_stored():
                                      ("000000010000000000000003.partial", False))}
     versions["p/history/00000002.history"] = [{"LastModified": stamp, "DeleteMarker": False}]
     assert base_backup.archived_segments(versions, "p") == {"000000010000000000000001": stamp.timestamp()}
+
+
+def chained_archive(days=4):
+    """A full backup `days` days ago, then an incremental one a day on top of the one before, and the WAL between."""
+    s3, ids = VersionedBucket(), []
+    for d in range(days):
+        started = NOW - (days - d) * DAY
+        backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+        ids.append(write_backup(s3, started, f"0/{16 * d + 1:X}000028", f"0/{16 * d + 1:X}000100",
+                                chain=ids[:d] + [backup_id] if d else [backup_id]))
+    write_wal(s3, 1, 16 * days, NOW - days * DAY)
+    return s3, ids
+
+
+def test_an_incremental_backup_restores_with_its_whole_chain():
+    s3, ids = chained_archive(4)
+    assert [r["id"] for r in in_bucket(s3).choose()] == ids
+    assert [r["id"] for r in in_bucket(s3).choose(target_time=NOW - 2.5 * DAY)] == ids[:2]
+
+
+@pytest.mark.parametrize("break_it", ["overwrite", "delete"])
+def test_a_broken_link_refuses_every_backup_built_on_it_and_names_it(break_it):
+    s3, ids = chained_archive(4)
+    key = f"p/backups/{ids[1]}/base.tar.gz"
+    if break_it == "overwrite":
+        s3.put(key, b"altered", NOW - 2 * DAY)
+    else:
+        del s3.versions[key]
+    backups = in_bucket(s3)
+    trusted, refused = backups.vet(backups.versions())
+    assert [r["id"] for r in trusted] == ids[:1]
+    assert [backup_id for backup_id, _ in refused] == ids[1:]
+    assert all(f"backup {ids[1]}, a link of its chain, is missing or refused" in why for _, why in refused[1:])
+    assert [r["id"] for r in backups.choose()] == ids[:1]  # the full backup, and the WAL since: never the broken chain
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"timeline": 2}, "it does not follow backup"),
+    ({"start_lsn": "0/10000FF", "end_lsn": "0/11000100"}, "it does not follow backup"),  # starts before its parent ended
+    ({"chain": ["20261101T000000Z"]}, "does not end with it"),
+])
+def test_an_incremental_that_does_not_follow_its_parent_is_refused(changes, why):
+    s3, ids = chained_archive(1)
+    started = NOW - DAY / 2
+    child = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    record = {"timeline": 1, "start_lsn": "0/21000028", "end_lsn": "0/21000100", "chain": [ids[0], child], **changes}
+    manifest_range = {k: record[k] for k in ("start_lsn", "end_lsn")}
+    write_backup(s3, started, manifest_range["start_lsn"], manifest_range["end_lsn"], **record)
+    if changes.get("timeline"):  # the manifest says so too, or the record is refused before its chain is looked at
+        manifest = json.dumps({"WAL-Ranges": [{"Timeline": 2, "Start-LSN": record["start_lsn"], "End-LSN": record["end_lsn"]}]}).encode()
+        s3.versions[f"p/backups/{child}/backup_manifest"] = []
+        s3.put(f"p/backups/{child}/backup_manifest", manifest, started + 55)
+        key = f"p/backups/{child}/backup.json"
+        body = json.loads(s3.versions[key][0]["body"])
+        s3.versions[key] = []
+        s3.put(key, json.dumps(dict(body, manifest_sha256=hashlib.sha256(manifest).hexdigest())).encode(), started + 60)
+    trusted, refused = in_bucket(s3).vet(in_bucket(s3).versions())
+    assert [r["id"] for r in trusted] == ids and refused[0][0] == child and why in refused[0][1]
+
+
+def test_retention_keeps_every_link_of_a_kept_incremental_and_only_the_wal_it_replays():
+    s3, ids = chained_archive(5)
+    deleted, refused, _ = in_bucket(s3).retain(1.5 * DAY, 100, now=NOW)
+    # The window opens 1.5 days ago: the incremental of 2 days ago starts a restore to that moment, on its chain.
+    assert refused == [] and not [k for k in deleted if "/backups/" in k]
+    assert all(f"p/backups/{b}/backup.json" in s3.versions for b in ids)
+    assert min(k for k in s3.versions if "/wal/" in k) == "p/wal/000000010000000000000031"  # its start (day 3)
+
+
+def test_after_a_new_full_backup_the_old_chain_goes_whole():
+    s3, ids = chained_archive(3)
+    full = write_backup(s3, NOW - DAY / 2, "0/41000028", "0/41000100")
+    write_wal(s3, 49, 65, NOW - DAY)
+    deleted, _, _ = in_bucket(s3).retain(0.25 * DAY, 100, now=NOW)
+    assert {k.split("/")[2] for k in deleted if "/backups/" in k} == set(ids)
+    assert [r["id"] for r in in_bucket(s3).choose()] == [full]
+
+
+@pytest.mark.parametrize("trusted, now, full_every_days, timeline, parent", [
+    ([], NOW, 7, 1, None),  # nothing to build on
+    ([{"id": "a", "started_at": NOW - DAY, "timeline": 1}], NOW, 0, 1, None),  # every backup full
+    ([{"id": "a", "started_at": NOW - DAY, "timeline": 1}], NOW, 7, 1, "a"),
+    ([{"id": "a", "started_at": NOW - DAY, "timeline": 1}], NOW, 7, 2, None),  # a failover since: a new timeline
+    ([{"id": "a", "started_at": NOW - 7 * DAY, "timeline": 1}, {"id": "b", "started_at": NOW - DAY, "timeline": 1,
+      "chain": ["a", "b"]}], NOW, 7, 1, None),  # the chain's full backup is a week old: a new full one
+    ([{"id": "a", "started_at": NOW - 6 * DAY, "timeline": 1}, {"id": "b", "started_at": NOW - DAY, "timeline": 1,
+      "chain": ["a", "b"]}], NOW, 7, 1, "b"),
+])
+def test_a_backup_is_incremental_on_the_newest_until_its_chains_full_backup_is_due(trusted, now, full_every_days,
+                                                                                   timeline, parent):
+    found = base_backup.incremental_parent(trusted, now, full_every_days * DAY, timeline)
+    assert (found and found["id"]) == parent

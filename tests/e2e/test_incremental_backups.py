@@ -1,0 +1,94 @@
+"""Incremental base backups on the fleet (issue 21): on a recent full backup, pg_basebackup --incremental, verified
+as a restore would use it (its chain from S3, pg_combinebackup, pg_verifybackup); the restore drill restores the
+chain; a broken link is refused by name and never built on. The fleet's timer takes full backups
+(backup_full_every_days = 0 in group_data/local.py, so the other tiers' backups stand alone): these tests run the
+program as the timer's unit does, with the default schedule's --full-every-days 7."""
+
+import json
+
+import pytest
+
+from hostside import layout
+from hostside.base_backup import started_at
+from tests.e2e.test_backups import RESTORE_HOST, UNIT, forget, records, restore, run_drill
+from tests.e2e.test_wal_archive import BUCKET, PREFIX, eventually, psql, s3  # noqa: F401 (s3: a fixture)
+from tests.fleet_helpers import on
+from tests.metrics import scrape, value
+
+PRIMARY = "pg-1"  # leads (conftest.py)
+TAKE = (f"runuser -u postgres -- {layout.program('base-backup')} run --work-dir /var/lib/postgresql/backup-work "
+        "--full-every-days 7")
+
+
+def take_incremental():
+    """One run as the unit's, with --full-every-days 7: what it printed."""
+    return on(PRIMARY, TAKE, timeout=600).stdout
+
+
+def change_some_rows(label):
+    psql("create table if not exists incremental_probe (label text, filler text)")
+    psql(f"insert into incremental_probe select '{label}', repeat(md5(g::text), 20) from generate_series(1, 2000) g")
+
+
+@pytest.fixture(scope="module")
+def chain(s3):
+    """[full, incremental, incremental]: a full backup by the fleet's timer unit, then two incremental ones."""
+    on(PRIMARY, f"systemctl start {UNIT}", timeout=600)
+    full = records(s3)[-1]
+    taken = [full]
+    for n in (1, 2):
+        change_some_rows(f"incremental {n}")
+        printed = take_incremental()
+        taken.append(records(s3)[-1])
+        taken[-1]["printed"] = printed
+    return taken
+
+
+def test_a_backup_on_a_recent_full_one_is_incremental_smaller_and_verified_as_its_chain(chain):
+    full, first, second = chain
+    assert full["chain"] == [full["id"]]
+    assert first["chain"] == [full["id"], first["id"]] and second["chain"] == [full["id"], first["id"], second["id"]]
+    assert f"pg_basebackup --incremental on {full['id']}" in first["printed"]
+    assert f"pg_basebackup --incremental on {first['id']}" in second["printed"]
+    # Verified as a restore would combine it: every earlier link from S3, then the combined copy checked.
+    assert f"pg_combinebackup of 3 backups ({full['id']} .. {second['id']})" in second["printed"]
+    assert "pg_verifybackup on the combined chain" in second["printed"]
+    assert second["size_bytes"] < full["size_bytes"], (second["size_bytes"], full["size_bytes"])
+    metrics = scrape(PRIMARY, "node")
+    assert value(metrics, "mcp_base_backup_chain_length") == 3
+    assert value(metrics, "mcp_base_backup_last_full_timestamp_seconds") == started_at(full["id"])
+
+
+def test_the_drill_restores_an_incremental_backup_by_combining_its_chain(chain):
+    result, outcome = run_drill()
+    assert outcome == "success" and result["ok"], result
+    assert result["backup"] == chain[-1]["id"]
+    assert result["checks"] == {"replay_reached_backup_end": True, "canary_present": True, "amcheck_clean": True}
+
+
+def test_a_broken_link_is_refused_by_name_never_built_on_and_the_restore_uses_a_whole_chain(s3, chain):
+    full, first, second = chain
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{first['id']}/base.tar.gz", Body=b"altered")
+    made = None
+    try:
+        listed = on(PRIMARY, f"runuser -u postgres -- {layout.program('base-backup')} list")
+        assert f"backup {first['id']} is not listed: base.tar.gz has 2 versions" in listed.stderr
+        assert (f"backup {second['id']} is not listed: backup {first['id']}, a link of its chain, is missing or "
+                "refused: a broken chain, not restorable") in listed.stderr
+        assert [json.loads(line)["id"] for line in listed.stdout.splitlines()][-1] == full["id"]
+        # The next backup builds on the newest whole chain: the full one.
+        assert f"pg_basebackup --incremental on {full['id']}" in take_incremental()
+        made = records(s3)[-1]
+        assert made["chain"] == [full["id"], made["id"]]
+        # A restore to the archive's end starts from that chain and replays the rest: the rows of both links.
+        closed = psql("select pg_walfile_name(pg_switch_wal())")
+        eventually(lambda: psql("select last_archived_wal from pg_stat_archiver") >= closed, what=f"{closed} archived")
+        result = restore()
+        assert result.returncode == 0, result.stderr[-3000:]
+        restored = on(RESTORE_HOST, "runuser -u postgres -- psql -p 5433 -XtAc \"select count(*) from "
+                                    "incremental_probe where label like 'incremental _'\"").stdout.strip()
+        assert restored == psql("select count(*) from incremental_probe where label like 'incremental _'") != "0"
+    finally:
+        on(RESTORE_HOST, "pg_dropcluster --stop 17 restore", check=False)
+        for backup_id in (first["id"], second["id"]):  # hidden as an operator would: the versions stay locked
+            forget(s3, backup_id)
