@@ -2,7 +2,7 @@
 as a restore would use it (its chain from S3, pg_combinebackup, pg_verifybackup); the restore drill restores the
 chain; a broken link is refused by name and never built on. The fleet's timer takes full backups
 (backup_full_every_days = 0 in group_data/local.py, so the other tiers' backups stand alone): these tests run the
-program as the timer's unit does, with the default schedule's --full-every-days 7."""
+program as the timer's unit does, with the knob's default, --full-every-days 7."""
 
 import json
 
@@ -11,7 +11,7 @@ import pytest
 from hostside import layout
 from hostside.base_backup import started_at
 from tests.e2e.test_backups import RESTORE_HOST, UNIT, forget, records, restore, run_drill
-from tests.e2e.test_wal_archive import BUCKET, PREFIX, eventually, psql, s3  # noqa: F401 (s3: a fixture)
+from tests.e2e.test_wal_archive import BUCKET, PREFIX, eventually, psql, s3, switch  # noqa: F401 (s3: a fixture)
 from tests.fleet_helpers import on
 from tests.metrics import scrape, value
 
@@ -81,7 +81,7 @@ def test_a_broken_link_is_refused_by_name_never_built_on_and_the_restore_uses_a_
         made = records(s3)[-1]
         assert made["chain"] == [full["id"], made["id"]]
         # A restore to the archive's end starts from that chain and replays the rest: the rows of both links.
-        closed = psql("select pg_walfile_name(pg_switch_wal())")
+        closed = switch()  # after a write: right after a backup, pg_switch_wal() alone may leave the segment open
         eventually(lambda: psql("select last_archived_wal from pg_stat_archiver") >= closed, what=f"{closed} archived")
         result = restore()
         assert result.returncode == 0, result.stderr[-3000:]
