@@ -402,3 +402,27 @@ def test_a_backup_is_incremental_on_the_newest_until_its_chains_full_backup_is_d
                                                                                    timeline, parent):
     found = base_backup.incremental_parent(trusted, now, full_every_days * DAY, timeline)
     assert (found and found["id"]) == parent
+
+
+def test_an_incremental_pg_basebackup_that_fails_is_followed_by_a_full_one(tmp_path, monkeypatch, capsys):
+    """The WAL summaries may not reach back to the parent (summarize_wal just switched on, or wal_summary_keep_time
+    passed): the run takes a full backup instead and says why."""
+    s3, ids = chained_archive(1)
+    backups = in_bucket(s3)
+    backups.archive.s3.download_file = lambda bucket, key, path: open(path, "wb").write(s3.versions[key][0]["body"])
+    ran = []
+    monkeypatch.setattr(base_backup.subprocess, "run", lambda command, check=False: (
+        ran.append(command), type("Done", (), {"returncode": 1 if any("--incremental" in a for a in command) else 0})())[1])
+    trusted, _ = backups.vet(backups.versions())
+    assert backups.taken("20990101T000000Z", str(tmp_path / "data"), trusted, str(tmp_path)) == []
+    assert [any(a.startswith("--incremental=") for a in command) for command in ran] == [True, False]
+    assert "the incremental backup failed (above): a full one instead" in capsys.readouterr().out
+
+
+def test_a_parent_whose_manifest_differs_from_its_record_is_not_built_on(tmp_path):
+    s3, ids = chained_archive(1)
+    backups = in_bucket(s3)
+    backups.archive.s3.download_file = lambda bucket, key, path: open(path, "wb").write(b"another manifest")
+    trusted, _ = backups.vet(backups.versions())
+    with pytest.raises(base_backup.wal_archive.ArchiveError, match=f"backup {ids[0]}'s manifest does not match its record"):
+        backups.taken("20990101T000000Z", str(tmp_path / "data"), trusted, str(tmp_path))
