@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.test_deploy import deploy
 from tests.e2e.test_replication import eventually
-from tests.fleet_helpers import TOPOLOGY, on
+from tests.fleet_helpers import TOPOLOGY, host_clock, on
 
 REPO = Path(__file__).resolve().parents[2]
 CA = REPO / ".secrets/local/tls/ca.crt"
@@ -116,7 +116,7 @@ def test_with_no_leader_seen_the_read_write_entries_go_through_haproxy_until_it_
     """HAProxy on pgbouncer-2 loses sight of the leader (its server put in maintenance): mcp-follow-leader sends the
     read-write entries through HAProxy's leader listener, which has nothing to offer, and straight back to the
     leader once HAProxy's check sees it again. pgbouncer-1 is not moved."""
-    since = on("pgbouncer-2", "date +%s.%N").stdout.strip()
+    since = host_clock("pgbouncer-2")
     haproxy("pgbouncer-2", "disable server primary/pg-1")
     try:
         eventually(lambda: {connects_to("pgbouncer-2", e) for e in ("portal", "auth_lookup")} == {("127.0.0.1", "5000")},
@@ -129,7 +129,7 @@ def test_with_no_leader_seen_the_read_write_entries_go_through_haproxy_until_it_
     # PgBouncer answers a new client with its last failed server login for server_login_retry (1 s) after it
     eventually(lambda: writes("pgbouncer-2"), timeout=5)
     # The service logs a move just after the reload a client can see, so its line may reach the journal later.
-    eventually(lambda: on("pgbouncer-2", f"journalctl -u mcp-follow-leader --since @{since} -o cat").stdout.splitlines()
+    eventually(lambda: on("pgbouncer-2", f"journalctl -u mcp-follow-leader --since {since} -o cat").stdout.splitlines()
                == ["portal, auth_lookup -> HAProxy (no single leader); PgBouncer reloaded",
                    "portal, auth_lookup -> pg-1; PgBouncer reloaded"], timeout=5)
 
