@@ -169,10 +169,12 @@ class Backups:
     def vet(self, versions):
         """(trusted records, [(backup id, why refused)]), oldest first. Any database host's keys may put a record,
         so a record counts only where S3's own view of the backup agrees with it."""
-        owner = self.archive.owner() or self.archive.system_identifier()
         trusted, refused = [], []
         records = [k for k, entries in versions.items() if k.startswith(f"{self.archive.prefix}/backups/")
                    and k.endswith("/" + RECORD) and not entries[0]["DeleteMarker"]]  # deleted: not a record
+        if not records:  # nothing to vet (another environment's empty prefix: no cluster of ours to ask either)
+            return trusted, refused
+        owner = self.archive.owner() or self.archive.system_identifier()
         for key in sorted(records):
             backup_id = key.split("/")[-2]
             try:

@@ -113,6 +113,14 @@ def daily_archive(days=5):
     return s3, ids
 
 
+def test_another_environments_empty_prefix_has_no_backup_and_needs_no_cluster_of_ours():
+    """A restore source's configuration names no data directory: an empty or wrong prefix is "nothing to restore",
+    not a KeyError from asking this host's cluster for its system identifier."""
+    s3 = VersionedBucket()
+    write_wal(s3, 1, 3, NOW)
+    assert in_bucket(s3, owner=None).vet(in_bucket(s3, owner=None).versions()) == ([], [])
+
+
 def test_a_backup_written_as_the_tier_writes_it_is_trusted():
     s3, ids = daily_archive(2)
     trusted, refused = in_bucket(s3).vet(in_bucket(s3).versions())
