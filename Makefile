@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # prometheus: its promtool checks and unit-tests the alert rules (monitoring/).
 DEPS   := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv prometheus
 
-.PHONY: local test deps venv up deploy check down test-unit test-fleet test-infra test-drills test-down bench bench-fleet bench-deploy bench-archive bench-archive-lag bench-replay bench-backup bench-rls bench-pgbouncer bench-failover bench-deps
+.PHONY: local test deps venv up deploy check down staging-rebuild test-unit test-fleet test-infra test-drills test-down bench bench-fleet bench-deploy bench-archive bench-archive-lag bench-replay bench-backup bench-rls bench-pgbouncer bench-failover bench-deps
 
 ## make local: virtualenv, fleet up, deploy to the fleet, post-deploy checks
 local: deps venv up deploy check
@@ -50,12 +50,21 @@ test-fleet: venv deps
 	$(BIN)/pytest -q tests/fleet
 
 # Deploy to the fleet twice (the second run must change nothing), the deploy's end-to-end tests, the drills that
-# move the primary (last: they leave another host primary), then the post-deploy checks on the tier they left.
+# move the primary (they leave another host primary), then staging rebuilt from the tier they left, which ends with
+# the post-deploy checks on the rebuilt tier.
 test-infra: venv deps
 	$(BIN)/fleet up
 	$(BIN)/pytest -q --durations=30 tests/e2e
 	$(BIN)/pytest -q --durations=20 tests/drills
-	$(BIN)/pytest -q tests/infra --inventory inventory/local.py
+	$(BIN)/pytest -q --durations=10 tests/rebuild
+
+## make staging-rebuild INVENTORY=inventory/staging.py DATA="--data restore_source_prefix=prod [...]": staging
+## rebuilt from production's archive, scrubbed, on a new cluster and archive prefix, then checked (docs/backups.md)
+staging-rebuild: venv
+	@test -n "$(INVENTORY)" || { echo "make staging-rebuild: set INVENTORY=inventory/<staging>.py" >&2; exit 2; }
+	$(BIN)/pyinfra -y --fail-percent 0 $(INVENTORY) rebuild_staging.py $(DATA)
+	$(BIN)/pyinfra -y --fail-percent 0 $(INVENTORY) deploy.py $(DATA)
+	$(BIN)/pytest -q tests/infra --inventory $(INVENTORY)
 
 # The drills alone, on a fleet that is up (they deploy first).
 test-drills: venv deps

@@ -19,6 +19,7 @@ from deploys.monitoring import node_metrics, pgbouncer_metrics, postgres_metrics
 from deploys.ordering import barrier
 from deploys.patroni import leader, patroni
 from deploys.pgbouncer import databases, pooled_connections, pooler
+from deploys.rebuild import scrubbed_copy_loaded
 from deploys.postgres import server_packages
 from deploys.roles import roles
 from deploys.routing import router
@@ -50,14 +51,16 @@ if database:
     leading = host.name == leader()
     patroni(archive=archiving, reload_when=certificate, pooled=pooled_connections())
     base_backups()
+copy_loaded = False
 if database and leading:  # a first deploy's leader has bootstrapped the cluster by now
     roles()
     databases()
+    copy_loaded = scrubbed_copy_loaded()  # a staging rebuild's (rebuild_staging.py), into the new cluster
     heartbeat_table()
 if database:
     migrations(leading)  # the tools on every member, the changes on the leader
     portal_jobs()
-    data_keys(leading)
+    data_keys(leading, first_key=not copy_loaded)  # a scrubbed copy brings staging's own
 if database and leading:
     recent_backup()  # with the schema in place: point-in-time recovery from the first deploy on
 if pooling:

@@ -5,10 +5,12 @@ and a preflight at plan time that stops the run before a silently failing archiv
 
 import io
 import json
+import re
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Date
 from pyinfra.operations import files, systemd
 
@@ -24,6 +26,33 @@ PROGRAM = layout.program("wal-archive")
 CONFIG = wal_archive.CONFIG
 CREDENTIALS = layout.config("wal-archiver.json")
 UNIT = "mcp-wal-archive"
+GENERATION = layout.config("archive-generation")
+GENERATION_SHAPE = re.compile(r"[0-9]{14}")
+
+
+def archive_generation():
+    """The generation a staging rebuild gave this cluster (rebuild_staging.py), or None: the newest any database host
+    records, since a host rebuilt after it records none."""
+    recorded = {h.name: h.get_fact(FileContents, path=GENERATION) for h in database_hosts()}
+    try:
+        return newest_generation({name: lines for name, lines in recorded.items() if lines is not None})
+    except ValueError as exc:
+        raise DeployError(f"{host.name}: {exc}") from None
+
+
+def newest_generation(recorded):
+    """The newest of {host: lines of its generation file}, or None; ValueError names a file that holds no generation."""
+    for name, lines in recorded.items():
+        if len(lines) != 1 or not GENERATION_SHAPE.fullmatch(lines[0]):
+            raise ValueError(f"{name}: {GENERATION} holds {lines!r}, not one generation (YYYYMMDDHHMMSS, written by "
+                             "rebuild_staging.py); rerun the rebuild, or remove the file if the cluster was never rebuilt")
+    return max((lines[0] for lines in recorded.values()), default=None)
+
+
+def archive_prefix(generation):
+    """The cluster's prefix: wal_archive_prefix, and a rebuilt cluster's generation after it."""
+    base = knobs().wal_archive_prefix
+    return f"{base}-{generation}" if generation else base
 
 
 def _credentials_file():
@@ -42,7 +71,7 @@ def _config():
                           "put the archive user's keys there (docs/backups.md) or set wal_archive_credentials")
     return {
         "endpoint_url": k.wal_archive_endpoint_url, "region": k.wal_archive_region,
-        "bucket": k.wal_archive_bucket, "prefix": k.wal_archive_prefix, "sse": k.wal_archive_sse,
+        "bucket": k.wal_archive_bucket, "prefix": archive_prefix(archive_generation()), "sse": k.wal_archive_sse,
         "kms_key_id": k.wal_archive_kms_key_id, "compression": k.wal_archive_compression,
         "prefetch": k.wal_restore_prefetch, "credentials_file": CREDENTIALS, "socket": f"/run/{UNIT}/socket", "claim_prefix": True,
         "data_directory": pg.data_directory, "bin_directory": pg.bin_directory,
@@ -70,6 +99,10 @@ def wal_archiver(programs_changed=False):
     config = _config()
     if knobs().wal_archive_preflight:
         _preflight(config)
+    generation = archive_generation()
+    if generation:  # a rebuilt cluster's: on every member, a host rebuilt since included
+        files.put(name="The archive's generation (a staging rebuild's)", dest=GENERATION, mode="644",
+                  src=io.StringIO(generation + "\n"))
     configuration = files.put(name="The archiver's configuration", dest=CONFIG, mode="644",
                               src=io.StringIO(json.dumps(config, indent=1, sort_keys=True) + "\n"))
     credentials = secrets.put_private("The archive's S3 credentials", _credentials_file().read_text(), CREDENTIALS,

@@ -10,10 +10,11 @@ from shlex import quote
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import FileContents
 from pyinfra.operations import files, server, systemd
 
 from deploys import secrets
-from deploys.archive import UNIT as ARCHIVE_UNIT
+from deploys.archive import CONFIG as ARCHIVE_CONFIG, UNIT as ARCHIVE_UNIT, archive_generation, archive_prefix
 from deploys.facts import NewestBackup, PostgresClusters
 from deploys.knobs import knobs
 from hostside import layout
@@ -85,7 +86,10 @@ def recent_backup():
     backup in the archive is newer than backup_max_age_h: a first deploy has point-in-time recovery from its first
     minute, not from the timer's first run, and a deploy after backups stopped restores the window's start."""
     k = knobs()
-    newest = host.get_fact(NewestBackup)
+    # The host lists the archive its configuration names: a new prefix (a staging rebuild's) holds no backup yet.
+    listed = host.get_fact(FileContents, path=ARCHIVE_CONFIG)
+    new_prefix = not listed or json.loads("\n".join(listed)).get("prefix") != archive_prefix(archive_generation())
+    newest = None if new_prefix else host.get_fact(NewestBackup)
     if newest == NewestBackup.UNREADABLE and not k.wal_archive_preflight:
         # Shipping a change during an S3 outage (docs/backups.md): a backup now would only fail the deploy.
         logger.warning(f"{host.name}: the archive cannot be read and wal_archive_preflight is off: no base backup "
@@ -126,19 +130,27 @@ def _restore_source(pg):
 
 
 @deploy("Point-in-time restore")
-def restore():
-    """On restore_host: a new cluster restored from the newest verified backup before the target, replayed from
-    the archive to the target and promoted, with archiving off. Never touches an existing cluster."""
+def restore(cluster_name=None, scratch=False):
+    """On restore_host: a new cluster (restore_cluster, or `cluster_name`) restored from the newest verified backup before
+    the target, replayed from the archive to the target and promoted, with archiving off. Never touches an existing
+    cluster, unless `scratch`: then a cluster of that name left by an earlier run is dropped first, and the new one
+    listens on no address (only postgres reaches it, through its socket)."""
     k = knobs()
-    pg = layout.Cluster(k.postgres_major, k.restore_cluster)
+    pg = layout.Cluster(k.postgres_major, cluster_name or k.restore_cluster)
     targets = {t: getattr(k, f"restore_target_{t}") for t in TARGETS if getattr(k, f"restore_target_{t}")}
     if pg.label in host.get_fact(PostgresClusters):
-        raise DeployError(f"{host.name}: cluster {pg.label} exists; restore into a new cluster "
-                          f"(restore_cluster) or drop it first: pg_dropcluster --stop {pg.major} {pg.name}")
+        if not scratch:
+            raise DeployError(f"{host.name}: cluster {pg.label} exists; restore into a new cluster "
+                              f"(restore_cluster) or drop it first: pg_dropcluster --stop {pg.major} {pg.name}")
+        server.shell(name=f"Drop the scratch cluster {pg.label} an earlier run left",
+                     commands=[f"pg_dropcluster --stop {pg.major} {pg.name}"])
     datadir, port, wait_s = pg.data_directory, k.restore_port, k.restore_wait_s
     # The restored cluster's restore_command keeps reading the same archive as the restore (base_backup.py).
     source = f"MCP_WAL_ARCHIVE_CONFIG={SOURCE_CONFIG} " if _restore_source(pg) else ""
     flags = " ".join(f"--target-{t} {quote(v)}" for t, v in targets.items())
+    # Written as postgres, whose directory it is.
+    private = (f" && printf \"listen_addresses = ''\\n\" | runuser -u postgres -- tee {pg.config_directory}/conf.d/"
+               "scratch.conf >/dev/null" if scratch else "")
     recovering = f"runuser -u postgres -- psql -p {port} -XtAc 'select pg_is_in_recovery()'"
     # restore_command's last word in the cluster's log: why recovery stopped, when it did.
     why = (f"$(grep -h 'wal_archive fetch' {pg.log_file} | tail -n 1); see {pg.log_file}; drop the cluster with "
@@ -157,7 +169,7 @@ def restore():
             f"move it away; the restore neither writes into it nor removes it' >&2; exit 1; }}",
             # A failure before the cluster starts removes what this run made (the cluster did not exist before).
             f"{{ runuser -u postgres -- env {source}{PROGRAM} restore {datadir} {flags} && pg_createcluster {pg.major} "
-            f"{pg.name} -d {datadir} -p {port} --start-conf=manual; }} || {{ rc=$?; "
+            f"{pg.name} -d {datadir} -p {port} --start-conf=manual{private}; }} || {{ rc=$?; "
             f"rm -rf {datadir} {pg.config_directory}; exit $rc; }}",
             f"systemctl start {pg.unit} || {{ echo \"the restored cluster did not start: {why}\" >&2; exit 1; }}",
             wait,

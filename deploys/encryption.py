@@ -46,12 +46,13 @@ def _config():
 
 
 @deploy("Portal encryption")
-def data_keys(leading):
-    """On every database host: the key rotation's configuration. On the leader (`leading`): a first data key if none."""
+def data_keys(leading, first_key=True):
+    """On every database host: the key rotation's configuration. On the leader (`leading`): a first data key if none
+    (and `first_key`: a staging rebuild's copy brings its own)."""
     pg = cluster()
     secrets.put_private("The key rotation's configuration (KMS keys; postgres only)",
                         json.dumps(_config(), indent=1, sort_keys=True) + "\n", CONFIG, user="postgres", group="postgres")
-    if leading and host.get_fact(ActiveDataKey, major=pg.major, cluster=pg.name,
+    if leading and first_key and host.get_fact(ActiveDataKey, major=pg.major, cluster=pg.name,
                                  database=knobs().portal_database) is None:
         server.shell(name="Make the portal's first data key",
                      commands=[f"runuser -u postgres -- {layout.program('rotate-keys')} --config {CONFIG} new-key"])

@@ -82,14 +82,19 @@ def etcd_member():
                     restarted=config.will_change or any(op.will_change for op in certificates.values()), _serial=True)
 
 
+def etcd_client(reached):
+    """etcdctl with this host's client certificate, reaching the members `reached`."""
+    endpoints = ",".join(f"https://{address_of(m)}:{knobs(m).etcd_client_port}" for m in reached)
+    return (f"ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert={TLS_DIR}/ca.crt --cert={TLS_DIR}/server.crt "
+            f"--key={TLS_DIR}/server.key")
+
+
 def _replace_member(k, keeping):
     """This member's data is gone (a rebuilt host) while the others keep the cluster: it leaves the membership and
     joins again as a new member, starting from the others' data (ETCD_INITIAL_CLUSTER_STATE=existing, for this first
     start only: a runtime drop-in that is gone at the next boot)."""
-    endpoints = ",".join(f"https://{address_of(m)}:{knobs(m).etcd_client_port}" for m in keeping)
     peer = f"https://{address_of(host)}:{k.etcd_peer_port}"
-    etcdctl = (f"ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert={TLS_DIR}/ca.crt --cert={TLS_DIR}/server.crt "
-               f"--key={TLS_DIR}/server.key")
+    etcdctl = etcd_client(keeping)
     name = quote(host.name)
     server.shell(name="Replace this etcd member (its data is gone; the other members keep the cluster)", commands=[
         f"systemctl stop etcd && rm -rf {DATA_DIR}",

@@ -24,6 +24,7 @@ PROGRAMS = {
     "restore-drill": "restore_drill",
     "portal-jobs": "portal_jobs",
     "rotate-keys": "rotate_keys",
+    "staging-scrub": "staging_scrub",
     "cluster": "cluster",
     "follow-leader": "follow_leader",  # the one on PgBouncer hosts
 }
