@@ -53,6 +53,10 @@ CUSTOM_CONF = "mcp-portal.conf"
 REPLAY_WAIT_S = 120
 
 
+# Where Patroni keeps its clusters' state in etcd (its `namespace`): /mcp-portal/<scope>/.
+ETCD_NAMESPACE = "/mcp-portal/"
+
+
 def database_hosts():
     return inventory.get_group("database", [])
 
@@ -166,8 +170,8 @@ def patroni(archive, reload_when=None, pooled=None):
     hba = render_hba("Render pg_hba.conf")
     files.directory(name="Patroni's configuration directory", path="/etc/patroni", user="root", group="postgres", mode="750")
     config = secrets.put_private("Patroni's configuration (REST API and replication passwords)", secrets.render(
-        "templates/patroni.yml.j2", scope=k.patroni_scope, name=host.name, address=address, cluster=pg,
-        restapi_port=k.patroni_restapi_port, tls=layout.TLS_DIR, restapi_user=RESTAPI_USER,
+        "templates/patroni.yml.j2", namespace=ETCD_NAMESPACE, scope=k.patroni_scope, name=host.name, address=address,
+        cluster=pg, restapi_port=k.patroni_restapi_port, tls=layout.TLS_DIR, restapi_user=RESTAPI_USER,
         restapi_password=secrets.password(f"{RESTAPI_USER}_restapi"), etcd_hosts=client_endpoints(), dcs=dcs,
         port=k.postgres_port, custom_conf=f"{pg.config_directory}/{CUSTOM_CONF}",
         replication_user=k.postgres_replication_user,

@@ -17,7 +17,7 @@ from deploys.backups import restore
 from deploys.etcd import etcd_client, members as etcd_members
 from deploys.knobs import knobs
 from deploys.ordering import barrier
-from deploys.patroni import database_hosts, members
+from deploys.patroni import ETCD_NAMESPACE, database_hosts, members
 from deploys.postgres import cluster
 from hostside import layout
 
@@ -62,7 +62,7 @@ def scrubbed_copy():
     restore(cluster_name=SCRATCH, scratch=True)
     postgres = "runuser -u postgres --"
     server.shell(name=f"Scrub the copy, dump it to {DUMP} and drop the copy", commands=[
-        f"install -d -o postgres -g postgres -m 700 {DUMP_DIR}",
+        f"{postgres} install -d -m 700 {DUMP_DIR}",  # as postgres: root never follows a link postgres could plant
         f"{{ {postgres} {layout.program('staging-scrub')} --port {k.restore_port} --database {k.portal_database} "
         # --create: the database's own grants and settings (ALTER DATABASE ... SET search_path) come along.
         f"&& {postgres} {scratch.bin('pg_dump')} -p {k.restore_port} -d {k.portal_database} --format=custom --create "
@@ -80,7 +80,7 @@ def old_cluster_cleared():
     barrier(name="Every member is stopped")
     if host == database_hosts()[0]:
         server.shell(name=f"Forget the cluster {k.patroni_scope} in etcd", commands=[
-            f"{etcd_client(etcd_members())} del --prefix /mcp-portal/{k.patroni_scope}/"])
+            f"{etcd_client(etcd_members())} del --prefix {ETCD_NAMESPACE}{k.patroni_scope}/"])
     barrier(name="etcd holds no cluster")
     server.shell(name=f"Remove the old cluster's data ({pg.data_directory})", commands=[f"rm -rf {pg.data_directory}"])
     files.put(name=f"The new cluster's archive generation ({GENERATION_NOW})", dest=GENERATION, mode="644",

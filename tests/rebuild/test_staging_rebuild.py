@@ -38,7 +38,7 @@ def admin_s3():
 
 
 @pytest.fixture(scope="module")
-def production(request):
+def production():
     """Users with e-mails, names, Azure ids and metadata, their sessions (token hashes, addresses, user agents),
     configs sealed with production's data key, and audit rows with details, addresses and changed values, a month
     of them archived; all of it archived to S3. Returns what staging must not keep."""
