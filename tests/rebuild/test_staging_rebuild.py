@@ -6,6 +6,7 @@ and of every object under staging's prefix looks for a token each personal value
 
 import gzip
 import json
+import re
 import subprocess
 import uuid
 
@@ -113,11 +114,12 @@ def test_without_fail_percent_0_the_rebuild_is_refused_before_any_change(product
 def rebuilt(production):
     """`make staging-rebuild`: the one command, ending with tests/infra on the rebuilt tier."""
     data = " ".join(f"'{word}'" if " " in word else word for word in [*SOURCE, *AS_STAGING])
-    result = subprocess.run(["make", "-s", "staging-rebuild", "INVENTORY=inventory/local.py", f"DATA={data}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(["make", "-s", "--no-print-directory", "staging-rebuild", "INVENTORY=inventory/local.py",
+                             f"DATA={data}"], cwd=REPO, capture_output=True, text=True, timeout=1800)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
-    assert " passed" in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]  # tests/infra's summary
+    summary = [line for line in result.stdout.splitlines() if re.search(r"\b\d+ passed\b", line)]
+    assert summary and "failed" not in summary[-1], result.stdout[-2000:]  # tests/infra's summary
     generation = on(DATABASE[0], f"cat {GENERATION}").stdout.strip()
     return {"prefix": f"staging-{generation}", "output": output}
 
