@@ -377,7 +377,7 @@ class Backups(Knobs):
     applies: ClassVar[str] = "database hosts"
     backup_schedule: Calendar = Field("*-*-* 02:00:00", description="When the base backup runs (systemd OnCalendar; a missed run runs at boot).")
     backup_full_every_days: float = Field(7, ge=0, le=365, description="A base backup is incremental on the newest one (pg_basebackup --incremental, summarize_wal) until the full backup its chain starts with is this many days old; then a full one. 0: every backup full.")
-    backup_work_dir: HostPath = Field("/var/lib/postgresql/backup-work", description="Scratch space for a backup before upload, and for combining its chain to verify it (room for the database about three times).")
+    backup_work_dir: HostPath = Field("/var/lib/postgresql/backup-work", description="Scratch space for a backup before upload, and for combining its chain to verify it; while backups are incremental it also keeps the last backup's verified copy (room for the database about three times).")
     backup_timeout_s: Seconds = Field(6 * 3600, description="A backup or drill that runs longer fails.")
     backup_retention_days: float = Field(30, gt=0, le=3650, description="A restore to any moment of this many days stays possible.")
     backup_retention_schedule: Calendar = Field("*-*-* 04:00:00", description="When retention runs.")

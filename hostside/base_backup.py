@@ -6,7 +6,8 @@
                               multipart upload with checksums and SSE -> completion record. Incremental on top of
                               the newest backup (--incremental, PostgreSQL 17's WAL summaries) while the full backup
                               its chain starts with began less than N days ago, and then verified as its chain
-                              restores: every link downloaded, pg_combinebackup into DIR, pg_verifybackup
+                              restores: pg_combinebackup into DIR onto the verified copy of the chain the last run
+                              kept there (else onto every link from S3), pg_verifybackup
     base_backup.py list       the backups in the archive, oldest first (JSON lines)
     base_backup.py retain --window-days N --max-delete-percent P
                               delete what a restore to any time in the last N days does not need (mcp-backup-
@@ -220,7 +221,9 @@ class Backups:
         return sorted(conflicts)
 
     def run(self, work_root, full_every_s=0.0):
+        kept = KeptCopy(work_root)
         if on_standby("base backups"):
+            kept.discard()  # no backup here builds on it: a copy of the database less on this disk
             return None
         self.archive.check_owner()
         started = time.time()
@@ -234,15 +237,19 @@ class Backups:
                 trusted, _ = self.vet(self.versions())
                 parent = incremental_parent(trusted, started, full_every_s,
                                             int(psql(f"select {wal_archive.CURRENT_TIMELINE_SQL}")))
+            kept.of(parent and parent["id"])  # a copy of any other backup goes before this one starts
             links = self.taken(backup_id, data, parent and self.links(parent, trusted), work)
+            if not links:
+                kept.discard()
             copied = time.time()
             # Every transaction id from here on was assigned after the backup ended, so commits after it: what
             # makes this backup a start for a restore to such an xid.
             next_xid = int(psql("select pg_snapshot_xmax(pg_current_snapshot())"))
             say(f"{backup_id}: pg_verifybackup")
             subprocess.run([f"{self.bin}/pg_verifybackup", data], check=True)
-            if links:  # what a restore does with it: every link from S3, combined, verified
-                self.assemble(links + [{"id": backup_id}], os.path.join(work, "chain"), here={backup_id: data})
+            restores_to = data
+            if links:  # what a restore does with it: its chain combined, verified
+                restores_to = self.verified_chain(links, backup_id, data, os.path.join(work, "chain"), kept)
             verified = time.time()
             timeline, start_lsn, end_lsn = wal_range(os.path.join(data, "backup_manifest"))
             packed = os.path.join(work, ARCHIVE)
@@ -268,6 +275,8 @@ class Backups:
             }
             body = json.dumps(record, indent=1).encode()
             self.archive.put_new(self.key(backup_id, RECORD), body)
+            if full_every_s > 0:  # the next backup may be incremental on this one
+                kept.keep(backup_id, restores_to)
             kind = f"incremental on {links[-1]['id']}, chain of {len(links) + 1}" if links else "full"
             say(f"{backup_id}: done in {finished - started:.1f} s ({kind}), WAL {start_lsn}..{end_lsn} on timeline "
                 f"{timeline}")
@@ -295,6 +304,23 @@ class Backups:
         say(f"{backup_id}: pg_basebackup (full, plain, WAL streamed, fast checkpoint, SHA-256 manifest)")
         subprocess.run(command, check=True)
         return []
+
+    def verified_chain(self, links, backup_id, data, work, kept):
+        """The data directory a restore of this backup (`data`, incremental on `links`) gives, combined and verified
+        under `work`: onto the copy of links[-1] the last run kept (KeptCopy), else from every link in S3."""
+        parent = links[-1]["id"]
+        kept_data = kept.of(parent)
+        if kept_data:
+            say(f"{backup_id}: its chain up to {parent} from the copy the last backup kept, verified first")
+            try:
+                subprocess.run([f"{self.bin}/pg_verifybackup", kept_data], check=True)
+                return self.assemble([links[-1], {"id": backup_id}], work, here={parent: kept_data, backup_id: data})
+            except subprocess.CalledProcessError:
+                say(f"{backup_id}: the kept copy of {parent} did not combine or verify (above): dropped, every link "
+                    "from S3 instead")
+                kept.discard()
+                shutil.rmtree(work, ignore_errors=True)
+        return self.assemble(links + [{"id": backup_id}], work, here={backup_id: data})
 
     def links(self, record, trusted):
         """The trusted records a restore of `record` combines, full backup first (vet() keeps only whole chains)."""
@@ -499,6 +525,40 @@ def archived_segments(versions, prefix):
         if key.startswith(f"{prefix}/wal/") and wal_archive.SEGMENT.match(name) and not entries[0]["DeleteMarker"]:
             found[name] = entries[0]["LastModified"].timestamp()
     return found
+
+
+class KeptCopy:
+    """The data directory the last backup restores to (a full backup's own, or its chain combined), verified and
+    kept under the work directory while backups are incremental: the next one combines onto it instead of
+    downloading and unpacking every earlier link. pg_verifybackup checks the copy against its manifest before
+    pg_combinebackup reads it (blocks it takes from an unchanged file's neighbours are covered by no later checksum),
+    so a file changed on disk since drops the copy, and the run falls back to S3. It holds the database's size on
+    disk between runs; a full backup drops it before it starts."""
+
+    def __init__(self, work_root):
+        self.path = os.path.join(work_root, "verified")
+
+    def of(self, backup_id):
+        """The kept data directory when it is `backup_id`'s; else None, and a copy of any other backup goes."""
+        try:
+            with open(os.path.join(self.path, "backup_id")) as f:
+                kept_id = f.read()
+        except FileNotFoundError:
+            kept_id = None
+        if backup_id and kept_id == backup_id:
+            return os.path.join(self.path, "data")
+        self.discard()
+        return None
+
+    def discard(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def keep(self, backup_id, data):
+        self.discard()
+        os.makedirs(self.path, mode=0o700)
+        os.rename(data, os.path.join(self.path, "data"))
+        with open(os.path.join(self.path, "backup_id"), "w") as f:  # last: a copy without it is never used
+            f.write(backup_id)
 
 
 def chain_ids(record):

@@ -1,6 +1,7 @@
 """Incremental base backups on the fleet (issue 21): on a recent full backup, pg_basebackup --incremental, verified
-as a restore would use it (its chain from S3, pg_combinebackup, pg_verifybackup); the restore drill restores the
-chain; a broken link is refused by name and never built on. The fleet's timer takes full backups
+as a restore would use it (pg_combinebackup onto the verified copy of the chain the last run kept, else onto its
+links from S3; pg_verifybackup); the restore drill restores the chain; a kept copy changed on disk is dropped; a
+broken link is refused by name and never built on. The fleet's timer takes full backups
 (backup_full_every_days = 0 in group_data/local.py, so the other tiers' backups stand alone): these tests run the
 program as the timer's unit does, with the knob's default, --full-every-days 7."""
 
@@ -16,6 +17,7 @@ from tests.fleet_helpers import on
 from tests.metrics import scrape, value
 
 PRIMARY = "pg-1"  # leads (conftest.py)
+KEPT = "/var/lib/postgresql/backup-work/verified"  # the verified copy of the chain the last run kept
 TAKE = (f"runuser -u postgres -- {layout.program('base-backup')} run --work-dir /var/lib/postgresql/backup-work "
         "--full-every-days 7")
 
@@ -50,9 +52,17 @@ def test_a_backup_on_a_recent_full_one_is_incremental_smaller_and_verified_as_it
     assert first["chain"] == [full["id"], first["id"]] and second["chain"] == [full["id"], first["id"], second["id"]]
     assert f"pg_basebackup --incremental on {full['id']}" in first["printed"]
     assert f"pg_basebackup --incremental on {first['id']}" in second["printed"]
-    # Verified as a restore would combine it: every earlier link from S3, then the combined copy checked.
-    assert f"pg_combinebackup of 3 backups ({full['id']} .. {second['id']})" in second["printed"]
-    assert "pg_verifybackup on the combined chain" in second["printed"]
+    # Verified as a restore would combine it. The first: every earlier link from S3 (the timer's full backup,
+    # taken with --full-every-days 0, kept no copy), then the combined copy checked.
+    assert f"pg_combinebackup of 2 backups ({full['id']} .. {first['id']})" in first["printed"]
+    assert "from the copy the last backup kept" not in first["printed"]
+    # The second: onto the combined copy the first kept (checked first), nothing downloaded.
+    assert f"its chain up to {first['id']} from the copy the last backup kept, verified first" in second["printed"]
+    assert f"pg_combinebackup of 2 backups ({first['id']} .. {second['id']})" in second["printed"]
+    for printed in (first["printed"], second["printed"]):
+        assert "pg_verifybackup on the combined chain" in printed
+    assert on(PRIMARY, f"cat {KEPT}/backup_id").stdout == second["id"]
+    assert on(PRIMARY, f"stat -c '%U %a' {KEPT} {KEPT}/data").stdout.split("\n")[:2] == ["postgres 700"] * 2
     assert second["size_bytes"] < full["size_bytes"], (second["size_bytes"], full["size_bytes"])
     metrics = scrape(PRIMARY, "node")
     assert value(metrics, "mcp_base_backup_chain_length") == 3
@@ -66,8 +76,20 @@ def test_the_drill_restores_an_incremental_backup_by_combining_its_chain(chain):
     assert result["checks"] == {"replay_reached_backup_end": True, "canary_present": True, "amcheck_clean": True}
 
 
-def test_a_broken_link_is_refused_by_name_never_built_on_and_the_restore_uses_a_whole_chain(s3, chain):
+def test_a_kept_copy_changed_on_disk_is_dropped_and_the_chain_comes_from_s3(s3, chain):
     full, first, second = chain
+    on(PRIMARY, f"runuser -u postgres -- sh -c 'echo 99 >> {KEPT}/data/PG_VERSION'")
+    printed = take_incremental()
+    made = records(s3)[-1]
+    chain.append(made)  # forgotten with the others at the end
+    assert f"the kept copy of {second['id']} did not combine or verify (above): dropped" in printed
+    assert f"pg_combinebackup of 4 backups ({full['id']} .. {made['id']})" in printed
+    assert made["chain"] == [full["id"], first["id"], second["id"], made["id"]]
+    assert on(PRIMARY, f"cat {KEPT}/backup_id").stdout == made["id"]
+
+
+def test_a_broken_link_is_refused_by_name_never_built_on_and_the_restore_uses_a_whole_chain(s3, chain):
+    full, first, second = chain[:3]
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{first['id']}/base.tar.gz", Body=b"altered")
     made = None
     try:
@@ -77,9 +99,13 @@ def test_a_broken_link_is_refused_by_name_never_built_on_and_the_restore_uses_a_
                 "refused: a broken chain, not restorable") in listed.stderr
         assert [json.loads(line)["id"] for line in listed.stdout.splitlines()][-1] == full["id"]
         # The next backup builds on the newest whole chain: the full one.
-        assert f"pg_basebackup --incremental on {full['id']}" in take_incremental()
+        printed = take_incremental()
+        assert f"pg_basebackup --incremental on {full['id']}" in printed
         made = records(s3)[-1]
         assert made["chain"] == [full["id"], made["id"]]
+        # The kept copy was of a backup on the broken link: not used, and replaced by this chain's.
+        assert "from the copy the last backup kept" not in printed
+        assert on(PRIMARY, f"cat {KEPT}/backup_id").stdout == made["id"]
         # A restore to the archive's end starts from that chain and replays the rest: the rows of both links.
         closed = switch()  # after a write: right after a backup, pg_switch_wal() alone may leave the segment open
         eventually(lambda: psql("select last_archived_wal from pg_stat_archiver") >= closed, what=f"{closed} archived")
@@ -90,5 +116,5 @@ def test_a_broken_link_is_refused_by_name_never_built_on_and_the_restore_uses_a_
         assert restored == psql("select count(*) from incremental_probe where label like 'incremental _'") != "0"
     finally:
         on(RESTORE_HOST, "pg_dropcluster --stop 17 restore", check=False)
-        for backup_id in (first["id"], second["id"]):  # hidden as an operator would: the versions stay locked
-            forget(s3, backup_id)
+        for record in chain[1:]:  # hidden as an operator would: the versions stay locked
+            forget(s3, record["id"])

@@ -434,3 +434,62 @@ def test_a_parent_whose_manifest_differs_from_its_record_is_not_built_on(tmp_pat
     trusted, _ = backups.vet(backups.versions())
     with pytest.raises(base_backup.wal_archive.ArchiveError, match=f"backup {ids[0]}'s manifest does not match its record"):
         backups.taken("20990101T000000Z", str(tmp_path / "data"), trusted, str(tmp_path))
+
+
+def test_a_kept_copy_serves_only_the_backup_it_is_of_and_any_other_goes(tmp_path):
+    kept = base_backup.KeptCopy(str(tmp_path))
+    assert kept.of("20990101T000000Z") is None
+    (tmp_path / "combined").mkdir()
+    (tmp_path / "combined" / "PG_VERSION").write_text("17\n")
+    kept.keep("20990101T000000Z", str(tmp_path / "combined"))
+    assert not (tmp_path / "combined").exists()
+    assert kept.of("20990101T000000Z") == str(tmp_path / "verified" / "data")
+    assert (tmp_path / "verified" / "data" / "PG_VERSION").read_text() == "17\n"
+    assert kept.of("20990102T000000Z") is None and not (tmp_path / "verified").exists()
+    # A copy whose record of what it is never got written (the run died between) is never used.
+    (tmp_path / "verified" / "data").mkdir(parents=True)
+    assert kept.of(None) is None and not (tmp_path / "verified").exists()
+
+
+def test_an_incremental_is_verified_onto_the_kept_copy_and_from_s3_when_that_fails(tmp_path, monkeypatch, capsys):
+    s3, ids = chained_archive(2)
+    backups = in_bucket(s3)
+    trusted, _ = backups.vet(backups.versions())
+    kept, copy = base_backup.KeptCopy(str(tmp_path)), str(tmp_path / "verified" / "data")
+    new, ran, assembled, failures = "20990101T000000Z", [], [], {}
+
+    def run(command, check=False):
+        ran.append(command)
+        if failures.pop("pg_verifybackup", None):
+            raise base_backup.subprocess.CalledProcessError(1, command)
+
+    def assemble(links, work, here=None):
+        assembled.append(([r["id"] for r in links], here))
+        if failures.pop("assemble", None):
+            raise base_backup.subprocess.CalledProcessError(1, "pg_combinebackup")
+        return f"{work}/combined"
+
+    monkeypatch.setattr(base_backup.subprocess, "run", run)
+    backups.assemble = assemble
+    for failing in (None, "pg_verifybackup", "assemble"):
+        (tmp_path / "combined").mkdir()
+        kept.keep(ids[-1], str(tmp_path / "combined"))
+        ran.clear(), assembled.clear()
+        failures[failing] = True
+        found = backups.verified_chain(trusted, new, "/new/data", str(tmp_path / "chain"), kept)
+        assert found == f"{tmp_path}/chain/combined"
+        # The kept copy of the newest link is checked, then combined with the new backup alone.
+        assert ran[0][-1] == copy and ran[0][0].endswith("/pg_verifybackup")
+        onto_copy = ([ids[-1], new], {ids[-1]: copy, new: "/new/data"})
+        from_s3 = (ids + [new], {new: "/new/data"})
+        if failing is None:
+            assert assembled == [onto_copy] and (tmp_path / "verified").exists()
+            continue
+        # It failed a check: it goes, and every link comes from S3.
+        assert assembled == ([from_s3] if failing == "pg_verifybackup" else [onto_copy, from_s3])
+        assert not (tmp_path / "verified").exists()
+        assert f"the kept copy of {ids[-1]} did not combine or verify (above): dropped" in capsys.readouterr().out
+    # No kept copy (or one of another backup): every link from S3 at once.
+    assembled.clear()
+    backups.verified_chain(trusted, new, "/new/data", str(tmp_path / "chain"), kept)
+    assert assembled == [from_s3]
