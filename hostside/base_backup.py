@@ -531,9 +531,10 @@ class KeptCopy:
     """The data directory the last backup restores to (a full backup's own, or its chain combined), verified and
     kept under the work directory while backups are incremental: the next one combines onto it instead of
     downloading and unpacking every earlier link. pg_verifybackup checks the copy against its manifest before
-    pg_combinebackup reads it (blocks it takes from an unchanged file's neighbours are covered by no later checksum),
-    so a file changed on disk since drops the copy, and the run falls back to S3. It holds the database's size on
-    disk between runs; a full backup drops it before it starts."""
+    pg_combinebackup reads it: the unchanged blocks of a file the new backup changed come from the copy, and the
+    combined file's checksum is computed afresh, so no later check would cover them. A file changed on disk since
+    drops the copy, and the run falls back to S3. It holds the database's size on disk between runs; a full backup
+    drops it before it starts."""
 
     def __init__(self, work_root):
         self.path = os.path.join(work_root, "verified")
