@@ -85,10 +85,10 @@ bench-deploy: venv deps
 bench-archive: venv deps
 	$(BIN)/python bench/archive.py
 
-bench-replay: venv deps
+bench-replay: bench-deps deps
 	$(BIN)/python bench/replay.py
 
-bench-backup: venv deps
+bench-backup: bench-deps deps
 	$(BIN)/python bench/backup.py
 
 bench-rls: venv deps

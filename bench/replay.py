@@ -1,4 +1,4 @@
-"""restore_command throughput from the archive on the fleet. Writes bench/results/replay.md.
+"""restore_command throughput from the archive on the fleet. Writes bench/results/replay.md and replay.png.
 
 The same real segments (written by `pgbench -i` on the primary, renamed to consecutive names on a timeline of
 their own), stored under bench-<run>/ in the fleet's S3 endpoint in each tool's layout (ours by its own push),
@@ -128,8 +128,28 @@ timed: in a restore, PostgreSQL applies each segment while the prefetcher downlo
 | method | seconds | segments/s | vs ours one at a time |
 |---|---|---|---|
 {rows}
+
+A failed method is listed with its last line. `barman-cloud-wal-restore` lists with a prefix that ends in '/', and
+the fleet's moto refuses the signature of any list whose prefix holds a '/' (ours lists with the bare prefix and
+filters). pgBackRest is not run: it speaks only HTTPS to S3, and the fleet's endpoint is plain HTTP.
 """)
+    plot(measured)
     print(RESULTS.read_text())
+
+
+def plot(measured):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(measured["seconds"])
+    figure, axis = plt.subplots(figsize=(9, 3.5))
+    axis.barh(names, [measured["segments"] / measured["seconds"][n] for n in names],
+              color=["#0077bb" if n.startswith("ours") else "#888888" for n in names])
+    axis.invert_yaxis()
+    axis.set_xlabel(f"segments/s ({measured['segments']} segments, one run)")
+    axis.set_title("restore_command throughput from the archive")
+    figure.tight_layout()
+    figure.savefig(RESULTS.with_suffix(".png"), dpi=100)
 
 
 if __name__ == "__main__":
