@@ -3,7 +3,8 @@
 moto starts with INITIAL_NO_AUTH_ACTION_COUNT=3: exactly the three unauthenticated IAM calls that create
 the fleet's admin user, its policy and its access key; every later request must be signed with real keys.
 moto keeps everything in its process (objects over 5 MiB in open, deleted temporary files under /var/lib/moto): a restart
-of the endpoint loses every bucket, object, key and user.
+of the endpoint loses every bucket, object, key and user. It runs through fleet/moto_server.py, which keeps
+ListObjectVersions from copying every object's bytes.
 """
 
 import base64
@@ -12,6 +13,7 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import boto3
 import botocore.config
@@ -24,6 +26,8 @@ REGION = "us-east-1"
 ADMIN_USER = "fleet-admin"
 BOOTSTRAP_ACTIONS = 3
 PACKAGES = ("python3-moto", "python3-flask", "python3-flask-cors")
+LAUNCHER = Path(__file__).with_name("moto_server.py").read_text()
+LAUNCHER_PATH = "/usr/local/lib/mcp-fleet/moto_server.py"
 UNIT = f"""[Unit]
 Description=S3 and KMS endpoint of the local fleet (moto server, in memory)
 After=network.target
@@ -35,7 +39,8 @@ Environment=INITIAL_NO_AUTH_ACTION_COUNT={BOOTSTRAP_ACTIONS}
 Environment=TMPDIR=/var/lib/moto
 StateDirectory=moto
 LimitNOFILE=1048576
-ExecStart=/usr/bin/python3 -m moto.server -H 0.0.0.0 -p {PORT}
+# {LAUNCHER_PATH} is fleet/moto_server.py, sha256 {hashlib.sha256(LAUNCHER.encode()).hexdigest()}: a new one restarts moto.
+ExecStart=/usr/bin/python3 {LAUNCHER_PATH} -H 0.0.0.0 -p {PORT}
 DynamicUser=yes
 Restart=on-failure
 
@@ -120,6 +125,9 @@ class S3Endpoint:
                 + " ".join(PACKAGES),
                 timeout=600,
             )
+        self.access.run(self.host.name, f"install -d -m 0755 {os.path.dirname(LAUNCHER_PATH)} && cat > {LAUNCHER_PATH}.new && "
+                                        f"chmod 0644 {LAUNCHER_PATH}.new && mv {LAUNCHER_PATH}.new {LAUNCHER_PATH}",
+                        input_text=LAUNCHER)  # read by moto's dynamic user
         self.access.run(
             self.host.name,
             "cat > /etc/systemd/system/moto.service.new && if ! cmp -s /etc/systemd/system/moto.service.new /etc/systemd/system/moto.service; "

@@ -99,6 +99,26 @@ def test_s3_bucket_put_and_refused_conditional_put(s3_credentials):
     assert s3.get_object(Bucket="fleet-probe", Key="segment")["Body"].read() == b"first"
 
 
+def test_listing_versions_copies_no_objects_bytes(s3_credentials):
+    """fleet/moto_server.py: stock moto writes a copy of every version to a new temporary file on each listing."""
+    s3, size = client("s3", s3_credentials), (12 << 20) + 7  # over moto's 5 MiB in memory; a size nothing else has
+    s3.create_bucket(Bucket="fleet-versions")
+    s3.put_bucket_versioning(Bucket="fleet-versions", VersioningConfiguration={"Status": "Enabled"})
+    bodies = [os.urandom(size), os.urandom(size)]
+    for body in bodies:
+        s3.put_object(Bucket="fleet-versions", Key="big", Body=body)
+    count = ("import os, sys; fds = f'/proc/{sys.argv[1]}/fd'; print(sum(os.readlink(f'{fds}/{n}').endswith('(deleted)') "
+             f"and os.stat(f'{{fds}}/{{n}}').st_size == {size} for n in os.listdir(fds)))")
+    held = lambda: int(on("s3", f"python3 -c {shlex.quote(count)} $(systemctl show --property=MainPID --value moto)").stdout)
+    assert held() == 2
+    for _ in range(3):
+        listed = s3.list_object_versions(Bucket="fleet-versions", Prefix="big")["Versions"]
+    assert held() == 2
+    assert [(v["Size"], v["IsLatest"]) for v in listed] == [(size, True), (size, False)]
+    for version, body in zip(listed, reversed(bodies)):  # the listing left the stored bytes open and whole
+        assert s3.get_object(Bucket="fleet-versions", Key="big", VersionId=version["VersionId"])["Body"].read() == body
+
+
 @pytest.mark.parametrize("wrong", [{"secret_access_key": "not-the-secret"}, {"access_key_id": "AKIAUNKNOWNKEY000000"}])
 def test_s3_refuses_wrong_keys(s3_credentials, wrong):
     with pytest.raises(botocore.exceptions.ClientError) as refused:
