@@ -27,10 +27,7 @@ from deploys.schema import migrations, portal_jobs
 from deploys.tls import DATABASE_ROLE, certificates
 from deploys.transport import send_without_delay
 
-config.REQUIRE_PYINFRA_VERSION = "~=3.10"
-# One unreachable host stops the run before any operation: a tier half-deployed around a missing host is
-# worse than no change.
-config.FAIL_PERCENT = 0
+config.REQUIRE_PYINFRA_VERSION = "~=3.10"  # and config.py: one failed host stops the run
 
 database = "database" in host.groups
 pooling = "pgbouncer" in host.groups

@@ -13,8 +13,7 @@ from deploys.patroni import leader
 from deploys.postgres import minor_update
 from deploys.transport import send_without_delay
 
-config.REQUIRE_PYINFRA_VERSION = "~=3.10"
-config.FAIL_PERCENT = 0  # the turns need every database host
+config.REQUIRE_PYINFRA_VERSION = "~=3.10"  # and config.py: the turns need every database host
 
 send_without_delay()
 check_inventory()

@@ -21,11 +21,10 @@ from deploys.rebuild import old_cluster_cleared, refuse_a_wrong_inventory, scrub
 from deploys.transport import send_without_delay
 
 config.REQUIRE_PYINFRA_VERSION = "~=3.10"
-# A failed scrubbed copy must stop every host's clearing. pyinfra restores its configuration after loading a deploy
-# file, so the setting must come from the command line.
+# A failed scrubbed copy must stop every host's clearing. config.py sets this; only the command line can change it.
 if config.FAIL_PERCENT != 0:
-    raise DeployError("rebuild_staging.py: run it with --fail-percent 0 (make staging-rebuild does): without it, the "
-                      "other hosts would clear their cluster after a failed scrubbed copy")
+    raise DeployError("rebuild_staging.py: run it with --fail-percent 0 (config.py's; make staging-rebuild passes it "
+                      "too): without it, the other hosts would clear their cluster after a failed scrubbed copy")
 
 send_without_delay()
 check_inventory()

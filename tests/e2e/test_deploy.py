@@ -171,3 +171,16 @@ class TestRefusals:
         assert result.returncode != 0 and message in result.stderr
         assert f"--data on the command line: {override.split('=')[0]}" in result.stderr or "credentials file" in message
         assert still_pending()
+
+    def test_an_operation_that_fails_on_one_host_stops_every_host(self):
+        """config.py's FAIL_PERCENT 0; pyinfra would otherwise go on with the other hosts. Last in the class: the
+        failing operation (the roles file, immutable on pg-3) changes the pending file on the hosts it runs on."""
+        tier_metrics = f"{layout.METRICS_DIR}/tier.prom"  # put by an operation far after the roles file
+        on("pg-3", f"rm {PENDING_FILE} && touch {PENDING_FILE} && chattr +i {PENDING_FILE}")
+        on("pgbouncer-1", f"rm {tier_metrics}")
+        try:
+            result = pyinfra_run("-y")
+        finally:
+            on("pg-3", f"chattr -i {PENDING_FILE}")
+        assert result.returncode != 0 and "Over 0% of hosts failed" in result.stderr, result.stderr[-3000:]
+        assert on("pgbouncer-1", f"test -e {tier_metrics}", check=False).returncode == 1

@@ -101,10 +101,11 @@ def test_a_rebuild_that_cannot_be_right_is_refused_in_one_line_before_any_change
     assert sql(f"select count(*) from portal.users where email like '{TOKEN}.%'") == str(USERS)
 
 
-def test_without_fail_percent_0_the_rebuild_is_refused_before_any_change(production):
-    """pyinfra restores its configuration after loading a deploy file: only the command line can make one host's
-    failed copy stop every host's clearing."""
-    result = subprocess.run(pyinfra_argv("-y", "inventory/local.py", "rebuild_staging.py", *SOURCE, *AS_STAGING),
+def test_a_fail_percent_above_0_is_refused_before_any_change(production):
+    """config.py's --fail-percent 0 makes one host's failed copy stop every host's clearing; the command line can
+    change it."""
+    result = subprocess.run(pyinfra_argv("-y", "--fail-percent", "50", "inventory/local.py", "rebuild_staging.py",
+                                         *SOURCE, *AS_STAGING),
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode != 0 and "run it with --fail-percent 0" in result.stdout + result.stderr
     nothing_changed()
