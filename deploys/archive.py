@@ -75,7 +75,8 @@ def _config():
         "kms_key_id": k.wal_archive_kms_key_id, "compression": k.wal_archive_compression,
         "prefetch": k.wal_restore_prefetch, "credentials_file": CREDENTIALS, "socket": f"/run/{UNIT}/socket", "claim_prefix": True,
         "data_directory": pg.data_directory, "bin_directory": pg.bin_directory,
-        "recovery_window_days": k.backup_retention_days,
+        "recovery_window_days": k.backup_retention_days, "backup_max_age_h": k.backup_max_age_h,
+        "full_every_days": k.backup_full_every_days,
     }
 
 

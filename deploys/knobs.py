@@ -379,7 +379,7 @@ class Backups(Knobs):
     backup_full_every_days: float = Field(7, ge=0, le=365, description="A base backup is incremental on the newest one (pg_basebackup --incremental, summarize_wal) until the full backup its chain starts with is this many days old; then a full one. 0: every backup full.")
     backup_work_dir: HostPath = Field("/var/lib/postgresql/backup-work", description="Scratch space for a backup before upload, and for combining its chain to verify it; while backups are incremental it also keeps the last backup's verified copy (room for the database about three times).")
     backup_timeout_s: Seconds = Field(6 * 3600, description="A backup or drill that runs longer fails.")
-    backup_retention_days: float = Field(30, gt=0, le=3650, description="A restore to any moment of this many days stays possible.")
+    backup_retention_days: float = Field(30, gt=0, le=3650, description="A restore to any moment of this many days stays possible. The bucket's default COMPLIANCE lock must cover it, plus backup_max_age_h and backup_full_every_days (the preflight checks; docs/backups.md).")
     backup_retention_schedule: Calendar = Field("*-*-* 04:00:00", description="When retention runs.")
     backup_retention_max_delete_percent: float = Field(25, gt=0, le=100, description="A retention run that would delete more of the archive's object versions deletes nothing and fails (a forged record or a wrong window must not empty the archive).")
     backup_retention_credentials: LocalPath = Field("", description="Keys that may delete (JSON like wal_archive_credentials); empty: <secrets_dir>/s3/backup-retention.json.")

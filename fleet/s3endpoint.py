@@ -52,9 +52,10 @@ ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Acti
 # bucket with S3 Object Lock, a KMS key, and users. Database hosts may put, get and list, never delete; only
 # retention deletes, and only versions whose lock has expired.
 BUCKET = "mcp-portal-archive"
-# Every new version is locked in COMPLIANCE mode (no key can shorten it or delete through it) for the recovery
-# window: group_data's backup_retention_days, 30 unless set; the preflight refuses a shorter lock.
-LOCK = {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}}
+# Every new version is locked in COMPLIANCE mode (no key can shorten it or delete through it) while a restore may
+# need it: the recovery window (backup_retention_days, 30) and the age of the backup a restore to its start may
+# need (backup_max_age_h, 26 h; the fleet's backups are all full). The preflight refuses a shorter lock.
+LOCK = {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 32}}
 # tier.json key: (alias, description). The data key's master key wraps the portal's data keys (hostside/envelope.py).
 KMS_KEYS = {"kms_key_id": ("alias/mcp-portal-archive", "the MCP Portal tier's archive key"),
             "data_kms_key_id": ("alias/mcp-portal-data", "the MCP Portal's data-key master key")}

@@ -375,7 +375,8 @@ def preflight(config, host_epoch, system_identifier, s3=None, kms=None):
     if owner and system_identifier and owner != str(system_identifier):
         problems.append(f"{where} belongs to cluster {owner}, not to this one ({system_identifier}); "
                         "give this cluster its own archive prefix (wal_archive_prefix)")
-    lock = lock_problem(archive.s3, config["bucket"], config.get("recovery_window_days", 0))
+    lock = lock_problem(archive.s3, config["bucket"], config.get("recovery_window_days", 0),
+                        config.get("backup_max_age_h", 0), config.get("full_every_days", 0))
     if lock:
         problems.append(lock)
     if config.get("sse") == "aws:kms":
@@ -388,9 +389,11 @@ def preflight(config, host_epoch, system_identifier, s3=None, kms=None):
     return problems
 
 
-def lock_problem(s3, bucket, window_days):
-    """A one-line problem unless S3 Object Lock locks every new version in `bucket` in COMPLIANCE mode for at
-    least the recovery window (then no key, however privileged, can delete or shorten what a restore needs)."""
+def lock_problem(s3, bucket, window_days, max_age_h=0, full_every_days=0):
+    """A one-line problem unless S3 Object Lock locks every new version in `bucket` in COMPLIANCE mode for as long
+    as a restore may need it (then no key, however privileged, can delete or shorten it): the recovery window, plus
+    the age the base backup a restore to its first moment starts from may have: up to `max_age_h` (a backup is
+    due), and with incremental backups the `full_every_days` their chain may span before the next full one."""
     from botocore.exceptions import ClientError
     try:
         lock = s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
@@ -401,13 +404,16 @@ def lock_problem(s3, bucket, window_days):
         lock = {}
     retention = lock.get("Rule", {}).get("DefaultRetention", {})
     days = retention.get("Days") or 365 * retention.get("Years", 0)
-    if lock.get("ObjectLockEnabled") == "Enabled" and retention.get("Mode") == "COMPLIANCE" and days >= window_days:
+    backup_age_days = max_age_h / 24 + full_every_days
+    if (lock.get("ObjectLockEnabled") == "Enabled" and retention.get("Mode") == "COMPLIANCE"
+            and days >= window_days + backup_age_days):
         return None
     has = (f"a default {retention.get('Mode')} lock of {days} days" if retention else
            "Object Lock without a default retention" if lock.get("ObjectLockEnabled") == "Enabled" else "no Object Lock")
-    return (f"bucket {bucket} has {has}; it needs a default COMPLIANCE lock of at least the recovery window "
-            f"({window_days:g} days, backup_retention_days), so no key can delete what a restore needs "
-            "(docs/backups.md)")
+    return (f"bucket {bucket} has {has}; it needs a default COMPLIANCE lock of at least {window_days + backup_age_days:.1f} "
+            f"days: the recovery window ({window_days:g} days, backup_retention_days) and the age of the base backup a "
+            f"restore to its start may need ({backup_age_days:.1f} days: backup_max_age_h {max_age_h:g} + "
+            f"backup_full_every_days {full_every_days:g}), so no key can delete what a restore needs (docs/backups.md)")
 
 
 class Uploader(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

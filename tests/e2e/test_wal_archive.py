@@ -212,8 +212,11 @@ def test_the_database_hosts_keys_cannot_delete_from_the_archive():
     ("wal_archive_kms_key_id=alias/no-such-key", "the KMS key alias/no-such-key cannot be used"),
     ("wal_archive_prefix=someone-else", "s3://mcp-portal-archive/someone-else belongs to cluster 1234567890"),
     ("wal_archive_bucket=unlocked", "bucket unlocked has no Object Lock; it needs a default COMPLIANCE lock of at "
-                                    "least the recovery window (30 days, backup_retention_days)"),
-    ("backup_retention_days=45", "bucket mcp-portal-archive has a default COMPLIANCE lock of 30 days; it needs"),
+                                    "least 31.1 days: the recovery window (30 days, backup_retention_days)"),
+    ("backup_retention_days=45", "bucket mcp-portal-archive has a default COMPLIANCE lock of 32 days; it needs"),
+    ("backup_full_every_days=7", "lock of 32 days; it needs a default COMPLIANCE lock of at least 38.1 days: the "
+                                 "recovery window (30 days, backup_retention_days) and the age of the base backup a "
+                                 "restore to its start may need (8.1 days: backup_max_age_h 26 + backup_full_every_days 7)"),
 ])
 def test_the_preflight_stops_a_deploy_that_could_not_archive(s3, override, message):
     s3.put_object(Bucket=BUCKET, Key="someone-else/cluster.json", Body=b"{}", Metadata={"system-identifier": "1234567890"})

@@ -136,7 +136,7 @@ def test_the_tiers_bucket_is_versioned_and_locked_and_its_keys_are_private(s3_cr
     assert client("s3", s3_credentials).get_bucket_versioning(Bucket=tier["bucket"])["Status"] == "Enabled"
     lock = client("s3", s3_credentials).get_object_lock_configuration(Bucket=tier["bucket"])["ObjectLockConfiguration"]
     assert lock["ObjectLockEnabled"] == "Enabled"
-    assert (lock["Rule"]["DefaultRetention"]["Mode"], lock["Rule"]["DefaultRetention"]["Days"]) == ("COMPLIANCE", 30)
+    assert (lock["Rule"]["DefaultRetention"]["Mode"], lock["Rule"]["DefaultRetention"]["Days"]) == ("COMPLIANCE", 32)
     for name in ("tier", "wal-archiver", "backup-retention"):
         assert oct((Layout().local / "s3" / f"{name}.json").stat().st_mode & 0o777) == "0o600"
 

@@ -80,16 +80,29 @@ def rule(mode, **period):
 
 
 @pytest.mark.parametrize("lock, problem", [
-    (rule("COMPLIANCE", Days=30), None),
+    (rule("COMPLIANCE", Days=32), None),
     (rule("COMPLIANCE", Years=1), None),
     (rule("COMPLIANCE", Days=7), "has a default COMPLIANCE lock of 7 days; it needs a default COMPLIANCE lock of at least"),
-    (rule("GOVERNANCE", Days=30), "has a default GOVERNANCE lock of 30 days"),
+    (rule("GOVERNANCE", Days=32), "has a default GOVERNANCE lock of 32 days"),
     ({"ObjectLockEnabled": "Enabled"}, "has Object Lock without a default retention"),
     (None, "bucket b has no Object Lock; it needs"),
 ])
 def test_the_archive_bucket_must_lock_every_version_for_the_recovery_window(lock, problem):
-    found = lock_problem(LockConfiguration(lock), "b", 30)
+    found = lock_problem(LockConfiguration(lock), "b", 30, max_age_h=26)
     assert found is None if problem is None else problem in found and "(30 days, backup_retention_days)" in found
+
+
+@pytest.mark.parametrize("days, full_every_days, refused", [(31, 0, True), (32, 0, False), (38, 7, True), (39, 7, False)])
+def test_the_lock_also_covers_the_age_of_the_backup_a_restore_to_the_windows_start_needs(days, full_every_days, refused):
+    """The window's first moment may need a backup up to backup_max_age_h older, and with incremental backups the
+    full one their chain began with, up to backup_full_every_days older still."""
+    found = lock_problem(LockConfiguration(rule("COMPLIANCE", Days=days)), "b", 30, 26, full_every_days)
+    assert (found is not None) == refused
+    assert not refused or found == (
+        f"bucket b has a default COMPLIANCE lock of {days} days; it needs a default COMPLIANCE lock of at least "
+        f"{30 + 26 / 24 + full_every_days:.1f} days: the recovery window (30 days, backup_retention_days) and the age of "
+        f"the base backup a restore to its start may need ({26 / 24 + full_every_days:.1f} days: backup_max_age_h 26 + "
+        f"backup_full_every_days {full_every_days}), so no key can delete what a restore needs (docs/backups.md)")
 
 
 def uploader(tmp_path, reply):
