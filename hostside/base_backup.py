@@ -157,12 +157,11 @@ class Backups:
         """Every version under the prefix, by key, newest first (delete markers included, as `"DeleteMarker": True`)."""
         listed = {}
         pages = self.archive.s3.get_paginator("list_object_versions").paginate(Bucket=self.archive.bucket,
-                                                                               Prefix=self.archive.prefix)
+                                                                               Prefix=self.archive.prefix + "/")
         for page in pages:
             for kind, marker in (("Versions", False), ("DeleteMarkers", True)):
                 for version in page.get(kind, []):
-                    if version["Key"].startswith(self.archive.prefix + "/"):
-                        listed.setdefault(version["Key"], []).append(dict(version, DeleteMarker=marker))
+                    listed.setdefault(version["Key"], []).append(dict(version, DeleteMarker=marker))
         for entries in listed.values():  # S3 dates to the second: IsLatest says which is current
             entries.sort(key=lambda v: (not v.get("IsLatest"), -v["LastModified"].timestamp()))
         return listed
@@ -418,13 +417,10 @@ class Backups:
                                                f"{first['Key']} ({first['Code']}: {first.get('Message', '')})")
 
     def keys(self):
-        """Every key under the cluster's prefix. Listed by the prefix without its trailing '/' and filtered here:
-        the fleet's S3 endpoint (moto) rejects the signature of a listing whose prefix holds a '/'. In prod this
-        pages over the WAL keys too."""
+        """Every key under the cluster's prefix."""
         pages = self.archive.s3.get_paginator("list_objects_v2").paginate(Bucket=self.archive.bucket,
-                                                                          Prefix=self.archive.prefix)
-        return [obj["Key"] for page in pages for obj in page.get("Contents", [])
-                if obj["Key"].startswith(self.archive.prefix + "/")]
+                                                                          Prefix=self.archive.prefix + "/")
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
     def choose(self, target_time=None, target_lsn=None, target_xid=None):
         """The newest trusted backup of the cluster the prefix belongs to that ends before the target (for an xid:

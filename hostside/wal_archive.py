@@ -260,12 +260,10 @@ class Archive:
         return data
 
     def segments(self, timeline):
-        """The names of the full segments of `timeline` in the archive. Listed by the bare prefix and filtered here:
-        the fleet's S3 endpoint (moto) rejects the signature of a listing whose prefix holds a '/'
-        (base_backup.py's keys() does the same)."""
-        wanted, pages = f"{self.prefix}/wal/{timeline:08X}", self.s3.get_paginator("list_objects_v2")
-        names = {obj["Key"].rsplit("/", 1)[1] for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix)
-                 for obj in page.get("Contents", []) if obj["Key"].startswith(wanted)}
+        """The names of the full segments of `timeline` in the archive (only its keys are listed)."""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                  Prefix=f"{self.prefix}/wal/{timeline:08X}")
+        names = {obj["Key"].rsplit("/", 1)[1] for page in pages for obj in page.get("Contents", [])}
         return sorted(n for n in names if SEGMENT.match(n))
 
     def seal(self, timeline, wal_dir):

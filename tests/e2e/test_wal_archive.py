@@ -133,7 +133,7 @@ def erase(s3, key):
     drills'), and restores refuse a key whose versions differ. Only the fleet can: moto lets its admin shorten a
     COMPLIANCE lock, S3 lets no one."""
     until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
-    pages = s3.get_paginator("list_object_versions").paginate(Bucket=BUCKET, Prefix=PREFIX)  # moto: no '/' here
+    pages = s3.get_paginator("list_object_versions").paginate(Bucket=BUCKET, Prefix=key)
     listed = [v for page in pages for v in page.get("Versions", []) + page.get("DeleteMarkers", []) if v["Key"] == key]
     for version in listed:
         if "Size" in version:  # a version, not a delete marker: locked

@@ -99,6 +99,20 @@ def test_s3_bucket_put_and_refused_conditional_put(s3_credentials):
     assert s3.get_object(Bucket="fleet-probe", Key="segment")["Body"].read() == b"first"
 
 
+def test_signatures_cover_the_request_as_sent(s3_credentials):
+    """fleet/moto_server.py: stock moto refuses a signed listing whose prefix holds a '/', and a key with a space."""
+    s3 = client("s3", s3_credentials)
+    s3.create_bucket(Bucket="fleet-signatures")
+    s3.put_object(Bucket="fleet-signatures", Key="a folder/an object", Body=b"x")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="fleet-signatures", Prefix="a folder/")["Contents"]] == [
+        "a folder/an object"]
+    assert s3.get_object(Bucket="fleet-signatures", Key="a folder/an object")["Body"].read() == b"x"
+    wrong = client("s3", dict(s3_credentials, secret_access_key="not-the-secret"))
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        wrong.list_objects_v2(Bucket="fleet-signatures", Prefix="a folder/")
+    assert refused.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+
 def test_listing_versions_copies_no_objects_bytes(s3_credentials):
     """fleet/moto_server.py: stock moto writes a copy of every version to a new temporary file on each listing."""
     s3, size = client("s3", s3_credentials), (12 << 20) + 7  # over moto's 5 MiB in memory; a size nothing else has
