@@ -6,7 +6,8 @@
   run and every metrics scrape: with a few GiB of backups, each list wrote that much again to the disk every fleet
   host shares, for as long as moto ran. The listing only reads the key's fields and sets `is_latest` on its copy,
   so a copy of the fields does the same job.
-- Signatures: checked over the path and query as the client sent them, not as Flask decoded them.
+- Signatures: checked over the path and query as the client sent them, not as Flask decoded them, which failed
+  any request with a '/' in a parameter: a listing's prefix, and the key marker of every listing's second page.
 """
 
 import sys
@@ -38,8 +39,8 @@ stock_authenticate = ActionAuthenticatorMixin._authenticate_and_authorize_action
 
 def authenticate_over_the_uri_sent(self, iam_request_cls, resource="*"):
     """A signature covers the path and query as the client encoded them; moto checked it over Flask's decoded URL,
-    so a request with a '/' in a parameter (a listing's Prefix='a/', as barman-cloud sends) or a key with a space
-    failed as SignatureDoesNotMatch (moto #5948)."""
+    so a request with a '/' in a parameter (a listing's Prefix='a/', as barman-cloud sends, or the KeyMarker of its
+    second page) or a key with a space failed as SignatureDoesNotMatch (moto #5948)."""
     decoded = self.uri
     path, _, query = request.environ["RAW_URI"].partition("?")  # as werkzeug's server received it
     self.uri = urlunsplit(urlsplit(decoded)._replace(path=path, query=query))

@@ -100,12 +100,17 @@ def test_s3_bucket_put_and_refused_conditional_put(s3_credentials):
 
 
 def test_signatures_cover_the_request_as_sent(s3_credentials):
-    """fleet/moto_server.py: stock moto refuses a signed listing whose prefix holds a '/', and a key with a space."""
+    """fleet/moto_server.py: stock moto refuses a signed listing whose prefix or page marker holds a '/' (so every
+    listing's second page: the tier's past 1000 versions), and a key with a space."""
     s3 = client("s3", s3_credentials)
     s3.create_bucket(Bucket="fleet-signatures")
-    s3.put_object(Bucket="fleet-signatures", Key="a folder/an object", Body=b"x")
+    for name in ("a folder/an object", "a folder/another"):
+        s3.put_object(Bucket="fleet-signatures", Key=name, Body=b"x")
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="fleet-signatures", Prefix="a folder/")["Contents"]] == [
-        "a folder/an object"]
+        "a folder/an object", "a folder/another"]
+    pages = s3.get_paginator("list_object_versions").paginate(Bucket="fleet-signatures", Prefix="a",
+                                                              PaginationConfig={"PageSize": 1})
+    assert [v["Key"] for page in pages for v in page.get("Versions", [])] == ["a folder/an object", "a folder/another"]
     assert s3.get_object(Bucket="fleet-signatures", Key="a folder/an object")["Body"].read() == b"x"
     wrong = client("s3", dict(s3_credentials, secret_access_key="not-the-secret"))
     with pytest.raises(botocore.exceptions.ClientError) as refused:
