@@ -7,7 +7,8 @@ bytes (NOISE_GIB, stored as is: TOAST does not compress it, nor does gzip), load
     with checksums, read back, completion record); the floor: `tar | gzip -1 | aws s3 cp -` of the live data
     directory (what a cron script does; not even a consistent copy);
   - a day's writes, shortened: pgbench's TPC-B for LOAD_S seconds, then a tenth of the accounts updated and a tenth
-    of the random rows replaced by new random bytes; then an incremental backup (`run --full-every-days 7`),
+    of the random rows replaced by new random bytes; a checkpoint and the WAL summarizer caught up (timed apart:
+    the hours before a nightly backup do that); then an incremental backup (`run --full-every-days 7`),
     verified by combining its chain with every link from S3 (no copy kept: the timer's full backup keeps none);
   - another such day, and a second incremental backup, verified by combining onto the copy the first one kept;
   - restore, ours: `base_backup.py restore` (download, SHA-256 check, unpack, pg_verifybackup, recovery settings)
@@ -31,11 +32,11 @@ from remote import leader, on
 
 HOST = leader()
 SCALE = 150  # pgbench scale: 15M accounts, about 2.3 GiB
-# Random bytes beside pgbench's rows. 2 GiB (a 4.4 GiB data directory) ran this machine's disk out at the second
-# incremental backup (6 Dec: 73 GiB free after `make local`, 6 GiB at the lowest): the fleet's S3 endpoint keeps
-# every object, locked, on that disk, beside three members' copies, the work directory and a restore's copy.
-NOISE_GIB = 1
-NEEDS_FREE_GIB = 50  # for NOISE_GIB = 1, with room to spare
+# Random bytes beside pgbench's rows: a 4.4 GiB data directory. What limits it is this machine's disk, which the
+# fleet's hosts share: three members' copies, the backup's work directory (three copies), a restore's copy, and the
+# S3 endpoint's objects (moto keeps each in a temporary file on it, locked for the bucket's 30 days).
+NOISE_GIB = 2
+NEEDS_FREE_GIB = 60
 NOISE_ROW = 8192  # bytes per row of random data
 LOAD_S = 60  # pgbench TPC-B between two backups
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,15 +87,27 @@ def a_day_of_writes(tenth):
     psql(f"delete from noise where id >= {first} and id < {last}", db="bench_backup")
     psql(f"copy noise from program 'python3 /var/tmp/bench-noise.py {first} {last}'", db="bench_backup")
 
-seconds, sizes = {}, {}
+def settle():
+    """What the hours between a day's writes and the nightly backup do, timed apart from the backup: a checkpoint,
+    and the WAL summarizer (which an incremental backup waits for) caught up with the day's WAL."""
+    started = time.monotonic()
+    psql("checkpoint")
+    redo = psql("select redo_lsn from pg_control_checkpoint()")  # a summary ends there (and none later until the next)
+    while psql(f"select summarized_lsn >= '{redo}' from pg_get_wal_summarizer_state()") != "t":
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+seconds, settled = {}, []
 seconds["backup, ours: full"] = timed("systemctl start mcp-base-backup.service")
 full = newest()
 seconds["backup, floor: tar, gzip -1, aws s3 cp"] = timed(
     f"tar -cf - -C /var/lib/postgresql/17/main . 2>/dev/null | gzip -1 | {aws} {sse} - {raw}")
 a_day_of_writes(0)
+settled.append(settle())
 seconds["backup, ours: incremental, chain verified from S3"] = timed(take)
 first = newest()
 a_day_of_writes(1)
+settled.append(settle())
 seconds["backup, ours: incremental, chain verified onto the kept copy"] = timed(take)
 second = newest()
 assert second["chain"] == [full["id"], first["id"], second["id"]], second
@@ -128,12 +141,17 @@ assert int(noise) == noise_rows, noise  # the restored copy holds every random r
 os.makedirs(f"{scratch}/raw")
 seconds["restore, floor: aws s3 cp, tar -xz"] = timed(f"{aws} {raw} - | tar -xzf - -C {scratch}/raw")
 subprocess.run(f"rm -rf {scratch}", shell=True, check=True)
-print(json.dumps({"seconds": seconds, "data_bytes": size,
+import boto3  # Debian's, as the host programs use
+s3 = boto3.client("s3", endpoint_url=config["endpoint_url"], region_name=config["region"],
+                  aws_access_key_id=keys["access_key_id"], aws_secret_access_key=keys["secret_access_key"])
+stored = sum(v["Size"] for page in s3.get_paginator("list_object_versions").paginate(Bucket=config["bucket"])
+             for v in page.get("Versions", []))
+print(json.dumps({"seconds": seconds, "settled": settled, "data_bytes": size, "stored_bytes": stored,
                   "records": {"full": full, "incremental from S3": first, "incremental onto the kept copy": second}}))
 '''
 
 
-MOTO_USAGE = ("pid=$(pgrep -f moto.server | head -1); echo $(ps -o rss= -p $pid) "
+MOTO_USAGE = ("pid=$(systemctl show --property=MainPID --value moto); echo $(ps -o rss= -p $pid) "
               "$(find /proc/$pid/fd -lname '*(deleted)' -exec stat -L -c %s {} + 2>/dev/null | awk '{s += $1} END {print s + 0}')")
 
 
@@ -218,17 +236,22 @@ and used instead):
 |---|---|---|---|---|---|
 {chr(10).join(incrementals)}
 
+Before each incremental backup, the bench first did what the hours between a day's writes and the nightly timer
+do, timed apart: a checkpoint, and the WAL summarizer caught up with the day's WAL (pg_basebackup --incremental
+waits for it). That took {" and ".join(f"{s:.1f}" for s in measured["settled"])} s.
+
 The S3 endpoint (moto) keeps an object in memory only up to its key buffer's size (5 MiB by default), and larger
 ones in temporary files it unlinks at once, on the s3 host's disk: this machine's disk, which every fleet host
-shares. Sampled every 3 s in
-this run: moto's resident size peaked at {max(u[0] for u in usage) / 2**30:.1f} GiB, its temporary files at
-{max(u[1] for u in usage) / 2**30:.1f} GiB (the WAL of the whole run, the full backup, the floor's copy and both
-incremental ones, all locked for the bucket's 30 days), and the disk had {min(u[2] for u in usage) / 2**30:.1f} GiB
-free at the lowest. So what limits the database the fleet can back up here is that disk: three copies of the
-database on the members, the archive in moto's files, the backup's work directory and a restore's copy. And
-moto serves a large object slowly: it reads the whole object for each ranged GET, and boto3's downloads (ours) and
-the AWS CLI's (the floor's) fetch 8 MiB ranges, so every step that downloads (the restores, and an incremental
-backup's verification from S3) takes time here that grows with the square of the object's size.
+shares. Sampled every 3 s in this run: moto's resident size peaked at {max(u[0] for u in usage) / 2**30:.1f} GiB, its
+temporary files at {max(u[1] for u in usage) / 2**30:.1f} GiB, {max(u[1] for u in usage) / measured['stored_bytes']:.2f}x
+the {measured['stored_bytes'] / 2**30:.1f} GiB of objects the bucket held at the end (every version: the run's WAL,
+the backups and the floor's copy, all locked for the bucket's 30 days), and the disk had
+{min(u[2] for u in usage) / 2**30:.1f} GiB free at the lowest. So what limits the database the fleet can back up
+here is that disk: three copies of the database on the members, the archive in moto's files, the backup's work
+directory and a restore's copy. And moto serves a large object slowly: it reads the whole object for each ranged
+GET, and boto3's downloads (ours) and the AWS CLI's (the floor's) fetch 8 MiB ranges, so every step that downloads
+(the restores, and an incremental backup's verification from S3) takes time here that grows with the square of the
+object's size.
 
 Ours does more than the floor: a consistent copy (pg_basebackup with its WAL), pg_verifybackup, a SHA-256
 read back from S3 and a completion record; the restore checks the SHA-256 and runs pg_verifybackup before the
