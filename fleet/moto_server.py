@@ -2,10 +2,10 @@
 
 - ListObjectVersions: moto 5.1 deep-copies every version in the bucket on each call, whatever the prefix, to mark
   the copies `is_latest`. Each copy reads the whole object and writes it to a new temporary file, and moto's
-  BaseModel keeps every instance it makes, so the copies were never freed. The tier lists versions on every backup
-  run and every metrics scrape: with a few GiB of backups, each list wrote that much again to the disk every fleet
-  host shares, for as long as moto ran. The listing only reads the key's fields and sets `is_latest` on its copy,
-  so a copy of the fields does the same job.
+  BaseModel keeps every instance it makes, so the copies were never freed. The tier lists versions on every backup,
+  restore, retention run and `mcp-base-backup list`: with a few GiB of backups, each list wrote that much again to
+  the disk every fleet host shares, for as long as moto ran. The listing only reads the key's fields and sets
+  `is_latest` on its copy, so a copy of the fields does the same job.
 - Signatures: checked over the path and query as the client sent them, not as Flask decoded them, which failed
   any request with a '/' in a parameter: a listing's prefix, and the key marker of every listing's second page.
 """
