@@ -40,11 +40,12 @@ def read_stats(socket_path, timeout=2.0):
 
 def leader_of(rows, listener):
     """The one member HAProxy's `listener` sees up, or None. "UP 2/3" is a member going down (its last check failed):
-    while the old leader goes down and the new one is already up, the one whose last check passed is the leader."""
+    while the old leader goes down and the new one is already up, the one whose last check passed is the leader.
+    HAProxy marks a check in progress with "* " before the last one's status ("* L7OK")."""
     servers = [r for r in rows if r["pxname"] == listener and r["svname"] not in ("FRONTEND", "BACKEND")]
     up = [r for r in servers if r["status"] == "UP"]
     if len(up) != 1:
-        up = [r for r in servers if r["status"].startswith("UP") and r.get("check_status") == "L7OK"]
+        up = [r for r in servers if r["status"].startswith("UP") and r.get("check_status", "").lstrip("* ") == "L7OK"]
     return up[0]["svname"] if len(up) == 1 else None
 
 

@@ -31,7 +31,11 @@ def stats(*servers, listener="primary"):
     ([("pg-1", "UP", "L7OK"), ("pg-2", "UP", "L7OK"), ("pg-3", "DOWN", "L7STS")], None),  # two say so: no guess
     ([("pg-1", "MAINT", "L7OK"), ("pg-2", "DOWN", "L7STS"), ("pg-3", "DOWN", "L7STS")], None),
     ([("pg-1", "UP", "INI"), ("pg-2", "UP", "INI"), ("pg-3", "UP", "INI")], None),  # HAProxy just started
-], ids=["one up", "none", "old going down", "set by switchover", "two leaders", "maintenance", "unchecked"])
+    # Seen on the fleet just after `enable server`: the leader's next check running ("* "), the last one passed.
+    ([("pg-1", "UP 1/2", "* L7OK"), ("pg-2", "DOWN", "L7STS"), ("pg-3", "DOWN", "* L7STS")], "pg-1"),
+    ([("pg-1", "UP", "* L7STS"), ("pg-2", "UP", "* L7OK"), ("pg-3", "DOWN", "L7STS")], "pg-2"),
+], ids=["one up", "none", "old going down", "set by switchover", "two leaders", "maintenance", "unchecked",
+        "its check running", "switchover, checks running"])
 def test_the_leader_is_the_one_member_haproxy_sees_up(servers, leader):
     assert follow_leader.leader_of(stats(*servers), "primary") == leader
 
