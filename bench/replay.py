@@ -129,9 +129,9 @@ timed: in a restore, PostgreSQL applies each segment while the prefetcher downlo
 |---|---|---|---|
 {rows}
 
-A failed method is listed with its last line. `barman-cloud-wal-restore` lists with a prefix that ends in '/', and
-the fleet's moto refuses the signature of any list whose prefix holds a '/' (ours lists with the bare prefix and
-filters). pgBackRest is not run: it speaks only HTTPS to S3, and the fleet's endpoint is plain HTTP.
+A failed method is listed with its last line. `barman-cloud-wal-restore` (Debian's barman-cli-cloud) is one
+process per segment too, against the same endpoint and segments. pgBackRest's `archive-get` is not run: it speaks
+only HTTPS to S3, and the fleet's endpoint is plain HTTP.
 """)
     plot(measured)
     print(RESULTS.read_text())
