@@ -41,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -310,15 +311,22 @@ class Backups:
         parent = links[-1]["id"]
         kept_data = kept.of(parent)
         if kept_data:
-            say(f"{backup_id}: its chain up to {parent} from the copy the last backup kept, verified first")
-            try:
-                subprocess.run([f"{self.bin}/pg_verifybackup", kept_data], check=True)
-                return self.assemble([links[-1], {"id": backup_id}], work, here={parent: kept_data, backup_id: data})
-            except subprocess.CalledProcessError:
-                say(f"{backup_id}: the kept copy of {parent} did not combine or verify (above): dropped, every link "
-                    "from S3 instead")
-                kept.discard()
-                shutil.rmtree(work, ignore_errors=True)
+            rebuilt = rebuilt_from(data, kept_data)
+            say(f"{backup_id}: its chain up to {parent} from the copy the last backup kept ({len(rebuilt)} of its "
+                "files, those this backup rebuilds, checked against its manifest first)")
+            changed = kept_changes(kept_data, rebuilt)
+            for problem in changed:
+                say(f"{backup_id}: the kept copy's {problem}")
+            if not changed:
+                try:
+                    return self.assemble([links[-1], {"id": backup_id}], work,
+                                         here={parent: kept_data, backup_id: data})
+                except subprocess.CalledProcessError:
+                    pass  # what failed is above
+            say(f"{backup_id}: the kept copy of {parent} did not combine or verify (above): dropped, every link "
+                "from S3 instead")
+            kept.discard()
+            shutil.rmtree(work, ignore_errors=True)
         return self.assemble(links + [{"id": backup_id}], work, here={backup_id: data})
 
     def links(self, record, trusted):
@@ -348,8 +356,10 @@ class Backups:
         else:
             data = os.path.join(work, "combined")
             say(f"pg_combinebackup of {len(parts)} backups ({links[0]['id']} .. {links[-1]['id']})")
-            subprocess.run([f"{self.bin}/pg_combinebackup", "--manifest-checksums=SHA256", "-o", data, *parts],
-                           check=True)
+            # In-kernel copies of the files it copies whole, whose manifest checksums it keeps (and the
+            # pg_verifybackup below checks against their bytes as copied).
+            subprocess.run([f"{self.bin}/pg_combinebackup", "--manifest-checksums=SHA256", "--copy-file-range", "-o",
+                            data, *parts], check=True)
             for part in parts:
                 if part not in here.values():  # a link's copy goes as soon as it is combined: disk for one more
                     shutil.rmtree(os.path.dirname(part), ignore_errors=True)
@@ -526,11 +536,12 @@ def archived_segments(versions, prefix):
 class KeptCopy:
     """The data directory the last backup restores to (a full backup's own, or its chain combined), verified and
     kept under the work directory while backups are incremental: the next one combines onto it instead of
-    downloading and unpacking every earlier link. pg_verifybackup checks the copy against its manifest before
-    pg_combinebackup reads it: the unchanged blocks of a file the new backup changed come from the copy, and the
-    combined file's checksum is computed afresh, so no later check would cover them. A file changed on disk since
-    drops the copy, and the run falls back to S3. It holds the database's size on disk between runs; a full backup
-    drops it before it starts."""
+    downloading and unpacking every earlier link. Before pg_combinebackup reads it, the files it will rebuild block by
+    block (rebuilt_from) are checked against the copy's manifest (kept_changes): their combined checksums are computed
+    afresh, so no later check would cover their unchanged blocks. The files it copies whole keep their manifest
+    checksums, which pg_verifybackup of the combined copy checks. A file changed on disk since drops the copy, and
+    the run falls back to S3. It holds the database's size on disk between runs; a full backup drops it before it
+    starts."""
 
     def __init__(self, work_root):
         self.path = os.path.join(work_root, "verified")
@@ -556,6 +567,58 @@ class KeptCopy:
         os.rename(data, os.path.join(self.path, "data"))
         with open(os.path.join(self.path, "backup_id"), "w") as f:  # last: a copy without it is never used
             f.write(backup_id)
+
+
+INCREMENTAL_PREFIX = "INCREMENTAL."
+INCREMENTAL_MAGIC = 0xD3AE1F0D  # pg_basebackup's header of an incremental file: magic, blocks, truncation length
+BLOCK_BYTES = 8192
+
+
+def rebuilt_from(incremental, kept):
+    """The files of `kept` (a data directory) that pg_combinebackup of the `incremental` backup onto it rebuilds
+    block by block rather than copying whole: those the incremental backup has blocks of, or whose length it
+    changes. Relative paths, sorted. A header it cannot read counts as rebuilt (pg_combinebackup refuses it)."""
+    rebuilt = []
+    for directory, _, names in os.walk(incremental):
+        for name in names:
+            if not name.startswith(INCREMENTAL_PREFIX):
+                continue
+            relative = os.path.relpath(os.path.join(directory, name.removeprefix(INCREMENTAL_PREFIX)), incremental)
+            try:
+                size = os.path.getsize(os.path.join(kept, relative))
+            except FileNotFoundError:
+                continue  # nothing of the kept copy's in it
+            with open(os.path.join(directory, name), "rb") as f:
+                header = f.read(12)
+            magic, blocks, length = struct.unpack("=III", header) if len(header) == 12 else (0, 0, 0)
+            if magic != INCREMENTAL_MAGIC or blocks or length * BLOCK_BYTES != size:
+                rebuilt.append(relative)
+    return sorted(rebuilt)
+
+
+def kept_changes(data, paths):
+    """How `paths` (relative) of the backup in `data` differ from its backup_manifest, whose own checksum is
+    checked first: one line each, none when they match."""
+    try:
+        with open(os.path.join(data, MANIFEST), "rb") as f:
+            body = f.read()
+        covered = body[:body.rindex(b"\n", 0, len(body) - 1) + 1]  # all but the last line, which holds the checksum
+        manifest = json.loads(body)
+    except (OSError, ValueError):
+        return ["backup_manifest is missing or unreadable"]
+    if hashlib.sha256(covered).hexdigest() != manifest.get("Manifest-Checksum"):
+        return ["backup_manifest does not match its own checksum"]
+    files = {entry.get("Path"): entry for entry in manifest["Files"]}
+    changes = []
+    for path in paths:
+        entry = files.get(path)
+        if entry is None or entry.get("Checksum-Algorithm") != "SHA256":
+            changes.append(f"{path} has no SHA-256 in its manifest")
+        elif os.path.getsize(os.path.join(data, path)) != entry["Size"]:
+            changes.append(f"{path} is not the size its manifest says")
+        elif sha256_of(os.path.join(data, path)) != entry["Checksum"]:
+            changes.append(f"{path} does not match its manifest's checksum")
+    return changes
 
 
 def chain_ids(record):

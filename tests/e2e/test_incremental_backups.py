@@ -1,7 +1,7 @@
 """Incremental base backups on the fleet (issue 21): on a recent full backup, pg_basebackup --incremental, verified
 as a restore would use it (pg_combinebackup onto the verified copy of the chain the last run kept, else onto its
-links from S3; pg_verifybackup); the restore drill restores the chain; a kept copy changed on disk is dropped; a
-broken link is refused by name and never built on. The fleet's timer takes full backups
+links from S3; pg_verifybackup); the restore drill restores the chain; a kept copy changed on disk, in a file the
+backup rebuilds or in one it copies whole, is dropped; a broken link is refused by name and never built on. The fleet's timer takes full backups
 (backup_full_every_days = 0 in group_data/local.py, so the other tiers' backups stand alone): these tests run the
 program as the timer's unit does, with the knob's default, --full-every-days 7."""
 
@@ -34,7 +34,11 @@ def change_some_rows(label):
 
 @pytest.fixture(scope="module")
 def chain(s3):
-    """[full, incremental, incremental]: a full backup by the fleet's timer unit, then two incremental ones."""
+    """[full, incremental, incremental]: a full backup by the fleet's timer unit, then two incremental ones. Beside
+    incremental_probe, which each adds rows to, kept_probe stays as the full backup has it (frozen first)."""
+    psql("drop table if exists kept_probe")
+    psql("create table kept_probe as select g, repeat(md5(g::text), 20) as filler from generate_series(1, 2000) g")
+    psql("vacuum (freeze) kept_probe")
     on(PRIMARY, f"systemctl start {UNIT}", timeout=600)
     full = records(s3)[-1]
     taken = [full]
@@ -56,8 +60,8 @@ def test_a_backup_on_a_recent_full_one_is_incremental_smaller_and_verified_as_it
     # taken with --full-every-days 0, kept no copy), then the combined copy checked.
     assert f"pg_combinebackup of 2 backups ({full['id']} .. {first['id']})" in first["printed"]
     assert "from the copy the last backup kept" not in first["printed"]
-    # The second: onto the combined copy the first kept (checked first), nothing downloaded.
-    assert f"its chain up to {first['id']} from the copy the last backup kept, verified first" in second["printed"]
+    # The second: onto the combined copy the first kept (the files it rebuilds checked first), nothing downloaded.
+    assert f"its chain up to {first['id']} from the copy the last backup kept (" in second["printed"]
     assert f"pg_combinebackup of 2 backups ({first['id']} .. {second['id']})" in second["printed"]
     for printed in (first["printed"], second["printed"]):
         assert "pg_verifybackup on the combined chain" in printed
@@ -76,15 +80,28 @@ def test_the_drill_restores_an_incremental_backup_by_combining_its_chain(chain):
     assert result["checks"] == {"replay_reached_backup_end": True, "canary_present": True, "amcheck_clean": True}
 
 
-def test_a_kept_copy_changed_on_disk_is_dropped_and_the_chain_comes_from_s3(s3, chain):
-    full, first, second = chain
-    on(PRIMARY, f"runuser -u postgres -- sh -c 'echo 99 >> {KEPT}/data/PG_VERSION'")
+@pytest.mark.parametrize("table", ["incremental_probe", "kept_probe"],
+                         ids=["in-a-file-the-backup-rebuilds", "in-a-file-it-copies-whole"])
+def test_a_kept_copy_changed_on_disk_is_dropped_and_the_chain_comes_from_s3(s3, chain, table):
+    """incremental_probe gets rows, so the backup rebuilds its file: the kept file is checked against the kept
+    manifest first. kept_probe does not change, so its file is copied whole with its manifest checksum: pg_verifybackup
+    of the combined copy finds it."""
+    kept = chain[-1]
+    path = psql(f"select pg_relation_filepath('{table}')")
+    on(PRIMARY, f"runuser -u postgres -- dd if=/dev/urandom of={KEPT}/data/{path} bs=8 seek=500 count=1 "
+                "conv=notrunc status=none")  # 8 bytes inside its first block: the file's size unchanged
+    change_some_rows("after the kept copy changed")
     printed = take_incremental()
     made = records(s3)[-1]
     chain.append(made)  # forgotten with the others at the end
-    assert f"the kept copy of {second['id']} did not combine or verify (above): dropped" in printed
-    assert f"pg_combinebackup of 4 backups ({full['id']} .. {made['id']})" in printed
-    assert made["chain"] == [full["id"], first["id"], second["id"], made["id"]]
+    if table == "incremental_probe":
+        assert f"the kept copy's {path} does not match its manifest's checksum" in printed
+        assert f"pg_combinebackup of 2 backups ({kept['id']} .. {made['id']})" not in printed
+    else:
+        assert f"pg_combinebackup of 2 backups ({kept['id']} .. {made['id']})" in printed
+    assert f"the kept copy of {kept['id']} did not combine or verify (above): dropped" in printed
+    assert f"pg_combinebackup of {len(chain)} backups ({chain[0]['id']} .. {made['id']})" in printed
+    assert made["chain"] == [record["id"] for record in chain]
     assert on(PRIMARY, f"cat {KEPT}/backup_id").stdout == made["id"]
 
 

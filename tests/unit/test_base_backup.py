@@ -451,17 +451,66 @@ def test_a_kept_copy_serves_only_the_backup_it_is_of_and_any_other_goes(tmp_path
     assert kept.of(None) is None and not (tmp_path / "verified").exists()
 
 
+def backup_directory(directory, files):
+    """A backup directory as pg_basebackup writes one: `files` ({relative path: bytes}) and a backup_manifest
+    with their SHA-256 checksums, covered by its own checksum on its last line."""
+    entries = []
+    for path, content in files.items():
+        (directory / path).parent.mkdir(parents=True, exist_ok=True)
+        (directory / path).write_bytes(content)
+        entries.append(json.dumps({"Path": path, "Size": len(content), "Checksum-Algorithm": "SHA256",
+                                   "Checksum": hashlib.sha256(content).hexdigest()}))
+    body = ('{ "PostgreSQL-Backup-Manifest-Version": 2,\n"Files": [\n' + ",\n".join(entries) + "\n],\n").encode()
+    (directory / "backup_manifest").write_bytes(
+        body + f'"Manifest-Checksum": "{hashlib.sha256(body).hexdigest()}"}}\n'.encode())
+
+
+def incremental_file(blocks, length, magic=base_backup.INCREMENTAL_MAGIC):
+    return base_backup.struct.pack("=III", magic, len(blocks), length) + b"".join(
+        base_backup.struct.pack("=I", b) for b in blocks)
+
+
+def test_the_kept_files_an_incremental_rebuilds_are_those_it_has_blocks_of_or_resizes(tmp_path):
+    block = bytes(base_backup.BLOCK_BYTES)
+    backup_directory(tmp_path / "kept", {f"base/5/{n}": block * 2 for n in (16384, 16385, 16386, 16388)} |
+                 {"PG_VERSION": b"17\n"})
+    new = tmp_path / "new" / "base" / "5"
+    new.mkdir(parents=True)
+    (new / "INCREMENTAL.16384").write_bytes(incremental_file([], 2))  # unchanged: copied whole
+    (new / "INCREMENTAL.16385").write_bytes(incremental_file([1], 2))  # a block changed
+    (new / "INCREMENTAL.16386").write_bytes(incremental_file([], 1))  # truncated
+    (new / "INCREMENTAL.16387").write_bytes(incremental_file([0], 1))  # new since: nothing of the kept copy's
+    (new / "INCREMENTAL.16388").write_bytes(incremental_file([], 2, magic=1))  # unreadable: rebuilt, to be safe
+    (tmp_path / "new" / "PG_VERSION").write_bytes(b"17\n")  # sent whole: never read from the kept copy
+    assert base_backup.rebuilt_from(str(tmp_path / "new"), str(tmp_path / "kept")) == [
+        "base/5/16385", "base/5/16386", "base/5/16388"]
+
+
+def test_kept_files_are_checked_against_the_manifest_which_is_checked_itself(tmp_path):
+    backup_directory(tmp_path, {"base/5/16384": b"a" * 8192, "base/5/16385": b"b" * 8192})
+    assert base_backup.kept_changes(str(tmp_path), ["base/5/16384", "base/5/16385"]) == []
+    (tmp_path / "base/5/16385").write_bytes(b"c" * 8192)
+    (tmp_path / "base/5/16384").write_bytes(b"a" * 8193)
+    assert base_backup.kept_changes(str(tmp_path), ["base/5/16384", "base/5/16385", "base/5/16386"]) == [
+        "base/5/16384 is not the size its manifest says", "base/5/16385 does not match its manifest's checksum",
+        "base/5/16386 has no SHA-256 in its manifest"]
+    assert base_backup.kept_changes(str(tmp_path), []) == []  # nothing to read: the manifest alone
+    manifest = tmp_path / "backup_manifest"
+    manifest.write_bytes(manifest.read_bytes().replace(b'"Size": 8192', b'"Size": 8193', 1))
+    assert base_backup.kept_changes(str(tmp_path), []) == ["backup_manifest does not match its own checksum"]
+    manifest.unlink()
+    assert base_backup.kept_changes(str(tmp_path), []) == ["backup_manifest is missing or unreadable"]
+
+
 def test_an_incremental_is_verified_onto_the_kept_copy_and_from_s3_when_that_fails(tmp_path, monkeypatch, capsys):
     s3, ids = chained_archive(2)
     backups = in_bucket(s3)
     trusted, _ = backups.vet(backups.versions())
     kept, copy = base_backup.KeptCopy(str(tmp_path)), str(tmp_path / "verified" / "data")
-    new, ran, assembled, failures = "20990101T000000Z", [], [], {}
-
-    def run(command, check=False):
-        ran.append(command)
-        if failures.pop("pg_verifybackup", None):
-            raise base_backup.subprocess.CalledProcessError(1, command)
+    new_data = tmp_path / "new"
+    (new_data / "base" / "5").mkdir(parents=True)
+    (new_data / "base" / "5" / "INCREMENTAL.16384").write_bytes(incremental_file([0], 1))
+    new, assembled, failures = "20990101T000000Z", [], {}
 
     def assemble(links, work, here=None):
         assembled.append(([r["id"] for r in links], here))
@@ -469,27 +518,31 @@ def test_an_incremental_is_verified_onto_the_kept_copy_and_from_s3_when_that_fai
             raise base_backup.subprocess.CalledProcessError(1, "pg_combinebackup")
         return f"{work}/combined"
 
-    monkeypatch.setattr(base_backup.subprocess, "run", run)
     backups.assemble = assemble
-    for failing in (None, "pg_verifybackup", "assemble"):
-        (tmp_path / "combined").mkdir()
+    for failing in (None, "changed", "assemble"):
+        backup_directory(tmp_path / "combined", {"base/5/16384": b"a" * 8192})
+        if failing == "changed":
+            (tmp_path / "combined" / "base/5/16384").write_bytes(b"b" * 8192)
         kept.keep(ids[-1], str(tmp_path / "combined"))
-        ran.clear(), assembled.clear()
+        assembled.clear()
         failures[failing] = True
-        found = backups.verified_chain(trusted, new, "/new/data", str(tmp_path / "chain"), kept)
+        found = backups.verified_chain(trusted, new, str(new_data), str(tmp_path / "chain"), kept)
         assert found == f"{tmp_path}/chain/combined"
-        # The kept copy of the newest link is checked, then combined with the new backup alone.
-        assert ran[0][-1] == copy and ran[0][0].endswith("/pg_verifybackup")
-        onto_copy = ([ids[-1], new], {ids[-1]: copy, new: "/new/data"})
-        from_s3 = (ids + [new], {new: "/new/data"})
+        printed = capsys.readouterr().out
+        # The kept copy's file this backup rebuilds is checked, then combined with the new backup alone.
+        assert f"from the copy the last backup kept (1 of its files, those this backup rebuilds" in printed
+        onto_copy = ([ids[-1], new], {ids[-1]: copy, new: str(new_data)})
+        from_s3 = (ids + [new], {new: str(new_data)})
         if failing is None:
             assert assembled == [onto_copy] and (tmp_path / "verified").exists()
             continue
         # It failed a check: it goes, and every link comes from S3.
-        assert assembled == ([from_s3] if failing == "pg_verifybackup" else [onto_copy, from_s3])
+        assert assembled == ([from_s3] if failing == "changed" else [onto_copy, from_s3])
         assert not (tmp_path / "verified").exists()
-        assert f"the kept copy of {ids[-1]} did not combine or verify (above): dropped" in capsys.readouterr().out
+        assert f"the kept copy of {ids[-1]} did not combine or verify (above): dropped" in printed
+        if failing == "changed":
+            assert "the kept copy's base/5/16384 does not match its manifest's checksum" in printed
     # No kept copy (or one of another backup): every link from S3 at once.
     assembled.clear()
-    backups.verified_chain(trusted, new, "/new/data", str(tmp_path / "chain"), kept)
+    backups.verified_chain(trusted, new, str(new_data), str(tmp_path / "chain"), kept)
     assert assembled == [from_s3]
