@@ -3,7 +3,7 @@
 moto starts with INITIAL_NO_AUTH_ACTION_COUNT=3: exactly the three unauthenticated IAM calls that create
 the fleet's admin user, its policy and its access key; every later request must be signed with real keys.
 moto keeps everything in its process (objects over 5 MiB in open, deleted temporary files under /var/lib/moto): a restart
-of the endpoint loses every bucket, object, key and user. It runs through fleet/moto_server.py, which fixes two
+of the endpoint loses every bucket, object, key and user. It runs through fleet/moto_server.py, which fixes three
 of moto's faults (its docstring says which).
 """
 

@@ -138,6 +138,26 @@ def test_listing_versions_copies_no_objects_bytes(s3_credentials):
         assert s3.get_object(Bucket="fleet-versions", Key="big", VersionId=version["VersionId"])["Body"].read() == body
 
 
+def test_a_ranged_get_reads_only_its_range(s3_credentials):
+    """fleet/moto_server.py: stock moto reads the whole object for each ranged GET (downloads go in 8 MiB ranges)."""
+    s3, body = client("s3", s3_credentials), os.urandom(64 << 20)
+    s3.create_bucket(Bucket="fleet-ranges")
+    s3.put_object(Bucket="fleet-ranges", Key="big", Body=body)
+    read = lambda: int(on("s3", "grep ^rchar: /proc/$(systemctl show --property=MainPID --value moto)/io").stdout.split()[1])
+    before = read()
+    for first in range(0, 64 << 20, 8 << 20):  # a download's ranges
+        assert s3.get_object(Bucket="fleet-ranges", Key="big", Range=f"bytes={first}-{first + (1 << 20) - 1}")[
+            "Body"].read() == body[first:first + (1 << 20)]
+    assert read() - before < 16 << 20  # 8 MiB read for 8 ranges, and moto's own files; stock: 512 MiB
+    for asked, expected in ((f"bytes={len(body) - 5}-", body[-5:]), (f"bytes=7-{len(body) + 9}", body[7:]),
+                            ("bytes=-3", body[-3:]), ("bytes=9-8", body)):  # ends past the object, suffix, invalid
+        assert s3.get_object(Bucket="fleet-ranges", Key="big", Range=asked)["Body"].read() == expected, asked
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        s3.get_object(Bucket="fleet-ranges", Key="big", Range=f"bytes={len(body)}-")
+    assert refused.value.response["Error"]["Code"] == "InvalidRange"
+    assert s3.get_object(Bucket="fleet-ranges", Key="big")["Body"].read() == body
+
+
 @pytest.mark.parametrize("wrong", [{"secret_access_key": "not-the-secret"}, {"access_key_id": "AKIAUNKNOWNKEY000000"}])
 def test_s3_refuses_wrong_keys(s3_credentials, wrong):
     with pytest.raises(botocore.exceptions.ClientError) as refused:
