@@ -6,10 +6,12 @@ bytes (NOISE_GIB, stored as is: TOAST does not compress it, nor does gzip), load
   - backup, ours: mcp-base-backup.service, a full backup (pg_basebackup, pg_verifybackup, pack, multipart upload
     with checksums, read back, completion record); the floor: `tar | gzip -1 | aws s3 cp -` of the live data
     directory (what a cron script does; not even a consistent copy);
-  - a day's writes, shortened: pgbench's TPC-B for LOAD_S seconds, then a tenth of the accounts updated and a tenth
-    of the random rows replaced by new random bytes; a checkpoint and the WAL summarizer caught up (timed apart:
-    the hours before a nightly backup do that); then an incremental backup (`run --full-every-days 7`),
-    verified by combining its chain with every link from S3 (no copy kept: the timer's full backup keeps none);
+  - a day's writes, shortened: TRANSACTIONS of pgbench's TPC-B, then a twentieth of the accounts updated and a
+    twentieth of the random rows replaced by new random bytes (each rewritten row's old page and its new version's
+    page: about a tenth of the database's blocks changed), vacuumed; a checkpoint and the WAL summarizer caught up
+    (timed apart: the hours before a nightly backup do that); then an incremental backup (`run --full-every-days 7`),
+    verified by combining its chain with every link from S3 (no copy kept: the timer's full backup keeps none). The
+    share of the database's blocks the day changed is read from PostgreSQL's WAL summaries;
   - another such day, and a second incremental backup, verified by combining onto the copy the first one kept;
   - restore, ours: `base_backup.py restore` (download, SHA-256 check, unpack, pg_verifybackup, recovery settings)
     of the chain of three (pg_combinebackup), then the copy started on a scratch port, replaying the archive's WAL
@@ -38,7 +40,8 @@ SCALE = 150  # pgbench scale: 15M accounts, about 2.3 GiB
 NOISE_GIB = 2
 NEEDS_FREE_GIB = 60
 NOISE_ROW = 8192  # bytes per row of random data
-LOAD_S = 60  # pgbench TPC-B between two backups
+TRANSACTIONS = 10000  # pgbench TPC-B between two backups
+REWRITTEN = 20  # 1/20 of each table's rows rewritten in a day
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # COPY's text format, one row per line: id, then the payload as bytea hex. Rows [first, last).
@@ -51,7 +54,7 @@ for row in range(first, last):
 
 RUNNER = r'''
 import json, os, subprocess, sys, time
-run, noise_rows, load_s = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+run, noise_rows, transactions, rewritten = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 config = json.load(open("/etc/mcp-portal/wal-archive.json"))
 keys = json.load(open(config["credentials_file"]))
 env = dict(os.environ, AWS_ACCESS_KEY_ID=keys["access_key_id"], AWS_SECRET_ACCESS_KEY=keys["secret_access_key"],
@@ -75,17 +78,27 @@ def newest():
     return json.loads(subprocess.run(["runuser", "-u", "postgres", "--", "/usr/local/sbin/mcp-base-backup", "list"],
                                      check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
-def a_day_of_writes(tenth):
-    """pgbench's TPC-B for load_s, then the `tenth`-th tenth of the accounts updated and of the random rows
-    replaced by new random bytes (contiguous: a tenth of each table's pages rewritten)."""
-    subprocess.run(["runuser", "-u", "postgres", "--", "pgbench", "-n", "-c", "2", "-T", load_s, "bench_backup"],
-                   check=True, capture_output=True)
+def a_day_of_writes(day):
+    """`transactions` of pgbench's TPC-B, then the `day`-th slice of 1/`rewritten` of the accounts updated and of
+    the random rows replaced by new random bytes (contiguous), then vacuumed (autovacuum's share of the day)."""
+    subprocess.run(["runuser", "-u", "postgres", "--", "pgbench", "-n", "-c", "2", "-t", str(transactions // 2),
+                    "bench_backup"], check=True, capture_output=True)
     accounts = int(psql("select count(*) from pgbench_accounts", db="bench_backup"))
-    psql(f"update pgbench_accounts set abalance = abalance + 1 where aid > {tenth * accounts // 10} "
-         f"and aid <= {(tenth + 1) * accounts // 10}", db="bench_backup")
-    first, last = tenth * noise_rows // 10, (tenth + 1) * noise_rows // 10
+    psql(f"update pgbench_accounts set abalance = abalance + 1 where aid > {day * accounts // rewritten} "
+         f"and aid <= {(day + 1) * accounts // rewritten}", db="bench_backup")
+    first, last = day * noise_rows // rewritten, (day + 1) * noise_rows // rewritten
     psql(f"delete from noise where id >= {first} and id < {last}", db="bench_backup")
     psql(f"copy noise from program 'python3 /var/tmp/bench-noise.py {first} {last}'", db="bench_backup")
+    psql("vacuum (analyze)", db="bench_backup")
+
+def changed_share(since, until):
+    """The share of the database's blocks changed between two backups' starts (checkpoint redo points, where WAL
+    summaries end), from the summaries: what an incremental backup copies."""
+    changed = psql("select count(*) from (select distinct relfilenode, reltablespace, reldatabase, relforknumber, "
+                   "relblocknumber from pg_available_wal_summaries() s, "
+                   "pg_wal_summary_contents(s.tli, s.start_lsn, s.end_lsn) c "
+                   f"where s.start_lsn >= '{since}' and s.end_lsn <= '{until}' and not c.is_limit_block) b")
+    return int(changed) * 8192 / int(psql("select sum(pg_database_size(oid)) from pg_database"))
 
 def settle():
     """What the hours between a day's writes and the nightly backup do, timed apart from the backup: a checkpoint,
@@ -106,10 +119,12 @@ a_day_of_writes(0)
 settled.append(settle())
 seconds["backup, ours: incremental, chain verified from S3"] = timed(take)
 first = newest()
+changed = [changed_share(full["start_lsn"], first["start_lsn"])]
 a_day_of_writes(1)
 settled.append(settle())
 seconds["backup, ours: incremental, chain verified onto the kept copy"] = timed(take)
 second = newest()
+changed.append(changed_share(first["start_lsn"], second["start_lsn"]))
 assert second["chain"] == [full["id"], first["id"], second["id"]], second
 subprocess.run("rm -rf /var/lib/postgresql/backup-work/verified", shell=True, check=True)  # the bench's database
 # The restore's target: a restore point after the backups, its segment archived.
@@ -146,7 +161,7 @@ s3 = boto3.client("s3", endpoint_url=config["endpoint_url"], region_name=config[
                   aws_access_key_id=keys["access_key_id"], aws_secret_access_key=keys["secret_access_key"])
 stored = sum(v["Size"] for page in s3.get_paginator("list_object_versions").paginate(Bucket=config["bucket"])
              for v in page.get("Versions", []))
-print(json.dumps({"seconds": seconds, "settled": settled, "data_bytes": size, "stored_bytes": stored,
+print(json.dumps({"seconds": seconds, "settled": settled, "changed": changed, "data_bytes": size, "stored_bytes": stored,
                   "records": {"full": full, "incremental from S3": first, "incremental onto the kept copy": second}}))
 '''
 
@@ -188,7 +203,7 @@ def main():
     sampler = threading.Thread(target=moto_usage, args=(usage, done), daemon=True)
     sampler.start()
     try:
-        measured = json.loads(on(HOST, f"python3 - {run} {noise_rows} {LOAD_S} <<'PY'\n{RUNNER}\nPY",
+        measured = json.loads(on(HOST, f"python3 - {run} {noise_rows} {TRANSACTIONS} {REWRITTEN} <<'PY'\n{RUNNER}\nPY",
                                  timeout=5400).stdout.strip().splitlines()[-1])
     finally:
         done.set()
@@ -219,9 +234,11 @@ Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `m
 {platform.node()}: {os.cpu_count()} cores, kernel {platform.release()}. On `{HOST}` (a fleet host sharing the
 machine's cores), to the fleet's S3 endpoint (moto on `s3`) with the archive's keys and SSE-KMS. The database: a
 `pgbench -i -s {SCALE}` one and {NOISE_GIB} GiB of random bytes (incompressible), a data directory of
-{measured['data_bytes'] / 2**30:.2f} GiB restored. Between two backups, a day's writes shortened: pgbench's TPC-B for
-{LOAD_S} s, then a tenth of the accounts updated and a tenth of the random rows replaced by new random bytes. One
-run each; ratios against the raw floor, and the full backup, in the same run.
+{measured['data_bytes'] / 2**30:.2f} GiB restored. Between two backups, a day's writes shortened: {TRANSACTIONS} of
+pgbench's TPC-B transactions, then 1/{REWRITTEN} of the accounts updated and 1/{REWRITTEN} of the random rows replaced
+by new random bytes, then a vacuum. By PostgreSQL's WAL summaries, the first day changed
+{measured['changed'][0]:.1%} of the database's blocks, the second {measured['changed'][1]:.1%}. One run each; ratios
+against the raw floor, and the full backup, in the same run.
 
 | what | seconds | vs floor |
 |---|---|---|
@@ -229,8 +246,8 @@ run each; ratios against the raw floor, and the full backup, in the same run.
 
 Each backup against the full one (bytes: the packed archive uploaded; steps in seconds, from the backup's record;
 an incremental backup's pg_verifybackup includes verifying its chain: pg_combinebackup and pg_verifybackup of the
-combined copy, with the earlier links downloaded and unpacked from S3, or the copy the last backup kept checked
-and used instead):
+combined copy, with the earlier links downloaded and unpacked from S3, or the copy the last backup kept used
+instead, its files the backup rebuilds checked first):
 
 | backup | seconds | vs full | MiB uploaded | vs full | steps |
 |---|---|---|---|---|---|
