@@ -6,15 +6,15 @@ bytes (NOISE_GIB, stored as is: TOAST does not compress it, nor does gzip), load
   - backup, ours: mcp-base-backup.service, a full backup (pg_basebackup, pg_verifybackup, pack, multipart upload
     with checksums, read back, completion record); the floor: `tar | gzip -1 | aws s3 cp -` of the live data
     directory (what a cron script does; not even a consistent copy);
-  - a day's writes, shortened: TRANSACTIONS of pgbench's TPC-B, then a twentieth of the accounts updated and a
-    twentieth of the random rows replaced by new random bytes (each rewritten row's old page and its new version's
-    page: about a tenth of the database's blocks changed), vacuumed; a checkpoint and the WAL summarizer caught up
-    (timed apart: the hours before a nightly backup do that); then an incremental backup (`run --full-every-days 7`),
-    verified by combining its chain with every link from S3 (no copy kept: the timer's full backup keeps none). The
-    share of the database's blocks the day changed is read from PostgreSQL's WAL summaries;
-  - another such day, and a second incremental backup, verified by combining onto the copy the first one kept;
+  - days of writes, shortened, each: TRANSACTIONS of pgbench's TPC-B, then a share of the accounts updated and the
+    same share of the random rows replaced by new random bytes (REWRITTEN: each rewritten row's old page and its new
+    version's page change), vacuumed; a checkpoint and the WAL summarizer caught up (timed apart: the hours before
+    a nightly backup do that); then an incremental backup (`run --full-every-days 7`). The first is verified by
+    combining its chain with every link from S3 (no copy kept: the timer's full backup keeps none), the others onto
+    the copy the one before kept. The share of the database's blocks each day changed is read from PostgreSQL's WAL
+    summaries: the days differ in size, to show what an incremental backup's time and bytes follow;
   - restore, ours: `base_backup.py restore` (download, SHA-256 check, unpack, pg_verifybackup, recovery settings)
-    of the chain of three (pg_combinebackup), then the copy started on a scratch port, replaying the archive's WAL
+    of the whole chain (pg_combinebackup), then the copy started on a scratch port, replaying the archive's WAL
     to a restore point made after the last backup and promoting; the files of the full backup alone
     (`--target-lsn` before the first incremental one ended); the floor: `aws s3 cp - | tar -xz` of the floor's copy.
 The S3 endpoint (moto) and the disk's free space are sampled throughout. Same host, endpoint, keys and SSE-KMS. Needs the fleet up and deployed (`make local`). Run as root: `make bench-backup`.
@@ -40,9 +40,10 @@ SCALE = 150  # pgbench scale: 15M accounts, about 2.3 GiB
 NOISE_GIB = 2
 NEEDS_FREE_GIB = 60
 NOISE_ROW = 8192  # bytes per row of random data
-TRANSACTIONS = 10000  # pgbench TPC-B between two backups
-REWRITTEN = 20  # 1/20 of each table's rows rewritten in a day
+TRANSACTIONS = 10000  # pgbench TPC-B in a day
+REWRITTEN = [1 / 20, 1 / 40, 1 / 20, 1 / 10]  # the share of the accounts and of the random rows each day rewrites
 RESULTS = Path(__file__).resolve().parent / "results"
+TIMERS = "mcp-base-backup.timer mcp-backup-retention.timer"
 
 # COPY's text format, one row per line: id, then the payload as bytea hex. Rows [first, last).
 NOISE = r'''
@@ -54,7 +55,7 @@ for row in range(first, last):
 
 RUNNER = r'''
 import json, os, subprocess, sys, time
-run, noise_rows, transactions, rewritten = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+run, noise_rows, transactions, rewritten = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 config = json.load(open("/etc/mcp-portal/wal-archive.json"))
 keys = json.load(open(config["credentials_file"]))
 env = dict(os.environ, AWS_ACCESS_KEY_ID=keys["access_key_id"], AWS_SECRET_ACCESS_KEY=keys["secret_access_key"],
@@ -78,15 +79,16 @@ def newest():
     return json.loads(subprocess.run(["runuser", "-u", "postgres", "--", "/usr/local/sbin/mcp-base-backup", "list"],
                                      check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
-def a_day_of_writes(day):
-    """`transactions` of pgbench's TPC-B, then the `day`-th slice of 1/`rewritten` of the accounts updated and of
-    the random rows replaced by new random bytes (contiguous), then vacuumed (autovacuum's share of the day)."""
+def a_day_of_writes(start, share):
+    """`transactions` of pgbench's TPC-B, then the accounts and the random rows from `start` (a share of each
+    table's rows) to `start` + `share` rewritten: updated, and replaced by new random bytes; then vacuumed
+    (autovacuum's share of the day)."""
     subprocess.run(["runuser", "-u", "postgres", "--", "pgbench", "-n", "-c", "2", "-t", str(transactions // 2),
                     "bench_backup"], check=True, capture_output=True)
     accounts = int(psql("select count(*) from pgbench_accounts", db="bench_backup"))
-    psql(f"update pgbench_accounts set abalance = abalance + 1 where aid > {day * accounts // rewritten} "
-         f"and aid <= {(day + 1) * accounts // rewritten}", db="bench_backup")
-    first, last = day * noise_rows // rewritten, (day + 1) * noise_rows // rewritten
+    psql(f"update pgbench_accounts set abalance = abalance + 1 where aid > {int(start * accounts)} "
+         f"and aid <= {int((start + share) * accounts)}", db="bench_backup")
+    first, last = int(start * noise_rows), int((start + share) * noise_rows)
     psql(f"delete from noise where id >= {first} and id < {last}", db="bench_backup")
     psql(f"copy noise from program 'python3 /var/tmp/bench-noise.py {first} {last}'", db="bench_backup")
     psql("vacuum (analyze)", db="bench_backup")
@@ -115,17 +117,18 @@ seconds["backup, ours: full"] = timed("systemctl start mcp-base-backup.service")
 full = newest()
 seconds["backup, floor: tar, gzip -1, aws s3 cp"] = timed(
     f"tar -cf - -C /var/lib/postgresql/17/main . 2>/dev/null | gzip -1 | {aws} {sse} - {raw}")
-a_day_of_writes(0)
-settled.append(settle())
-seconds["backup, ours: incremental, chain verified from S3"] = timed(take)
-first = newest()
-changed = [changed_share(full["start_lsn"], first["start_lsn"])]
-a_day_of_writes(1)
-settled.append(settle())
-seconds["backup, ours: incremental, chain verified onto the kept copy"] = timed(take)
-second = newest()
-changed.append(changed_share(first["start_lsn"], second["start_lsn"]))
-assert second["chain"] == [full["id"], first["id"], second["id"]], second
+incrementals, parent, start = [], full, 0.0
+for day, share in enumerate(rewritten):
+    a_day_of_writes(start, share)
+    start += share
+    settled.append(settle())
+    name = f"backup, ours: incremental {day + 1}, chain verified {'onto the kept copy' if day else 'from S3'}"
+    seconds[name] = timed(take)
+    made = newest()
+    incrementals.append({"name": name, "record": made, "rewritten": share,
+                         "changed": changed_share(parent["start_lsn"], made["start_lsn"])})
+    parent = made
+assert parent["chain"] == [full["id"]] + [i["record"]["id"] for i in incrementals], parent
 subprocess.run("rm -rf /var/lib/postgresql/backup-work/verified", shell=True, check=True)  # the bench's database
 # The restore's target: a restore point after the backups, its segment archived.
 psql(f"select pg_create_restore_point('bench-{run}')")
@@ -135,9 +138,10 @@ while psql("select last_archived_wal from pg_stat_archiver") < segment:
 scratch = "/var/tmp/bench-restore"
 subprocess.run(f"rm -rf {scratch} && install -d -o postgres -m 700 {scratch}", shell=True, check=True)
 seconds["restore, ours: files of the full backup alone (download, check, unpack, verify)"] = timed(
-    f"runuser -u postgres -- /usr/local/sbin/mcp-base-backup restore {scratch}/full --target-lsn {first['start_lsn']}")
+    f"runuser -u postgres -- /usr/local/sbin/mcp-base-backup restore {scratch}/full "
+    f"--target-lsn {incrementals[0]['record']['start_lsn']}")
 subprocess.run(f"rm -rf {scratch}/full", shell=True, check=True)
-chain_files = "restore, ours: files of the chain of 3 (download, check, unpack, combine, verify)"
+chain_files = f"restore, ours: files of the chain of {len(parent['chain'])} (download, check, unpack, combine, verify)"
 seconds[chain_files] = timed(
     f"runuser -u postgres -- /usr/local/sbin/mcp-base-backup restore {scratch}/ours --target-name bench-{run}")
 size = int(subprocess.run(f"du -sb {scratch}/ours | cut -f1", shell=True, capture_output=True, text=True).stdout)
@@ -161,8 +165,8 @@ s3 = boto3.client("s3", endpoint_url=config["endpoint_url"], region_name=config[
                   aws_access_key_id=keys["access_key_id"], aws_secret_access_key=keys["secret_access_key"])
 stored = sum(v["Size"] for page in s3.get_paginator("list_object_versions").paginate(Bucket=config["bucket"])
              for v in page.get("Versions", []))
-print(json.dumps({"seconds": seconds, "settled": settled, "changed": changed, "data_bytes": size, "stored_bytes": stored,
-                  "records": {"full": full, "incremental from S3": first, "incremental onto the kept copy": second}}))
+print(json.dumps({"seconds": seconds, "settled": settled, "data_bytes": size, "stored_bytes": stored, "full": full,
+                  "incrementals": incrementals}))
 '''
 
 
@@ -202,11 +206,13 @@ def main():
     usage, done = [], threading.Event()
     sampler = threading.Thread(target=moto_usage, args=(usage, done), daemon=True)
     sampler.start()
+    on(HOST, f"systemctl stop {TIMERS}")  # a nightly run during the bench would share its cores and disk
     try:
-        measured = json.loads(on(HOST, f"python3 - {run} {noise_rows} {TRANSACTIONS} {REWRITTEN} <<'PY'\n{RUNNER}\nPY",
+        measured = json.loads(on(HOST, f"python3 - {run} {noise_rows} {TRANSACTIONS} '{json.dumps(REWRITTEN)}' <<'PY'\n{RUNNER}\nPY",
                                  timeout=5400).stdout.strip().splitlines()[-1])
     finally:
         done.set()
+        on(HOST, f"systemctl start {TIMERS}")
         on(HOST, "runuser -u postgres -- psql -qX -c 'drop database if exists bench_backup'; "
                  "rm -f /var/tmp/bench-noise.py", timeout=120)
     sampler.join()
@@ -214,31 +220,31 @@ def main():
 
 
 def report(measured, usage):
-    seconds, records = measured["seconds"], measured["records"]
-    full = records["full"]
+    seconds, full, incrementals = measured["seconds"], measured["full"], measured["incrementals"]
+    full_s = seconds["backup, ours: full"]
     rows = []
     for kind, baseline in (("backup", "backup, floor: tar, gzip -1, aws s3 cp"), ("restore", "restore, floor: aws s3 cp, tar -xz")):
         for name, value in seconds.items():
             if name.startswith(kind):
                 rows.append(f"| {name} | {value:.1f} | {value / seconds[baseline]:.2f}x |")
-    incrementals = []
-    for kind, record in records.items():
-        name = "backup, ours: full" if kind == "full" else f"backup, ours: incremental, chain verified {kind[12:]}"
-        steps = ", ".join(f"{step} {value:g}" for step, value in record["durations_s"].items())
-        incrementals.append(f"| {kind} | {seconds[name]:.1f} | {seconds[name] / seconds['backup, ours: full']:.2f}x | "
-                            f"{record['size_bytes'] / 2**20:.0f} | {record['size_bytes'] / full['size_bytes']:.2f}x | "
-                            f"{steps} |")
+    backups = [("full", None, full_s, full)] + [(i["name"][len("backup, ours: "):], i["changed"], seconds[i["name"]],
+                                                 i["record"]) for i in incrementals]
+    table = [f"| {kind} | {'' if changed is None else f'{changed:.1%}'} | {took:.1f} | {took / full_s:.2f}x | {record['size_bytes'] / 2**20:.0f} | "
+             f"{record['size_bytes'] / full['size_bytes']:.2f}x | "
+             f"{', '.join(f'{step} {value:g}' for step, value in record['durations_s'].items())} |"
+             for kind, changed, took, record in backups]
     RESULTS.joinpath("backup.md").write_text(f"""# Base backups, full and incremental, and restores
 
 Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `make bench-backup` on
 {platform.node()}: {os.cpu_count()} cores, kernel {platform.release()}. On `{HOST}` (a fleet host sharing the
-machine's cores), to the fleet's S3 endpoint (moto on `s3`) with the archive's keys and SSE-KMS. The database: a
-`pgbench -i -s {SCALE}` one and {NOISE_GIB} GiB of random bytes (incompressible), a data directory of
-{measured['data_bytes'] / 2**30:.2f} GiB restored. Between two backups, a day's writes shortened: {TRANSACTIONS} of
-pgbench's TPC-B transactions, then 1/{REWRITTEN} of the accounts updated and 1/{REWRITTEN} of the random rows replaced
-by new random bytes, then a vacuum. By PostgreSQL's WAL summaries, the first day changed
-{measured['changed'][0]:.1%} of the database's blocks, the second {measured['changed'][1]:.1%}. One run each; ratios
-against the raw floor, and the full backup, in the same run.
+machine's cores; its backup timers stopped for the run), to the fleet's S3 endpoint (moto on `s3`) with the archive's
+keys and SSE-KMS. The database: a `pgbench -i -s {SCALE}` one and {NOISE_GIB} GiB of random bytes (incompressible),
+a data directory of {measured['data_bytes'] / 2**30:.2f} GiB restored. Between two backups, a day's writes
+shortened: {TRANSACTIONS} of pgbench's TPC-B transactions, then a share of the accounts updated and the same share of
+the random rows replaced by new random bytes ({", ".join(f"{r:.1%}" for r in REWRITTEN)} on the days in turn), then a
+vacuum. How much of the database each day changed is read from PostgreSQL's WAL summaries (blocks changed since
+the backup before, over the databases' blocks). One run each; ratios against the raw floor, and the full backup,
+in the same run.
 
 | what | seconds | vs floor |
 |---|---|---|
@@ -246,50 +252,60 @@ against the raw floor, and the full backup, in the same run.
 
 Each backup against the full one (bytes: the packed archive uploaded; steps in seconds, from the backup's record;
 an incremental backup's pg_verifybackup includes verifying its chain: pg_combinebackup and pg_verifybackup of the
-combined copy, with the earlier links downloaded and unpacked from S3, or the copy the last backup kept used
-instead, its files the backup rebuilds checked first):
+combined copy, with the earlier links downloaded and unpacked from S3, or onto the copy the backup before kept,
+its files the backup rebuilds checked against that copy's manifest first):
 
-| backup | seconds | vs full | MiB uploaded | vs full | steps |
-|---|---|---|---|---|---|
-{chr(10).join(incrementals)}
+| backup | blocks changed | seconds | vs full | MiB uploaded | vs full | steps |
+|---|---|---|---|---|---|---|
+{chr(10).join(table)}
 
 Before each incremental backup, the bench first did what the hours between a day's writes and the nightly timer
 do, timed apart: a checkpoint, and the WAL summarizer caught up with the day's WAL (pg_basebackup --incremental
-waits for it). That took {" and ".join(f"{s:.1f}" for s in measured["settled"])} s.
+waits for it). That took {", ".join(f"{s:.1f}" for s in measured["settled"])} s.
 
 The S3 endpoint (moto) keeps an object in memory only up to its key buffer's size (5 MiB by default), and larger
 ones in temporary files it unlinks at once, on the s3 host's disk: this machine's disk, which every fleet host
 shares. Sampled every 3 s in this run: moto's resident size peaked at {max(u[0] for u in usage) / 2**30:.1f} GiB, its
 temporary files at {max(u[1] for u in usage) / 2**30:.1f} GiB, {max(u[1] for u in usage) / measured['stored_bytes']:.2f}x
 the {measured['stored_bytes'] / 2**30:.1f} GiB of objects the bucket held at the end (every version: the run's WAL,
-the backups and the floor's copy, all locked for the bucket's 30 days), and the disk had
+the backups and the floor's copy, all locked for the bucket's lock), and the disk had
 {min(u[2] for u in usage) / 2**30:.1f} GiB free at the lowest. So what limits the database the fleet can back up
 here is that disk: three copies of the database on the members, the archive in moto's files, the backup's work
-directory and a restore's copy. And moto serves a large object slowly: it reads the whole object for each ranged
-GET, and boto3's downloads (ours) and the AWS CLI's (the floor's) fetch 8 MiB ranges, so every step that downloads
-(the restores, and an incremental backup's verification from S3) takes time here that grows with the square of the
-object's size.
+directory and a restore's copy.
 
 Ours does more than the floor: a consistent copy (pg_basebackup with its WAL), pg_verifybackup, a SHA-256
 read back from S3 and a completion record; the restore checks the SHA-256 and runs pg_verifybackup before the
 copy becomes a data directory, then replays the archive to the target (every random row there, counted). The
 floor copies a live data directory, which may not restore at all.
 """)
-    plot(seconds)
+    plot(seconds, backups, full)
     print(RESULTS.joinpath("backup.md").read_text())
 
 
-def plot(seconds):
+def plot(seconds, backups, full):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(seconds)
-    figure, axis = plt.subplots(figsize=(10, 4.5))
-    axis.barh(names, [seconds[n] for n in names],
-              color=["#0077bb" if "ours" in n else "#888888" for n in names])
-    axis.invert_yaxis()
-    axis.set_xlabel("seconds (one run)")
-    axis.set_title("Base backups and restores, ours and the raw floor")
+    figure, (bars, ratios) = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [3, 2]})
+    bars.barh(names, [seconds[n] for n in names], color=["#0077bb" if "ours" in n else "#888888" for n in names])
+    bars.invert_yaxis()
+    bars.set_xlabel("seconds (one run)")
+    bars.set_title("Base backups and restores, ours and the raw floor")
+    changed = [100 * c for _, c, _, _ in backups[1:]]
+    ratios.scatter(changed, [took / backups[0][2] for _, _, took, _ in backups[1:]], label="time vs the full backup")
+    ratios.scatter(changed, [r["size_bytes"] / full["size_bytes"] for *_, r in backups[1:]], marker="s",
+                   label="bytes uploaded vs the full backup")
+    for kind, c, took, _ in backups[1:]:
+        ratios.annotate(kind.split(",")[0], (100 * c, took / backups[0][2]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    ratios.axhline(0.3, color="#cc3311", linestyle="--", linewidth=1, label="issue 21's target, 0.3x")
+    ratios.set_xlabel("blocks the day changed (% of the database, WAL summaries)")
+    ratios.set_ylabel("incremental backup / full backup")
+    ratios.set_xlim(left=0)
+    ratios.set_ylim(bottom=0)
+    ratios.legend(fontsize=8)
+    ratios.set_title("Incremental backups by the size of the change")
     figure.tight_layout()
     figure.savefig(RESULTS / "backup.png", dpi=100)
 
