@@ -311,10 +311,10 @@ class Backups:
         parent = links[-1]["id"]
         kept_data = kept.of(parent)
         if kept_data:
-            rebuilt = rebuilt_from(data, kept_data)
-            say(f"{backup_id}: its chain up to {parent} from the copy the last backup kept ({len(rebuilt)} of its "
-                "files, those this backup rebuilds, checked against its manifest first)")
-            changed = kept_changes(kept_data, rebuilt)
+            reads = kept_reads(data, kept_data)
+            say(f"{backup_id}: its chain up to {parent} from the copy the last backup kept ({sum(reads.values())} of "
+                "its files, those this backup rebuilds, checked against its manifest first)")
+            changed = kept_changes(kept_data, reads)
             for problem in changed:
                 say(f"{backup_id}: the kept copy's {problem}")
             if not changed:
@@ -537,9 +537,9 @@ class KeptCopy:
     """The data directory the last backup restores to (a full backup's own, or its chain combined), verified and
     kept under the work directory while backups are incremental: the next one combines onto it instead of
     downloading and unpacking every earlier link. Before pg_combinebackup reads it, the files it will rebuild block by
-    block (rebuilt_from) are checked against the copy's manifest (kept_changes): their combined checksums are computed
+    block (kept_reads) are checked against the copy's manifest (kept_changes): their combined checksums are computed
     afresh, so no later check would cover their unchanged blocks. The files it copies whole keep their manifest
-    checksums, which pg_verifybackup of the combined copy checks. A file changed on disk since drops the copy, and
+    checksums, which pg_verifybackup of the combined copy checks (so they must be in the manifest). A file changed on disk since drops the copy, and
     the run falls back to S3. It holds the database's size on disk between runs; a full backup drops it before it
     starts."""
 
@@ -574,11 +574,12 @@ INCREMENTAL_MAGIC = 0xD3AE1F0D  # pg_basebackup's header of an incremental file:
 BLOCK_BYTES = 8192
 
 
-def rebuilt_from(incremental, kept):
-    """The files of `kept` (a data directory) that pg_combinebackup of the `incremental` backup onto it rebuilds
-    block by block rather than copying whole: those the incremental backup has blocks of, or whose length it
-    changes. Relative paths, sorted. A header it cannot read counts as rebuilt (pg_combinebackup refuses it)."""
-    rebuilt = []
+def kept_reads(incremental, kept):
+    """The files of `kept` (a data directory) that pg_combinebackup of the `incremental` backup onto it reads:
+    {relative path: True when it rebuilds the file block by block (the incremental backup has blocks of it, or
+    changes its length), False when it copies it whole}. A header it cannot read counts as rebuilt (pg_combinebackup
+    refuses it)."""
+    reads = {}
     for directory, _, names in os.walk(incremental):
         for name in names:
             if not name.startswith(INCREMENTAL_PREFIX):
@@ -591,14 +592,14 @@ def rebuilt_from(incremental, kept):
             with open(os.path.join(directory, name), "rb") as f:
                 header = f.read(12)
             magic, blocks, length = struct.unpack("=III", header) if len(header) == 12 else (0, 0, 0)
-            if magic != INCREMENTAL_MAGIC or blocks or length * BLOCK_BYTES != size:
-                rebuilt.append(relative)
-    return sorted(rebuilt)
+            reads[relative] = magic != INCREMENTAL_MAGIC or blocks > 0 or length * BLOCK_BYTES != size
+    return reads
 
 
-def kept_changes(data, paths):
-    """How `paths` (relative) of the backup in `data` differ from its backup_manifest, whose own checksum is
-    checked first: one line each, none when they match."""
+def kept_changes(data, reads):
+    """How the files of the backup in `data` that a combination reads (`reads`, from kept_reads) differ from its
+    backup_manifest, whose own checksum is checked first: each must be there with its size, and a rebuilt one with
+    its SHA-256 too (pg_verifybackup checks a whole copy's afterwards). One line each, none when they match."""
     try:
         with open(os.path.join(data, MANIFEST), "rb") as f:
             body = f.read()
@@ -610,13 +611,13 @@ def kept_changes(data, paths):
         return ["backup_manifest does not match its own checksum"]
     files = {entry.get("Path"): entry for entry in manifest["Files"]}
     changes = []
-    for path in paths:
+    for path, rebuilt in sorted(reads.items()):
         entry = files.get(path)
         if entry is None or entry.get("Checksum-Algorithm") != "SHA256":
             changes.append(f"{path} has no SHA-256 in its manifest")
         elif os.path.getsize(os.path.join(data, path)) != entry["Size"]:
             changes.append(f"{path} is not the size its manifest says")
-        elif sha256_of(os.path.join(data, path)) != entry["Checksum"]:
+        elif rebuilt and sha256_of(os.path.join(data, path)) != entry["Checksum"]:
             changes.append(f"{path} does not match its manifest's checksum")
     return changes
 

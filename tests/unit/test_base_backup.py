@@ -470,7 +470,7 @@ def incremental_file(blocks, length, magic=base_backup.INCREMENTAL_MAGIC):
         base_backup.struct.pack("=I", b) for b in blocks)
 
 
-def test_the_kept_files_an_incremental_rebuilds_are_those_it_has_blocks_of_or_resizes(tmp_path):
+def test_the_kept_files_an_incremental_rebuilds_are_those_it_has_blocks_of_or_resizes_the_rest_it_copies(tmp_path):
     block = bytes(base_backup.BLOCK_BYTES)
     backup_directory(tmp_path / "kept", {f"base/5/{n}": block * 2 for n in (16384, 16385, 16386, 16388)} |
                  {"PG_VERSION": b"17\n"})
@@ -482,24 +482,27 @@ def test_the_kept_files_an_incremental_rebuilds_are_those_it_has_blocks_of_or_re
     (new / "INCREMENTAL.16387").write_bytes(incremental_file([0], 1))  # new since: nothing of the kept copy's
     (new / "INCREMENTAL.16388").write_bytes(incremental_file([], 2, magic=1))  # unreadable: rebuilt, to be safe
     (tmp_path / "new" / "PG_VERSION").write_bytes(b"17\n")  # sent whole: never read from the kept copy
-    assert base_backup.rebuilt_from(str(tmp_path / "new"), str(tmp_path / "kept")) == [
-        "base/5/16385", "base/5/16386", "base/5/16388"]
+    assert base_backup.kept_reads(str(tmp_path / "new"), str(tmp_path / "kept")) == {
+        "base/5/16384": False, "base/5/16385": True, "base/5/16386": True, "base/5/16388": True}
 
 
 def test_kept_files_are_checked_against_the_manifest_which_is_checked_itself(tmp_path):
-    backup_directory(tmp_path, {"base/5/16384": b"a" * 8192, "base/5/16385": b"b" * 8192})
-    assert base_backup.kept_changes(str(tmp_path), ["base/5/16384", "base/5/16385"]) == []
+    backup_directory(tmp_path, {f"base/5/{n}": b"a" * 8192 for n in (16384, 16385, 16387)})
+    rebuilt = {"base/5/16384": True, "base/5/16385": True}
+    assert base_backup.kept_changes(str(tmp_path), rebuilt) == []
     (tmp_path / "base/5/16385").write_bytes(b"c" * 8192)
     (tmp_path / "base/5/16384").write_bytes(b"a" * 8193)
-    assert base_backup.kept_changes(str(tmp_path), ["base/5/16384", "base/5/16385", "base/5/16386"]) == [
+    (tmp_path / "base/5/16386").write_bytes(b"planted")
+    (tmp_path / "base/5/16387").write_bytes(b"b" * 8192)  # copied whole: pg_verifybackup finds it afterwards
+    assert base_backup.kept_changes(str(tmp_path), rebuilt | {"base/5/16386": False, "base/5/16387": False}) == [
         "base/5/16384 is not the size its manifest says", "base/5/16385 does not match its manifest's checksum",
         "base/5/16386 has no SHA-256 in its manifest"]
-    assert base_backup.kept_changes(str(tmp_path), []) == []  # nothing to read: the manifest alone
+    assert base_backup.kept_changes(str(tmp_path), {}) == []  # nothing to read: the manifest alone
     manifest = tmp_path / "backup_manifest"
     manifest.write_bytes(manifest.read_bytes().replace(b'"Size": 8192', b'"Size": 8193', 1))
-    assert base_backup.kept_changes(str(tmp_path), []) == ["backup_manifest does not match its own checksum"]
+    assert base_backup.kept_changes(str(tmp_path), {}) == ["backup_manifest does not match its own checksum"]
     manifest.unlink()
-    assert base_backup.kept_changes(str(tmp_path), []) == ["backup_manifest is missing or unreadable"]
+    assert base_backup.kept_changes(str(tmp_path), {}) == ["backup_manifest is missing or unreadable"]
 
 
 def test_an_incremental_is_verified_onto_the_kept_copy_and_from_s3_when_that_fails(tmp_path, monkeypatch, capsys):
