@@ -206,13 +206,13 @@ def main():
     usage, done = [], threading.Event()
     sampler = threading.Thread(target=moto_usage, args=(usage, done), daemon=True)
     sampler.start()
-    on(HOST, f"systemctl stop {TIMERS}")  # a nightly run during the bench would share its cores and disk
+    on(HOST, f"systemctl stop {TIMERS}", timeout=60)  # a nightly run during the bench would share its cores and disk
     try:
         measured = json.loads(on(HOST, f"python3 - {run} {noise_rows} {TRANSACTIONS} '{json.dumps(REWRITTEN)}' <<'PY'\n{RUNNER}\nPY",
                                  timeout=5400).stdout.strip().splitlines()[-1])
     finally:
         done.set()
-        on(HOST, f"systemctl start {TIMERS}")
+        on(HOST, f"systemctl start {TIMERS}", timeout=60)
         on(HOST, "runuser -u postgres -- psql -qX -c 'drop database if exists bench_backup'; "
                  "rm -f /var/tmp/bench-noise.py", timeout=120)
     sampler.join()
