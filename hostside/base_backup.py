@@ -539,9 +539,9 @@ class KeptCopy:
     downloading and unpacking every earlier link. Before pg_combinebackup reads it, the files it will rebuild block by
     block (kept_reads) are checked against the copy's manifest (kept_changes): their combined checksums are computed
     afresh, so no later check would cover their unchanged blocks. The files it copies whole keep their manifest
-    checksums, which pg_verifybackup of the combined copy checks (so they must be in the manifest). A file changed on disk since drops the copy, and
-    the run falls back to S3. It holds the database's size on disk between runs; a full backup drops it before it
-    starts."""
+    checksums, which pg_verifybackup of the combined copy checks (so they must be in the manifest). A file changed
+    on disk since drops the copy, and the run falls back to S3. It holds the database's size on disk between runs;
+    a full backup drops it before it starts."""
 
     def __init__(self, work_root):
         self.path = os.path.join(work_root, "verified")
@@ -605,11 +605,11 @@ def kept_changes(data, reads):
             body = f.read()
         covered = body[:body.rindex(b"\n", 0, len(body) - 1) + 1]  # all but the last line, which holds the checksum
         manifest = json.loads(body)
-    except (OSError, ValueError):
+        files = {entry.get("Path"): entry for entry in manifest["Files"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return ["backup_manifest is missing or unreadable"]
     if hashlib.sha256(covered).hexdigest() != manifest.get("Manifest-Checksum"):
         return ["backup_manifest does not match its own checksum"]
-    files = {entry.get("Path"): entry for entry in manifest["Files"]}
     changes = []
     for path, rebuilt in sorted(reads.items()):
         entry = files.get(path)

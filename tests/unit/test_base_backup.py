@@ -501,6 +501,9 @@ def test_kept_files_are_checked_against_the_manifest_which_is_checked_itself(tmp
     manifest = tmp_path / "backup_manifest"
     manifest.write_bytes(manifest.read_bytes().replace(b'"Size": 8192', b'"Size": 8193', 1))
     assert base_backup.kept_changes(str(tmp_path), {}) == ["backup_manifest does not match its own checksum"]
+    for unreadable in (b'{"Files": 1}\n\n', b"[]\n\n", b"\n"):
+        manifest.write_bytes(unreadable)
+        assert base_backup.kept_changes(str(tmp_path), {}) == ["backup_manifest is missing or unreadable"]
     manifest.unlink()
     assert base_backup.kept_changes(str(tmp_path), {}) == ["backup_manifest is missing or unreadable"]
 
