@@ -125,7 +125,7 @@ for day, share in enumerate(rewritten):
     name = f"backup, ours: incremental {day + 1}, chain verified {'onto the kept copy' if day else 'from S3'}"
     seconds[name] = timed(take)
     made = newest()
-    incrementals.append({"name": name, "record": made, "rewritten": share,
+    incrementals.append({"name": name, "record": made,
                          "changed": changed_share(parent["start_lsn"], made["start_lsn"])})
     parent = made
 assert parent["chain"] == [full["id"]] + [i["record"]["id"] for i in incrementals], parent
@@ -208,8 +208,8 @@ def main():
     sampler.start()
     on(HOST, f"systemctl stop {TIMERS}", timeout=60)  # a nightly run during the bench would share its cores and disk
     try:
-        measured = json.loads(on(HOST, f"python3 - {run} {noise_rows} {TRANSACTIONS} '{json.dumps(REWRITTEN)}' <<'PY'\n{RUNNER}\nPY",
-                                 timeout=5400).stdout.strip().splitlines()[-1])
+        runner = f"python3 - {run} {noise_rows} {TRANSACTIONS} '{json.dumps(REWRITTEN)}' <<'PY'\n{RUNNER}\nPY"
+        measured = json.loads(on(HOST, runner, timeout=5400).stdout.strip().splitlines()[-1])
     finally:
         done.set()
         on(HOST, f"systemctl start {TIMERS}", timeout=60)
@@ -229,7 +229,8 @@ def report(measured, usage):
                 rows.append(f"| {name} | {value:.1f} | {value / seconds[baseline]:.2f}x |")
     backups = [("full", None, full_s, full)] + [(i["name"][len("backup, ours: "):], i["changed"], seconds[i["name"]],
                                                  i["record"]) for i in incrementals]
-    table = [f"| {kind} | {'' if changed is None else f'{changed:.1%}'} | {took:.1f} | {took / full_s:.2f}x | {record['size_bytes'] / 2**20:.0f} | "
+    table = [f"| {kind} | {'' if changed is None else f'{changed:.1%}'} | {took:.1f} | {took / full_s:.2f}x | "
+             f"{record['size_bytes'] / 2**20:.0f} | "
              f"{record['size_bytes'] / full['size_bytes']:.2f}x | "
              f"{', '.join(f'{step} {value:g}' for step, value in record['durations_s'].items())} |"
              for kind, changed, took, record in backups]

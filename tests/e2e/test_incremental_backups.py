@@ -1,9 +1,9 @@
 """Incremental base backups on the fleet (issue 21): on a recent full backup, pg_basebackup --incremental, verified
 as a restore would use it (pg_combinebackup onto the verified copy of the chain the last run kept, else onto its
 links from S3; pg_verifybackup); the restore drill restores the chain; a kept copy changed on disk, in a file the
-backup rebuilds or in one it copies whole, is dropped; a broken link is refused by name and never built on. The fleet's timer takes full backups
-(backup_full_every_days = 0 in group_data/local.py, so the other tiers' backups stand alone): these tests run the
-program as the timer's unit does, with the knob's default, --full-every-days 7."""
+backup rebuilds or in one it copies whole, is dropped; a broken link is refused by name and never built on. The
+fleet's timer takes full backups (backup_full_every_days = 0 in group_data/local.py, so the other tiers' backups
+stand alone): these tests run the program as the timer's unit does, with the knob's default, --full-every-days 7."""
 
 import json
 

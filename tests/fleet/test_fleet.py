@@ -143,7 +143,8 @@ def test_a_ranged_get_reads_only_its_range(s3_credentials):
     s3, body = client("s3", s3_credentials), os.urandom(64 << 20)
     s3.create_bucket(Bucket="fleet-ranges")
     s3.put_object(Bucket="fleet-ranges", Key="big", Body=body)
-    read = lambda: int(on("s3", "grep ^rchar: /proc/$(systemctl show --property=MainPID --value moto)/io").stdout.split()[1])
+    moto_io = "/proc/$(systemctl show --property=MainPID --value moto)/io"
+    read = lambda: int(on("s3", f"grep ^rchar: {moto_io}").stdout.split()[1])
     before = read()
     for first in range(0, 64 << 20, 8 << 20):  # a download's ranges
         assert s3.get_object(Bucket="fleet-ranges", Key="big", Range=f"bytes={first}-{first + (1 << 20) - 1}")[
