@@ -28,16 +28,19 @@ def take_incremental():
 
 
 def change_some_rows(label):
-    psql("create table if not exists incremental_probe (label text, filler text)")
     psql(f"insert into incremental_probe select '{label}', repeat(md5(g::text), 20) from generate_series(1, 2000) g")
 
 
 @pytest.fixture(scope="module")
 def chain(s3):
     """[full, incremental, incremental]: a full backup by the fleet's timer unit, then two incremental ones. Beside
-    incremental_probe, which each adds rows to, kept_probe stays as the full backup has it (frozen first)."""
-    psql("drop table if exists kept_probe")
-    psql("create table kept_probe as select g, repeat(md5(g::text), 20) as filler from generate_series(1, 2000) g")
+    incremental_probe, which each adds rows to, kept_probe stays as the full backup has it (frozen first).
+    Neither is vacuumed by autovacuum: with data checksums, a vacuum's hint bits log all of a table's pages again,
+    and pg_basebackup sends a file more than 90% changed whole, neither rebuilt onto the kept copy nor copied from it."""
+    psql("drop table if exists kept_probe, incremental_probe")
+    psql("create table incremental_probe (label text, filler text) with (autovacuum_enabled = off)")
+    psql("create table kept_probe with (autovacuum_enabled = off) as "
+         "select g, repeat(md5(g::text), 20) as filler from generate_series(1, 2000) g")
     psql("vacuum (freeze) kept_probe")
     on(PRIMARY, f"systemctl start {UNIT}", timeout=600)
     full = records(s3)[-1]
