@@ -74,15 +74,22 @@ done"""
         return clusters
 
 
+STARTING_WAIT_S = 120  # pg_isready exits 1 while the server rejects connections as it starts
+
+
 class PostgresJsonQuery(FactBase):
-    """The JSON a query on the running cluster returns (as postgres, over the local socket); {} when it is down."""
+    """The JSON a query on the running cluster returns (as postgres, over the local socket); {} when it is down.
+    A cluster still starting (a standby short of a consistent state, after a boot) rejects connections: waited for,
+    up to STARTING_WAIT_S."""
 
     default = dict
     query = None
 
     def command(self, major, cluster):
         return (f"if pg_lsclusters --no-header {major} {cluster} 2>/dev/null | grep -q online; then "
-                f"{psql_query(major, cluster, self.query)}; fi")
+                f"for _ in $(seq {STARTING_WAIT_S}); do "
+                f"runuser -u postgres -- pg_isready -q --cluster {major}/{cluster}; [ $? = 1 ] || break; sleep 1; "
+                f"done; {psql_query(major, cluster, self.query)}; fi")
 
     def process(self, output):
         text = "".join(output).strip()
