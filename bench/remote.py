@@ -8,8 +8,10 @@ from fleet.access import Access
 from fleet.layout import Layout
 
 
-def on(host, command, timeout):
-    result = subprocess.run(Access(Layout()).ssh_argv(host, command), capture_output=True, text=True, timeout=timeout)
+def on(host, command, timeout, stdin=None):
+    """`command` on `host` as root; `stdin` (text) on its standard input, the way to pass a secret (never in argv)."""
+    result = subprocess.run(Access(Layout()).ssh_argv(host, command), capture_output=True, text=True, timeout=timeout,
+                            input=stdin)
     if result.returncode != 0:
         sys.exit(f"{sys.argv[0]}: {host}: {result.stderr.strip()[-2000:]}")
     return result

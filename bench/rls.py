@@ -39,6 +39,7 @@ SECONDS = 6
 REPETITIONS = 5
 PROFILE_CALLS = 20_000
 RESULTS = Path(__file__).resolve().parent / "results" / "rls.md"
+PASSWORD_FILE = "/var/tmp/bench-rls-password"  # portal_app's, root's alone while the bench runs (never in argv)
 REPO = Path(__file__).resolve().parents[1]
 
 DATA = f"""
@@ -151,7 +152,8 @@ FILTERS = {"app filter": "user_id = bench_uid(:n)", "RLS alone": "true"}
 # On the primary: each variant's policies in place, pgbench per shape and filter, percentiles from its log.
 RUNNER = r'''
 import glob, json, os, subprocess, sys, tempfile
-database, seconds, password, plan = sys.argv[1], sys.argv[2], sys.argv[3], json.load(open(sys.argv[4]))
+database, seconds, plan = sys.argv[1], sys.argv[2], json.load(open(sys.argv[4]))
+password = open(sys.argv[3]).read().strip()
 repetitions, profile_calls, protocol = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
 env = dict(os.environ, PGPASSWORD=password)
 
@@ -173,10 +175,10 @@ for repetition, variant in [(r, v) for r in range(repetitions) for v in plan]:
         script = os.path.join(work, "tx.sql")
         with open(script, "w") as f:
             f.write(f"\\set n random(1, {run['users']})\nBEGIN;\nSELECT {variant['tenant']};\n{run['query']};\nEND;\n")
-        subprocess.run(["runuser", "-u", "postgres", "--", "env", f"PGPASSWORD={password}", "pgbench", "-n", "-h",
+        subprocess.run(["runuser", "-u", "postgres", "--", "pgbench", "-n", "-h",
                         "/var/run/postgresql", "-U", "portal_app", "-c", "2", "-j", "2", "-T", seconds, "-M", protocol, "-f", script,
                         "-l", "--log-prefix", os.path.join(work, "log"), database],
-                       check=True, capture_output=True, text=True, cwd=work)
+                       check=True, capture_output=True, text=True, cwd=work, env=env)
         latencies = sorted(int(line.split()[2]) for path in glob.glob(os.path.join(work, "log*"))
                            for line in open(path))
         explain = psql("begin; select " + variant["tenant"].replace(":n", "1") + "; explain (costs off) "
@@ -218,12 +220,13 @@ def main():
     print(f"pgbench ({args.protocol}): {args.repetitions} x {len(VARIANTS)} variants x {len(SHAPES)} shapes x {len(FILTERS)} filters, "
           f"{SECONDS} s each; then the profile", flush=True)
     try:
+        on(HOST, f"umask 077 && cat > {PASSWORD_FILE}", timeout=60, stdin=password)
         measured = json.loads(on(HOST, f"cat > /var/tmp/bench-rls-plan.json <<'JSON'\n{json.dumps(plan)}\nJSON\n"
-                                       f"python3 - {DATABASE} {SECONDS} '{password}' /var/tmp/bench-rls-plan.json {args.repetitions} "
+                                       f"python3 - {DATABASE} {SECONDS} {PASSWORD_FILE} /var/tmp/bench-rls-plan.json {args.repetitions} "
                                        f"{PROFILE_CALLS} {args.protocol} <<'PY'\n"
                                        f"{RUNNER}\nPY", timeout=3600).stdout.strip().splitlines()[-1])
     finally:
-        on(HOST, f"rm -f /var/tmp/bench-rls-plan.json; runuser -u postgres -- psql -qX "
+        on(HOST, f"rm -f {PASSWORD_FILE} /var/tmp/bench-rls-plan.json; runuser -u postgres -- psql -qX "
                  f"-c 'drop database if exists {DATABASE} with (force)'", timeout=120)
     results = write(measured, args.protocol, args.repetitions)
     print(results.read_text())
