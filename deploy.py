@@ -24,6 +24,7 @@ from deploys.postgres import server_packages
 from deploys.roles import roles
 from deploys.routing import router
 from deploys.schema import migrations, portal_jobs
+from deploys.tenant_module import tenant_module
 from deploys.tls import DATABASE_ROLE, certificates
 from deploys.transport import send_without_delay
 
@@ -39,6 +40,7 @@ baseline()
 programs_changed = programs() if database or pooling else False
 if database:
     server_packages()
+    tenant_module()  # before the migrations, which create its extension
     archiving = wal_archiver(programs_changed=programs_changed)
     certificate = certificates(owner="postgres", role=DATABASE_ROLE)
 if member:

@@ -2,6 +2,8 @@
 
 import pytest
 
+from deploys.tenant_module import source_digest, stamp_path
+
 PACKAGES = ["postgresql-17", "postgresql-client-17", "postgresql-common", "postgresql-client-common"]
 
 
@@ -70,3 +72,11 @@ def test_tls_key_is_private_to_postgres_and_only_its_certificate_is_the_database
     for other in ("/etc/mcp-portal/exporter-tls/server.crt", "/etc/mcp-portal/etcd-tls/server.crt"):
         assert db.file(other).exists and db.run(verify.format(other)).rc != 0
     assert db.run("openssl verify -CAfile /etc/mcp-portal/tls/ca.crt /etc/mcp-portal/etcd-tls/server.crt").rc == 0
+
+
+def test_the_tenant_module_is_built_from_these_sources_and_only_root_may_change_it(db):
+    assert db.file(stamp_path(17)).content_string.strip() == source_digest()
+    for path in ("/usr/lib/postgresql/17/lib/portal_tenant.so", "/usr/share/postgresql/17/extension/portal_tenant.control",
+                 "/usr/share/postgresql/17/extension/portal_tenant--1.0.sql", "/usr/local/src/portal_tenant"):
+        installed = db.file(path)
+        assert installed.user == "root" and installed.group == "root" and not installed.mode & 0o022, path

@@ -1,0 +1,57 @@
+"""The tenant module (extension/portal_tenant) on every database host: built from its sources with Debian's
+PostgreSQL build tools, installed into the server's library and extension directories, and rebuilt only when
+its sources change (a stamp beside the control file holds their digest). The migrations create the extension
+(sql/deploy/tenant_module.sql); a backend loads the library on its first call."""
+
+import hashlib
+from pathlib import Path
+from shlex import quote
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import apt, files, server
+
+from deploys.knobs import knobs
+
+SOURCES = Path(__file__).resolve().parents[1] / "extension" / "portal_tenant"
+REMOTE_SOURCES = "/usr/local/src/portal_tenant"
+NAME = "portal_tenant"
+
+
+def source_digest(directory=SOURCES):
+    """One digest over the module's files, names and contents, in a fixed order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def build_command(major, digest):
+    """Shell: build in a fresh root-only directory, then put each file in place by rename, so a backend that has
+    the old library mapped never sees it rewritten; the stamp goes last."""
+    bindir = f"/usr/lib/postgresql/{major}/bin"
+    libdir, extdir = f"/usr/lib/postgresql/{major}/lib", f"/usr/share/postgresql/{major}/extension"
+    place = " && ".join(f"install -m {mode} $work/{name} {target}/.{name}.new && mv -f {target}/.{name}.new {target}/{name}"
+                        for name, mode, target in ((f"{NAME}.so", 755, libdir), (f"{NAME}.control", 644, extdir),
+                                                   (f"{NAME}--1.0.sql", 644, extdir)))
+    return (f"set -e; work=$(mktemp -d); trap 'rm -rf \"$work\"' EXIT; cp -r {REMOTE_SOURCES}/. \"$work\"; "
+            f"make -s -C \"$work\" PG_CONFIG={bindir}/pg_config >/dev/null; {place}; "
+            f"echo {quote(digest)} > {extdir}/.{NAME}.sources-sha256.new && "
+            f"mv -f {extdir}/.{NAME}.sources-sha256.new {stamp_path(major)}")
+
+
+def stamp_path(major):
+    return f"/usr/share/postgresql/{major}/extension/{NAME}.sources-sha256"
+
+
+@deploy("Tenant module")
+def tenant_module():
+    major = knobs().postgres_major
+    apt.packages(name="Install the tools that build the tenant module",
+                 packages=[f"postgresql-server-dev-{major}", "gcc", "make", "libc6-dev"])
+    files.sync(name="The tenant module's sources", src=str(SOURCES), dest=REMOTE_SOURCES, delete=True,
+               mode="644", dir_mode="755")
+    digest = source_digest()
+    if host.get_fact(FileContents, path=stamp_path(major)) != [digest]:
+        server.shell(name="Build and install the tenant module (its sources changed)", commands=[build_command(major, digest)])

@@ -1,0 +1,31 @@
+"""The tenant module's build decision and command, without a host: rebuilt when, and only when, its sources'
+contents change; files put in place by rename, the stamp last."""
+
+import shutil
+
+from deploys.tenant_module import SOURCES, build_command, source_digest, stamp_path
+
+
+def test_the_digest_follows_the_sources_contents_and_names_not_their_times(tmp_path):
+    copy = tmp_path / "portal_tenant"
+    shutil.copytree(SOURCES, copy)
+    assert source_digest(copy) == source_digest()
+    (copy / "Makefile").touch()
+    assert source_digest(copy) == source_digest()
+    code = copy / "portal_tenant.c"
+    code.write_text(code.read_text() + "\n")
+    changed = source_digest(copy)
+    assert changed != source_digest()
+    code.rename(copy / "other.c")
+    assert source_digest(copy) not in (changed, source_digest())
+
+
+def test_the_build_runs_in_a_fresh_directory_and_replaces_each_file_by_rename_then_writes_the_stamp():
+    command = build_command(17, "d" * 64)
+    assert command.startswith("set -e; work=$(mktemp -d); trap 'rm -rf \"$work\"' EXIT;")
+    assert "PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config" in command
+    placed = ["/usr/lib/postgresql/17/lib/portal_tenant.so", "/usr/share/postgresql/17/extension/portal_tenant.control",
+              "/usr/share/postgresql/17/extension/portal_tenant--1.0.sql", stamp_path(17)]
+    moves = [command.index(f" {path}") for path in placed]  # each the target of an `mv -f <dir>/.<name>.new`
+    assert moves == sorted(moves) and all(f".{path.rsplit('/', 1)[1]}.new {path}" in command for path in placed)
+    assert command.count("install -m 755") == 1 and command.count("install -m 644") == 2
