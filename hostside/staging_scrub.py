@@ -10,9 +10,8 @@ same pseudonym on every rebuild, and every join by id still holds); users' metad
 token hashes are dropped; audit details, client addresses and changed values are cleared in every audit table,
 archived months and detached ones included; production's data keys go, and every encrypted config is replaced by
 a synthetic one sealed with a new data key from staging's own KMS key (hostside/rotate_keys.py's configuration:
-production's master key is never asked for); the tenant-context key is renewed. Then the dump of the scrubbed
-database is written for the new cluster; the scratch cluster, the only place production's values were, is dropped
-by the caller.
+production's master key is never asked for). Then the dump of the scrubbed database is written for the new
+cluster; the scratch cluster, the only place production's values were, is dropped by the caller.
 """
 
 import argparse
@@ -60,7 +59,6 @@ def scrub(conn, kms, kms_key_id):
                 f"update portal.{CONFIGS} set encrypted_config = %s::jsonb, key_version = 1 where id = %s",
                 [(json.dumps(envelope.seal(SYNTHETIC, data_key, 1, CONFIGS, str(row_id))), row_id) for row_id in sealed])
         done["configs replaced by synthetic ones"] = len(sealed)
-        conn.execute("select portal.rotate_tenant_key()")
     return done
 
 

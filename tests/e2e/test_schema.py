@@ -21,7 +21,8 @@ TAG = "e2e-schema"
 BULK_USERS = 2000
 SERVERS = 5
 METRICS = "/var/lib/mcp-portal/metrics/audit_partitions.prom"
-NOT_SET_HERE = "the tenant context was not set by this transaction"
+SETTING = "portal_tenant.user_id"  # extension/portal_tenant
+REFUSED = f'permission denied to set parameter "{SETTING}"|no tenant set for this transaction'
 
 
 def as_postgres(sql, database="portal", check=True):
@@ -87,7 +88,7 @@ def test_every_table_holding_portal_rows_has_forced_rls_and_partitions_are_close
     unprotected = as_postgres(
         "select relname from pg_class where relnamespace = 'portal'::regnamespace and relkind in ('r', 'p') "
         "and not relispartition and not (relrowsecurity and relforcerowsecurity) order by 1").stdout.split()
-    assert unprotected == ["encryption_keys", "key_rotations", "retention_policies", "tenant_key"]  # no tenant rows
+    assert unprotected == ["encryption_keys", "key_rotations", "retention_policies"]  # no tenant rows
     open_partitions = as_postgres(
         "select relname from pg_class where relnamespace = 'portal'::regnamespace and relispartition "
         "and has_table_privilege('portal_app', oid, 'select, insert, update, delete')").stdout.split()
@@ -119,24 +120,26 @@ def test_a_tenant_sees_and_changes_only_its_own_rows_through_pgbouncer(tenants):
         assert in_tenant(app, bob, "select count(*) from portal.user_server_configs where enabled") == [(SERVERS,)]
 
 
-def test_a_context_left_at_session_level_does_not_serve_the_next_transaction(tenants):
-    # One session (psql on the primary) across transactions, as PgBouncer hands one server connection from client
-    # to client. The client mistake: the tenant copied to session level, where it outlives its transaction.
+def test_the_app_cannot_set_the_tenant_at_session_level_before_or_after_the_module_loads(tenants):
+    # One session (psql on the primary), as PgBouncer hands one server connection from client to client. Before
+    # the module is loaded into this backend its setting is a placeholder anyone may SET; loading it (the policy's
+    # first call) drops the app's value with a warning. After, SET and set_config are refused outright.
     script = f"""
+        set portal_tenant.user_id = '{tenants["alice"]}';
+        select count(*) from portal.user_server_configs;
         begin;
         select portal.set_tenant('{tenants["alice"]}');
-        select set_config('portal.tenant', current_setting('portal.tenant'), false);
-        commit;
-        select 'left over: ' || current_setting('portal.tenant');
-        select count(*) from portal.user_server_configs;
-        set portal.tenant = '{tenants["bob"]}';
+        select set_config('portal_tenant.user_id', current_setting('portal_tenant.user_id'), false);
+        rollback;
+        set portal_tenant.user_id = '{tenants["bob"]}';
+        select 'left: ' || current_setting('portal_tenant.user_id');
         select count(*) from portal.user_server_configs;
     """
     session = on(PRIMARY, f"PGPASSWORD='{password('portal_app')}' psql 'host=127.0.0.1 dbname=portal user=portal_app "
                           f"sslmode=require' -XAtq <<'SQL'\n{script}\nSQL", check=False)
-    assert "left over: " in session.stdout and str(tenants["alice"]) in session.stdout
-    assert session.stderr.count(NOT_SET_HERE) == 2, session.stderr
-    assert session.stdout.count("\n") == 3  # set_tenant, set_config, "left over": no count was answered
+    assert session.stdout.splitlines() == [str(tenants["alice"]), "left: "], session.stdout  # no count answered
+    assert session.stderr.count(f'permission denied to set parameter "{SETTING}"') == 3, session.stderr
+    assert session.stderr.count("no tenant set for this transaction") == 2, session.stderr
 
 
 def test_a_tenant_set_outside_a_transaction_block_is_gone_by_the_next_statement(tenants):
@@ -147,40 +150,57 @@ def test_a_tenant_set_outside_a_transaction_block_is_gone_by_the_next_statement(
 
 
 @pytest.mark.parametrize("who", ["alice", "gone"])
-def test_a_context_written_by_hand_is_refused_for_an_active_or_a_deactivated_user(tenants, who):
-    # The audit's attack: set_config in the transaction, skipping set_tenant()'s check that the user is active;
-    # in the old format (transaction start/tenant) and in the sealed one with a made-up seal.
-    tenant = tenants[who]
-    for context in ("extract(epoch from now())::text || '/' || %s", "%s || '/' || repeat('0', 64)"):
-        with connect("portal") as app, pytest.raises(psycopg.errors.InsufficientPrivilege, match=NOT_SET_HERE), app.transaction():
-            app.execute(f"select set_config('portal.tenant', {context}, true)", (str(tenant),))
-            app.execute("select count(*) from portal.user_server_configs")
+@pytest.mark.parametrize("setting", [SETTING, "portal.tenant"])
+def test_a_tenant_written_by_hand_is_refused_for_an_active_or_a_deactivated_user(tenants, who, setting):
+    # The audit's attack: set_config in the transaction, skipping set_tenant()'s check that the user is active; in
+    # the module's setting and in the one the policies read before it. Refused when written, or, when this server
+    # connection had not loaded the module yet, dropped as it loads and the query refused.
+    with connect("portal") as app, pytest.raises(psycopg.errors.InsufficientPrivilege, match=REFUSED), app.transaction():
+        app.execute("select set_config(%s, %s, true)", (setting, str(tenants[who])))
+        app.execute("select count(*) from portal.user_server_configs")
 
 
-def test_a_context_copied_from_another_transaction_or_connection_is_refused(tenants):
+def test_a_tenant_copied_from_another_transaction_or_connection_is_refused(tenants):
     with connect("portal") as first, connect("portal") as second:
         with first.transaction():
             first.execute("select portal.set_tenant(%s)", (tenants["alice"],))
-            sealed = first.execute("select current_setting('portal.tenant')").fetchone()[0]
+            context = first.execute(f"select current_setting('{SETTING}')").fetchone()[0]
             # While that transaction is open its server connection is not the second client's.
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=NOT_SET_HERE), second.transaction():
-                second.execute("select set_config('portal.tenant', %s, true)", (sealed,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=REFUSED), second.transaction():
+                second.execute("select set_config(%s, %s, true)", (SETTING, context))
                 second.execute("select count(*) from portal.user_server_configs")
             assert first.execute("select count(*) from portal.user_server_configs").fetchone()[0] == SERVERS
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=NOT_SET_HERE), first.transaction():
-            first.execute("select set_config('portal.tenant', %s, true)", (sealed,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=REFUSED), first.transaction():
+            first.execute("select set_config(%s, %s, true)", (SETTING, context))
             first.execute("select count(*) from portal.user_server_configs")
 
 
-def test_the_app_cannot_read_the_key_that_seals_contexts_nor_make_a_seal(tenants):
-    with connect("portal") as app:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            app.execute("select * from portal.tenant_key")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            app.execute("select portal.tenant_seal('x', '\\x00', '\\x00')")
+@pytest.mark.parametrize("statement", [
+    "set local portal_tenant.user_id = '{alice}'",
+    "alter role portal_app set portal_tenant.user_id = '{alice}'",
+    "create function pg_temp.as_alice() returns int language sql set portal_tenant.user_id = '{alice}' return 1",
+    "reset portal_tenant.user_id",
+])
+def test_once_loaded_no_statement_of_the_app_writes_the_tenant(tenants, statement):
+    denied = f'permission denied to set parameter "{SETTING}"'
+    with connect("portal") as app, pytest.raises(psycopg.errors.InsufficientPrivilege, match=denied), app.transaction():
+        app.execute("select portal.set_tenant(%s)", (tenants["bob"],))  # loads the module, if it was not
+        app.execute(statement.format(alice=tenants["alice"]))
 
 
-def test_a_sealed_context_serves_a_tenant_on_the_replicas_too(tenants):
+def test_a_user_deactivated_meanwhile_cannot_be_the_tenant_of_the_next_transaction(tenants):
+    with connect("portal") as app, connect("portal", role="portal_admin") as admin:
+        assert in_tenant(app, tenants["bob"], "select count(*) from portal.users") == [(1,)]
+        admin.execute("update portal.users set is_active = false where id = %s", (tenants["bob"],))
+        try:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no active user"):
+                in_tenant(app, tenants["bob"], "select count(*) from portal.users")
+        finally:
+            admin.execute("update portal.users set is_active = true where id = %s", (tenants["bob"],))
+        assert in_tenant(app, tenants["bob"], "select count(*) from portal.users") == [(1,)]
+
+
+def test_the_tenant_is_set_on_the_replicas_too(tenants):
     with connect("portal_ro") as replica:
         assert replica.execute("select pg_is_in_recovery()").fetchone()[0] is True
         eventually(lambda: in_tenant(replica, tenants["alice"], "select count(*) from portal.user_server_configs")

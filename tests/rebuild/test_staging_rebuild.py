@@ -70,8 +70,7 @@ def production():
         + ", ".join(rows) + f";\nupdate portal.audit_changes set old_value = '{TOKEN}' where user_id in ({', '.join(repr(i) for i in ids)});")
     closed = sql("select pg_walfile_name(pg_switch_wal())")
     eventually(lambda: sql("select last_archived_wal from pg_stat_archiver") >= closed, what=f"{closed} archived")
-    return {"users": ids, "tenant_key": sql("select encode(inner_pad, 'hex') from portal.tenant_key"),
-            "data_keys": sql("select encode(wrapped_key, 'hex') from portal.encryption_keys").split()}
+    return {"users": ids, "data_keys": sql("select encode(wrapped_key, 'hex') from portal.encryption_keys").split()}
 
 
 def rebuild_refused(*data):
@@ -162,7 +161,6 @@ def test_staging_holds_the_users_scrubbed_and_nothing_of_productions_keys(produc
                "portal.audit_logs_archive where logged_at >= '2020-01-01' and logged_at < '2020-02-01'") == "0|1"
     assert sql(f"select count(*) filter (where old_value <> 'SCRUBBED'), count(*) from portal.audit_changes "
                f"where user_id in ({listed})") == f"0|{USERS}"
-    assert sql("select encode(inner_pad, 'hex') from portal.tenant_key") != production["tenant_key"]
     keys = sql("select encode(wrapped_key, 'hex') || '|' || version || '|' || is_active from portal.encryption_keys")
     assert keys.split("|")[1:] == ["1", "true"] and keys.split("|")[0] not in production["data_keys"], keys
     assert sql("select count(*) from portal.mv_user_dashboard where email like '%@staging.invalid'") == sql(
