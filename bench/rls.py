@@ -8,14 +8,16 @@ tenant + one query. Four policy variants on user_server_configs, swapped between
   - no RLS (the baseline: the app's filter alone);
   - the assessment's "current": `user_id = current_setting(...)::uuid OR is_admin(current_setting(...)::uuid)`;
   - the assessment's "optimized": `(SELECT get_current_user_id())` validating per statement, `OR (SELECT is_admin(...))`;
-  - ours (sql/): portal.set_tenant() validating once and sealing the context, `user_id = (SELECT portal.tenant())`
-    checking the seal, admins by role.
+  - ours (sql/): portal.set_tenant() validating once and writing a setting only it can write (extension/
+    portal_tenant), `user_id = portal.tenant()`, admins by role.
 Every variant runs REPETITIONS times (--repetitions), interleaved; reports the median p50/p95 latency per transaction with the
 spread of p50, the ratio to no RLS, and the plan of each RLS-only query. A profile then times each step of a
-transaction inside one backend (each call repeated PROFILE_CALLS times): what the seal costs, against the
-previous design (a context bound to the transaction's start time only, which the app could forge).
+transaction inside one backend (each call repeated PROFILE_CALLS times): the module's calls against the first
+design's plpgsql (a context bound to the transaction's start time only, which the app could forge).
 `--protocol prepared` runs pgbench with prepared statements, so each transaction leaves planning out
-(bench/results/rls-prepared.md; the simple protocol's go to rls.md).
+(bench/results/rls-prepared.md; the simple protocol's go to rls.md). There the tenant's id reaches the query as a
+parameter, as an app's would: the statement that sets the tenant returns it (`\\gset`). With the simple protocol
+the query names it as `bench_uid(n)`, a constant to the planner.
 Needs the fleet up and deployed (`make local`); drops its database. Run as root: `make bench-rls`.
 """
 
@@ -79,8 +81,8 @@ grant execute on function public.get_current_user_id(), public.is_admin(uuid) to
 analyze;
 """
 
-# Each step of a transaction, timed inside one backend (as postgres: the seal alone needs the key). "before" is
-# the previous design's pair, copied here: a context bound to the transaction's start time, unsealed.
+# Each step of a transaction, timed inside one backend (as postgres). "before" is the first design's pair, copied
+# here: a context bound to the transaction's start time, which any role could write.
 PROFILE = """
 create function public.tenant_before() returns uuid language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare context text := current_setting('portal.tenant', true);
@@ -100,23 +102,20 @@ end $$;
 alter function public.set_tenant_before(uuid) owner to portal_definer;
 create function public.profile(calls int) returns table (step text, us numeric) language plpgsql as $$
 declare
-  started timestamptz; u uuid := bench_uid(1); ignored uuid; seal text; k portal.tenant_key;
-  steps text[] := array['set_config (the no-RLS variant''s tenant)', 'the active-user check alone',
-                        'the seal alone (HMAC-SHA256)', 'set_tenant(), before', 'set_tenant(), sealed',
-                        'tenant(), before', 'tenant(), sealed'];
+  started timestamptz; u uuid := bench_uid(1); ignored uuid;
+  steps text[] := array['set_config (the no-RLS variant''s tenant)', 'the active-user check alone, in SQL',
+                        'set_tenant(), before', 'set_tenant(), the module', 'tenant(), before', 'tenant(), the module'];
 begin
-  select * into k from portal.tenant_key;
   for s in 1..array_length(steps, 1) loop
-    if s = 6 then perform set_tenant_before(u); elsif s = 7 then perform portal.set_tenant(u); end if;
+    if s = 5 then perform set_tenant_before(u); elsif s = 6 then perform portal.set_tenant(u); end if;
     started := clock_timestamp();
     for i in 1..calls loop
       case s
         when 1 then perform set_config('app.current_user_id', u::text, true);
         when 2 then perform 1 from portal.users where id = u and is_active;
-        when 3 then seal := portal.tenant_seal(u::text, k.inner_pad, k.outer_pad);
-        when 4 then perform set_tenant_before(u);
-        when 5 then perform portal.set_tenant(u);
-        when 6 then ignored := tenant_before();
+        when 3 then perform set_tenant_before(u);
+        when 4 then perform portal.set_tenant(u);
+        when 5 then ignored := tenant_before();
         else ignored := portal.tenant();
       end case;
     end loop;
@@ -147,7 +146,9 @@ SHAPES = {
     "dashboard aggregate": "select count(*) filter (where enabled), count(*) filter (where container_state = 'running'), "
                            "max(updated_at) from portal.user_server_configs where {filter}",
 }
-FILTERS = {"app filter": "user_id = bench_uid(:n)", "RLS alone": "true"}
+FILTERS = {"app filter": "user_id = {uid}", "RLS alone": "true"}
+# How each protocol's transaction names the tenant: its statement setting the tenant, and the id in the app's filter.
+TENANT = {"simple": ("SELECT {tenant};", "bench_uid(:n)"), "prepared": ("SELECT ({tenant})::uuid AS u \\gset", ":u")}
 
 # On the primary: each variant's policies in place, pgbench per shape and filter, percentiles from its log.
 RUNNER = r'''
@@ -174,7 +175,7 @@ for repetition, variant in [(r, v) for r in range(repetitions) for v in plan]:
         os.chmod(work, 0o777)
         script = os.path.join(work, "tx.sql")
         with open(script, "w") as f:
-            f.write(f"\\set n random(1, {run['users']})\nBEGIN;\nSELECT {variant['tenant']};\n{run['query']};\nEND;\n")
+            f.write(f"\\set n random(1, {run['users']})\nBEGIN;\n{variant['statement']}\n{run['query']};\nEND;\n")
         subprocess.run(["runuser", "-u", "postgres", "--", "pgbench", "-n", "-h",
                         "/var/run/postgresql", "-U", "portal_app", "-c", "2", "-j", "2", "-T", seconds, "-M", protocol, "-f", script,
                         "-l", "--log-prefix", os.path.join(work, "log"), database],
@@ -182,7 +183,7 @@ for repetition, variant in [(r, v) for r in range(repetitions) for v in plan]:
         latencies = sorted(int(line.split()[2]) for path in glob.glob(os.path.join(work, "log*"))
                            for line in open(path))
         explain = psql("begin; select " + variant["tenant"].replace(":n", "1") + "; explain (costs off) "
-                       + run["query"].replace(":n", "1") + "; rollback;", role="portal_app")
+                       + run["query"].replace(":u", "bench_uid(1)").replace(":n", "1") + "; rollback;", role="portal_app")
         results.append({"repetition": repetition, "variant": variant["name"], "shape": run["shape"], "filter": run["filter"],
                         "transactions": len(latencies),
                         "p50_ms": latencies[len(latencies) // 2] / 1000, "p95_ms": latencies[int(len(latencies) * 0.95)] / 1000,
@@ -212,8 +213,10 @@ def main():
        timeout=120)
     on(HOST, sqitch_command("17/main", "portal_owner", "5s", DATABASE, "deploy"), timeout=600)
     on(HOST, f"runuser -u postgres -- psql -d {DATABASE} -qX -v ON_ERROR_STOP=1 <<'SQL'\n{DATA}\n{PROFILE}\nSQL", timeout=3600)
-    plan = [{"name": name, "setup": setup, "tenant": tenant,
-             "runs": [{"shape": shape, "filter": label, "users": USERS, "query": query.format(filter=condition)}
+    statement, uid = TENANT[args.protocol]
+    plan = [{"name": name, "setup": setup, "tenant": tenant, "statement": statement.format(tenant=tenant),
+             "runs": [{"shape": shape, "filter": label, "users": USERS,
+                       "query": query.format(filter=condition.format(uid=uid))}
                       for shape, query in SHAPES.items() for label, condition in FILTERS.items()
                       if not (name == "no RLS" and label == "RLS alone")]}
             for name, (setup, tenant) in VARIANTS.items()]
@@ -279,8 +282,8 @@ Ours at or above the naive policy: {"; ".join(above_naive) or "none"}.
 
 ## Profile: each step of a transaction, inside one backend ({PROFILE_CALLS} calls each, us per call)
 
-"before" is the previous design (a context bound to the transaction's start time only: the app could write one by
-hand for any user, a deactivated one included); "sealed" is sql/'s.
+"before" is the first design (a context bound to the transaction's start time only: the app could write one by
+hand for any user, a deactivated one included); "the module" is sql/'s (extension/portal_tenant).
 
 | step | us per call |
 |---|---|
