@@ -1,7 +1,9 @@
 """The tenant module (extension/portal_tenant) on every database host: built from its sources with Debian's
 PostgreSQL build tools, installed into the server's library and extension directories, and rebuilt only when
-its sources change (a stamp beside the control file holds their digest). The migrations create the extension
-(sql/deploy/tenant_module.sql); a backend loads the library on its first call."""
+its sources change (a stamp beside the control file holds their digest). The build tools (a compiler, and
+postgresql-server-dev's clang and LLVM, about 800 MB) are there only while it builds: what the build installed
+it purges, failed or not. The migrations create the extension (sql/deploy/tenant_module.sql); a backend loads
+the library on its first call."""
 
 import hashlib
 from pathlib import Path
@@ -10,7 +12,7 @@ from shlex import quote
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import files, server
 
 from deploys.knobs import knobs
 
@@ -28,17 +30,26 @@ def source_digest(directory=SOURCES):
 
 
 def build_command(major, digest):
-    """Shell: build in a fresh root-only directory, then put each file in place by rename, so a backend that has
-    the old library mapped never sees it rewritten; the stamp goes last."""
+    """Shell: install the build tools, build in a fresh root-only directory, put each file in place by rename (a
+    backend that has the old library mapped never sees it rewritten), the stamp last; then purge the packages the
+    build installed, whatever happened."""
     bindir = f"/usr/lib/postgresql/{major}/bin"
     libdir, extdir = f"/usr/lib/postgresql/{major}/lib", f"/usr/share/postgresql/{major}/extension"
-    place = " && ".join(f"install -m {mode} $work/{name} {target}/.{name}.new && mv -f {target}/.{name}.new {target}/{name}"
+    place = " && ".join(f"install -m {mode} $work/src/{name} {target}/.{name}.new && mv -f {target}/.{name}.new {target}/{name}"
                         for name, mode, target in ((f"{NAME}.so", 755, libdir), (f"{NAME}.control", 644, extdir),
                                                    (f"{NAME}--1.0.sql", 644, extdir)))
-    return (f"set -e; work=$(mktemp -d); trap 'rm -rf \"$work\"' EXIT; cp -r {REMOTE_SOURCES}/. \"$work\"; "
-            f"make -s -C \"$work\" PG_CONFIG={bindir}/pg_config >/dev/null; {place}; "
+    installed = "dpkg-query -W | cut -f1 | sort"
+    return (f"set -e; export DEBIAN_FRONTEND=noninteractive; work=$(mktemp -d); {installed} > $work/before; "
+            f"trap '{installed} > $work/after; comm -13 $work/before $work/after | xargs -r apt-get purge -y -qq "
+            f">/dev/null; rm -rf $work' EXIT; "
+            f"apt-get install -y -qq --no-install-recommends {' '.join(build_packages(major))} >/dev/null; "
+            f"cp -r {REMOTE_SOURCES}/. $work/src; make -s -C $work/src PG_CONFIG={bindir}/pg_config >/dev/null; {place}; "
             f"echo {quote(digest)} > {extdir}/.{NAME}.sources-sha256.new && "
             f"mv -f {extdir}/.{NAME}.sources-sha256.new {stamp_path(major)}")
+
+
+def build_packages(major):
+    return [f"postgresql-server-dev-{major}", "gcc", "make", "libc6-dev"]
 
 
 def stamp_path(major):
@@ -48,8 +59,6 @@ def stamp_path(major):
 @deploy("Tenant module")
 def tenant_module():
     major = knobs().postgres_major
-    apt.packages(name="Install the tools that build the tenant module",
-                 packages=[f"postgresql-server-dev-{major}", "gcc", "make", "libc6-dev"])
     files.sync(name="The tenant module's sources", src=str(SOURCES), dest=REMOTE_SOURCES, delete=True,
                mode="644", dir_mode="755")
     digest = source_digest()

@@ -8,8 +8,8 @@ CREATE FUNCTION set_tenant(user_id uuid) RETURNS uuid
 CREATE FUNCTION tenant() RETURNS uuid
   LANGUAGE c STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'portal_tenant_get';
 
--- The functions stay the bootstrap superuser's (a trusted extension's script runs as it): whoever created the
--- extension grants set_tenant() to the roles that may set a tenant.
+-- The functions stay the bootstrap superuser's (a trusted extension's script runs as it). Granted here, so that
+-- a dump restored elsewhere (the staging rebuild) makes the same grants with the extension.
 REVOKE ALL ON FUNCTION set_tenant(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION set_tenant(uuid) TO @extowner@ WITH GRANT OPTION;
+GRANT EXECUTE ON FUNCTION set_tenant(uuid) TO portal_app, portal_admin;
 GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;

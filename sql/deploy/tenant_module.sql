@@ -6,7 +6,6 @@
 -- no InitPlan and no SECURITY DEFINER call. The HMAC seal, its key and the key's rotation go.
 BEGIN;
 CREATE EXTENSION portal_tenant;
-GRANT EXECUTE ON FUNCTION portal_tenant.set_tenant(uuid) TO portal_app, portal_admin;
 
 CREATE OR REPLACE FUNCTION portal.set_tenant(user_id uuid) RETURNS uuid
   LANGUAGE sql VOLATILE SECURITY INVOKER RETURN portal_tenant.set_tenant(user_id);

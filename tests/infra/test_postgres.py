@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploys.tenant_module import source_digest, stamp_path
+from deploys.tenant_module import build_packages, source_digest, stamp_path
 
 PACKAGES = ["postgresql-17", "postgresql-client-17", "postgresql-common", "postgresql-client-common"]
 
@@ -74,9 +74,11 @@ def test_tls_key_is_private_to_postgres_and_only_its_certificate_is_the_database
     assert db.run("openssl verify -CAfile /etc/mcp-portal/tls/ca.crt /etc/mcp-portal/etcd-tls/server.crt").rc == 0
 
 
-def test_the_tenant_module_is_built_from_these_sources_and_only_root_may_change_it(db):
+def test_the_tenant_module_is_built_from_these_sources_only_root_may_change_it_and_no_compiler_is_left(db):
     assert db.file(stamp_path(17)).content_string.strip() == source_digest()
     for path in ("/usr/lib/postgresql/17/lib/portal_tenant.so", "/usr/share/postgresql/17/extension/portal_tenant.control",
                  "/usr/share/postgresql/17/extension/portal_tenant--1.0.sql", "/usr/local/src/portal_tenant"):
         installed = db.file(path)
         assert installed.user == "root" and installed.group == "root" and not installed.mode & 0o022, path
+    for tool in (*build_packages(17), "clang-19"):  # the build's, purged after it
+        assert not db.package(tool).is_installed, tool

@@ -1,9 +1,9 @@
 """The tenant module's build decision and command, without a host: rebuilt when, and only when, its sources'
-contents change; files put in place by rename, the stamp last."""
+contents change; files put in place by rename, the stamp last; the build tools there only while it builds."""
 
 import shutil
 
-from deploys.tenant_module import SOURCES, build_command, source_digest, stamp_path
+from deploys.tenant_module import SOURCES, build_command, build_packages, source_digest, stamp_path
 
 
 def test_the_digest_follows_the_sources_contents_and_names_not_their_times(tmp_path):
@@ -22,10 +22,18 @@ def test_the_digest_follows_the_sources_contents_and_names_not_their_times(tmp_p
 
 def test_the_build_runs_in_a_fresh_directory_and_replaces_each_file_by_rename_then_writes_the_stamp():
     command = build_command(17, "d" * 64)
-    assert command.startswith("set -e; work=$(mktemp -d); trap 'rm -rf \"$work\"' EXIT;")
+    assert command.startswith("set -e; export DEBIAN_FRONTEND=noninteractive; work=$(mktemp -d); ")
     assert "PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config" in command
     placed = ["/usr/lib/postgresql/17/lib/portal_tenant.so", "/usr/share/postgresql/17/extension/portal_tenant.control",
               "/usr/share/postgresql/17/extension/portal_tenant--1.0.sql", stamp_path(17)]
     moves = [command.index(f" {path}") for path in placed]  # each the target of an `mv -f <dir>/.<name>.new`
     assert moves == sorted(moves) and all(f".{path.rsplit('/', 1)[1]}.new {path}" in command for path in placed)
     assert command.count("install -m 755") == 1 and command.count("install -m 644") == 2
+
+
+def test_the_build_tools_are_installed_by_the_build_and_what_it_installed_is_purged_on_any_exit():
+    command = build_command(17, "d" * 64)
+    assert f"apt-get install -y -qq --no-install-recommends {' '.join(build_packages(17))} " in command
+    before, trap = command.index("> $work/before;"), command.index("trap '")
+    assert before < trap < command.index("apt-get install")
+    assert "comm -13 $work/before $work/after | xargs -r apt-get purge" in command[trap:command.index("' EXIT;")]
