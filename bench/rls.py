@@ -182,8 +182,9 @@ for repetition, variant in [(r, v) for r in range(repetitions) for v in plan]:
                        check=True, capture_output=True, text=True, cwd=work, env=env)
         latencies = sorted(int(line.split()[2]) for path in glob.glob(os.path.join(work, "log*"))
                            for line in open(path))
+        query = run["query"].replace(":u", "bench_uid(1)").replace(":n", "1")
         explain = psql("begin; select " + variant["tenant"].replace(":n", "1") + "; explain (costs off) "
-                       + run["query"].replace(":u", "bench_uid(1)").replace(":n", "1") + "; rollback;", role="portal_app")
+                       + query + "; rollback;", role="portal_app")
         results.append({"repetition": repetition, "variant": variant["name"], "shape": run["shape"], "filter": run["filter"],
                         "transactions": len(latencies),
                         "p50_ms": latencies[len(latencies) // 2] / 1000, "p95_ms": latencies[int(len(latencies) * 0.95)] / 1000,

@@ -35,7 +35,8 @@ def build_command(major, digest):
     build installed, whatever happened."""
     bindir = f"/usr/lib/postgresql/{major}/bin"
     libdir, extdir = f"/usr/lib/postgresql/{major}/lib", f"/usr/share/postgresql/{major}/extension"
-    place = " && ".join(f"install -m {mode} $work/src/{name} {target}/.{name}.new && mv -f {target}/.{name}.new {target}/{name}"
+    place = " && ".join(f"install -m {mode} $work/src/{name} {target}/.{name}.new && "
+                        f"mv -f {target}/.{name}.new {target}/{name}"
                         for name, mode, target in ((f"{NAME}.so", 755, libdir), (f"{NAME}.control", 644, extdir),
                                                    (f"{NAME}--1.0.sql", 644, extdir)))
     installed = "dpkg-query -W | cut -f1 | sort"
@@ -43,7 +44,8 @@ def build_command(major, digest):
             f"trap '{installed} > $work/after; comm -13 $work/before $work/after | xargs -r apt-get purge -y -qq "
             f">/dev/null; rm -rf $work' EXIT; "
             f"apt-get install -y -qq --no-install-recommends {' '.join(build_packages(major))} >/dev/null; "
-            f"cp -r {REMOTE_SOURCES}/. $work/src; make -s -C $work/src PG_CONFIG={bindir}/pg_config >/dev/null; {place}; "
+            f"cp -r {REMOTE_SOURCES}/. $work/src; "
+            f"make -s -C $work/src PG_CONFIG={bindir}/pg_config >/dev/null; {place}; "
             f"echo {quote(digest)} > {extdir}/.{NAME}.sources-sha256.new && "
             f"mv -f {extdir}/.{NAME}.sources-sha256.new {stamp_path(major)}")
 
@@ -63,4 +65,5 @@ def tenant_module():
                mode="644", dir_mode="755")
     digest = source_digest()
     if host.get_fact(FileContents, path=stamp_path(major)) != [digest]:
-        server.shell(name="Build and install the tenant module (its sources changed)", commands=[build_command(major, digest)])
+        server.shell(name="Build and install the tenant module (its sources changed)",
+                     commands=[build_command(major, digest)])

@@ -4,5 +4,6 @@ SELECT 'portal.set_tenant(uuid)'::regprocedure, 'portal.tenant()'::regprocedure,
 -- module's set_tenant().
 SELECT 1 / (SELECT count(*)::int FROM pg_proc WHERE oid = 'portal.set_tenant(uuid)'::regprocedure
             AND (prosecdef AND proowner = 'portal_definer'::regrole AND proconfig IS NOT NULL
-                 OR NOT prosecdef AND proconfig IS NULL AND EXISTS (SELECT FROM pg_extension WHERE extname = 'portal_tenant')));
+                 OR NOT prosecdef AND proconfig IS NULL
+                    AND EXISTS (SELECT FROM pg_extension WHERE extname = 'portal_tenant')));
 SELECT 1 / (SELECT count(*)::int FROM pg_policies WHERE schemaname = 'portal' AND tablename = 'users');

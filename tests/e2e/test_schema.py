@@ -155,7 +155,8 @@ def test_a_tenant_written_by_hand_is_refused_for_an_active_or_a_deactivated_user
     # The audit's attack: set_config in the transaction, skipping set_tenant()'s check that the user is active; in
     # the module's setting and in the one the policies read before it. Refused when written, or, when this server
     # connection had not loaded the module yet, dropped as it loads and the query refused.
-    with connect("portal") as app, pytest.raises(psycopg.errors.InsufficientPrivilege, match=REFUSED), app.transaction():
+    refused = pytest.raises(psycopg.errors.InsufficientPrivilege, match=REFUSED)
+    with connect("portal") as app, refused, app.transaction():
         app.execute("select set_config(%s, %s, true)", (setting, str(tenants[who])))
         app.execute("select count(*) from portal.user_server_configs")
 

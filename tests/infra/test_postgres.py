@@ -76,8 +76,9 @@ def test_tls_key_is_private_to_postgres_and_only_its_certificate_is_the_database
 
 def test_the_tenant_module_is_built_from_these_sources_only_root_may_change_it_and_no_compiler_is_left(db):
     assert db.file(stamp_path(17)).content_string.strip() == source_digest()
-    for path in ("/usr/lib/postgresql/17/lib/portal_tenant.so", "/usr/share/postgresql/17/extension/portal_tenant.control",
-                 "/usr/share/postgresql/17/extension/portal_tenant--1.0.sql", "/usr/local/src/portal_tenant"):
+    extension = "/usr/share/postgresql/17/extension"
+    for path in ("/usr/lib/postgresql/17/lib/portal_tenant.so", f"{extension}/portal_tenant.control",
+                 f"{extension}/portal_tenant--1.0.sql", "/usr/local/src/portal_tenant"):
         installed = db.file(path)
         assert installed.user == "root" and installed.group == "root" and not installed.mode & 0o022, path
     for tool in (*build_packages(17), "clang-19"):  # the build's, purged after it
