@@ -11,11 +11,12 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import Directory
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from deploys import tls
 from deploys.datasource import address_of
 from deploys.knobs import knobs
+from deploys.packages import install
 from hostside import layout
 
 TLS_DIR = layout.config("etcd-tls")  # the host's certificate, readable by etcd
@@ -73,7 +74,7 @@ def etcd_member():
     }
     config = files.template(name="etcd's configuration (/etc/default/etcd)", src="templates/etcd.default.j2",
                             dest="/etc/default/etcd", mode="644", environment=environment)
-    apt.packages(name="Install etcd", packages=["etcd-server", "etcd-client"], no_recommends=True)
+    install("Install etcd", packages=["etcd-server", "etcd-client"], no_recommends=True)
     data = {m.name: bool(m.get_fact(Directory, path=f"{DATA_DIR}/member")) for m in members()}
     if any(data.values()) and not data[host.name]:
         _replace_member(k, [m for m in members() if data[m.name]])

@@ -4,11 +4,12 @@ every replica (tests/infra, monitoring): it proves the whole write path and meas
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import files, systemd
 
 from deploys import secrets, sqlscript
 from deploys.datasource import address_of
 from deploys.knobs import knobs
+from deploys.packages import install
 from hostside import layout
 
 PASSFILE = layout.config("heartbeat.pgpass")
@@ -28,7 +29,7 @@ def heartbeat_writer():
     """On a PgBouncer host: a timer that writes this host's row through the read-write entry."""
     k = knobs()
     user = k.heartbeat_user
-    apt.packages(name="Install the PostgreSQL client", packages=[f"postgresql-client-{k.postgres_major}"])
+    install("Install the PostgreSQL client", packages=[f"postgresql-client-{k.postgres_major}"])
     address = k.pgbouncer_listen_address or address_of(host)
     secrets.put_private("Heartbeat password file", f"{address}:{k.pgbouncer_port}:*:{user}:{secrets.password(user)}\n",
                         PASSFILE, user="postgres", group="postgres")

@@ -4,8 +4,9 @@ only layout.POOLER_PROGRAMS, which need no library. docs/README's map lists them
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files
+from pyinfra.operations import files
 
+from deploys.packages import install
 from hostside import layout
 
 LIBRARIES = ["python3-boto3", "python3-psycopg", "python3-cryptography"]
@@ -15,7 +16,8 @@ LIBRARIES = ["python3-boto3", "python3-psycopg", "python3-cryptography"]
 def programs():
     """Returns True when any of them changes (a resident program restarts on it)."""
     database = "database" in host.groups
-    apt.packages(name="Install the host-side programs' Python and libraries", packages=LIBRARIES if database else ["python3"])
+    install("Install the host-side programs' Python and libraries",
+            packages=LIBRARIES if database else ["python3"])
     package = files.sync(name="The host-side programs (hostside/)", src="hostside", dest=f"{layout.LIB_DIR}/hostside",
                          delete=True, mode="644", dir_mode="755", exclude=["*.pyc"], exclude_dir=["__pycache__", "*/__pycache__"])
     launchers = [files.template(name=f"Launcher mcp-{name}", src="templates/hostside-launcher.j2",

@@ -14,11 +14,12 @@ from cryptography import x509
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.facts.files import FindInFile
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from deploys import etcd, secrets, tls
 from deploys.datasource import address_of
 from deploys.knobs import knobs
+from deploys.packages import install
 from deploys.replication import lag_threshold_mb, slot_name
 from hostside import layout, textfile
 
@@ -83,7 +84,7 @@ def _exporter(package, environment, args, restart=False):
     config = secrets.put_private(f"{package}'s configuration",
                                  secrets.render("templates/exporter.default.j2", environment=environment, args=args),
                                  f"/etc/default/{package}", user=EXPORTER_USER, group=EXPORTER_USER, mode="640")
-    apt.packages(name=f"Install {package}", packages=[package], no_recommends=True, update=True, cache_time=3600)
+    install(f"Install {package}", packages=[package], no_recommends=True)
     systemd.service(name=f"{package} runs and starts at boot", service=package, running=True, enabled=True,
                     restarted=restart or config.will_change)
 

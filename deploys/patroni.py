@@ -17,7 +17,7 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.systemd import SystemdStatus
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from deploys import pgconfig, secrets
 from deploys.datasource import address_of, refused
@@ -26,6 +26,7 @@ from deploys.facts import (DeviceExists, FreeBytes, PatroniConfig, PatroniMember
                            PostgresSettings)
 from deploys.knobs import knobs
 from deploys.ordering import barrier
+from deploys.packages import install
 from deploys.postgres import EMPTY_CLUSTER_DATABASES, cluster, wait_for
 from deploys.replication import lag_threshold_mb, purpose_of, slot_name, standby_settings, synchronous_problem, tags
 from hostside import layout
@@ -142,7 +143,7 @@ def patroni(archive, reload_when=None, pooled=None):
     found, lead = members(), leader()
     _refuse_a_foreign_cluster(pg, lead)
 
-    apt.packages(name="Install Patroni (and python3-etcd, its etcd client)", packages=["patroni", "python3-etcd"])
+    install("Install Patroni (and python3-etcd, its etcd client)", packages=["patroni", "python3-etcd"])
     # PostgreSQL runs under Patroni only: Debian's own unit for the cluster must never start it too (masked).
     masked = files.link(name=f"{pg.unit} never starts the cluster (Patroni does)",
                         path=f"/etc/systemd/system/{pg.unit}.service", target="/dev/null")

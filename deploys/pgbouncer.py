@@ -6,12 +6,13 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import FindInFile
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import files, systemd
 
 from deploys import secrets, sqlscript
 from deploys.datasource import address_of, source_of
 from deploys.facts import PostgresDatabases
 from deploys.knobs import knobs
+from deploys.packages import install
 from deploys.postgres import cluster
 from deploys.routing import endpoints, leader_follower
 from deploys.sqlscript import identifier
@@ -79,7 +80,7 @@ def pooler(programs_changed):
     )
     if limits.will_change:
         systemd.daemon_reload(name="Reload systemd units")
-    apt.packages(name="Install PgBouncer", packages=["pgbouncer"], update=True, cache_time=3600)
+    install("Install PgBouncer", packages=["pgbouncer"])
     tls = certificates(owner="postgres")  # the package's service runs as postgres
     leader_follower([
         {"name": k.pgbouncer_rw_entry, "dbname": k.portal_database, "options": ""},

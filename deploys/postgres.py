@@ -12,6 +12,7 @@ from pyinfra.operations import apt, files, server
 from deploys.facts import AptHolds, AptVersions
 from deploys.knobs import knobs
 from deploys.ordering import barrier
+from deploys.packages import install
 from hostside import layout
 
 # How long a rolling update waits for a restarted host to be ready.
@@ -34,14 +35,14 @@ def _packages(major):
 def server_packages():
     k = knobs()
     packages = _packages(k.postgres_major)
-    apt.packages(name="Install postgresql-common", packages=["postgresql-common"], update=True, cache_time=3600)
+    install("Install postgresql-common", packages=["postgresql-common"])
     _apt_repository(k)
     # Before the server package: it would make and start a cluster of its own, which only Patroni may do.
     for name, line, value in (("No cluster at install (Patroni makes it)", "create_main_cluster", "false"),
                               ("Clusters get data checksums", "initdb_options", "'--data-checksums'")):
         files.line(name=name, path="/etc/postgresql-common/createcluster.conf", line=rf"^#?\s*{line}\s*=.*$",
                    replace=f"{line} = {value}")
-    apt.packages(name=f"Install PostgreSQL {k.postgres_major}", packages=packages[:2])
+    install(f"Install PostgreSQL {k.postgres_major}", packages=packages[:2])
     held = host.get_fact(AptHolds)
     unheld = [p for p in packages if p not in held]
     if unheld:

@@ -11,11 +11,12 @@ import json
 import os
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import files, systemd
 
 from deploys import tls
 from deploys.datasource import address_of
 from deploys.knobs import knobs
+from deploys.packages import install
 from deploys.patroni import database_hosts
 from deploys.replication import lag_threshold_mb
 from hostside import layout
@@ -76,7 +77,6 @@ def router():
         inter_ms=k.haproxy_check_interval_ms, fall=k.haproxy_check_fall, rise=k.haproxy_check_rise,
         check_timeout_ms=min(k.haproxy_check_interval_ms, 2000), create_remote_dir=True,
     )
-    apt.packages(name="Install HAProxy (and socat, for its runtime API)", packages=["haproxy", "socat"],
-                 no_recommends=True, update=True, cache_time=3600)
+    install("Install HAProxy (and socat, for its runtime API)", packages=["haproxy", "socat"], no_recommends=True)
     systemd.service(name="HAProxy runs and starts at boot", service="haproxy", running=True, enabled=True,
                     reloaded=config.will_change or ca_file.will_change)

@@ -16,11 +16,12 @@ from shlex import quote
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from deploys.datasource import source_of
 from deploys.facts import SqitchChanges
 from deploys.knobs import knobs
+from deploys.packages import install
 from deploys.postgres import cluster
 from hostside import layout
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -95,7 +96,7 @@ def migrations(leading):
     problem = roles_problem(k.postgres_roles)
     if problem:
         raise DeployError(f"{host.name}: {source_of('postgres_roles')}: {problem}")
-    apt.packages(name="Install sqitch", packages=["sqitch", "libdbd-pg-perl"], no_recommends=True)
+    install("Install sqitch", packages=["sqitch", "libdbd-pg-perl"], no_recommends=True)
     files.sync(name="Ship the migrations (sql/)", src=str(SQL_DIR), dest=REMOTE_SQL_DIR, delete=True, mode="644",
                dir_mode="755")
     if not leading:

@@ -30,7 +30,8 @@ def source_digest(directory=SOURCES):
 
 
 def build_command(major, digest):
-    """Shell: install the build tools, build in a fresh root-only directory, put each file in place by rename (a
+    """Shell: install the build tools (from a refreshed index: a deploy refreshes it only to install what is
+    missing, so it may be months old), build in a fresh root-only directory, put each file in place by rename (a
     backend that has the old library mapped never sees it rewritten), the stamp last; then purge the packages the
     build installed, whatever happened."""
     bindir = f"/usr/lib/postgresql/{major}/bin"
@@ -43,6 +44,7 @@ def build_command(major, digest):
     return (f"set -e; export DEBIAN_FRONTEND=noninteractive; work=$(mktemp -d); {installed} > $work/before; "
             f"trap '{installed} > $work/after; comm -13 $work/before $work/after | xargs -r apt-get purge -y -qq "
             f">/dev/null; rm -rf $work' EXIT; "
+            f"apt-get update -qq; "
             f"apt-get install -y -qq --no-install-recommends {' '.join(build_packages(major))} >/dev/null; "
             f"cp -r {REMOTE_SOURCES}/. $work/src; "
             f"make -s -C $work/src PG_CONFIG={bindir}/pg_config >/dev/null; {place}; "

@@ -11,10 +11,11 @@ import pytest
 
 from fleet.access import OPERATOR
 from hostside import layout
-from tests.fleet_helpers import DATABASE, fleet, leader, on
+from tests.fleet_helpers import DATABASE, TOPOLOGY, fleet, leader, on
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 REPO = Path(__file__).resolve().parents[2]
+APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"  # pyinfra's apt cache_time reads its mtime
 
 
 # Every deploy of the tiers as prod runs them (an unprivileged SSH user with sudo) costs ~8 s more per run than
@@ -74,7 +75,10 @@ def still_pending():
 
 
 def test_deploy_converges_then_a_second_run_changes_nothing():
-    # The session's first deploy (conftest.py) converged the fleet; this is the second run.
+    # The session's first deploy (conftest.py) converged the fleet; this is the second run, with every host's package
+    # index last refreshed two hours ago (apt's stamp backdated): a host that has its packages refreshes nothing.
+    for name in (h.name for h in TOPOLOGY.hosts):
+        on(name, f"touch -d '2 hours ago' {APT_UPDATE_STAMP}")
     output = deploy()
     hosts, changed, errors, unchanged = grand_total(output)
     assert (changed, errors) == (0, 0), changed_operations(output)

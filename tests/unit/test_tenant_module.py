@@ -33,7 +33,8 @@ def test_the_build_runs_in_a_fresh_directory_and_replaces_each_file_by_rename_th
 
 def test_the_build_tools_are_installed_by_the_build_and_what_it_installed_is_purged_on_any_exit():
     command = build_command(17, "d" * 64)
-    assert f"apt-get install -y -qq --no-install-recommends {' '.join(build_packages(17))} " in command
+    tools = " ".join(build_packages(17))
+    assert f"apt-get update -qq; apt-get install -y -qq --no-install-recommends {tools} " in command
     before, trap = command.index("> $work/before;"), command.index("trap '")
     assert before < trap < command.index("apt-get install")
     assert "comm -13 $work/before $work/after | xargs -r apt-get purge" in command[trap:command.index("' EXIT;")]
