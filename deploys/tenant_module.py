@@ -1,9 +1,9 @@
-"""The tenant module (extension/portal_tenant) on every database host: built from its sources with Debian's
-PostgreSQL build tools, installed into the server's library and extension directories, and rebuilt only when
-its sources change (a stamp beside the control file holds their digest). The build tools (a compiler, and
-postgresql-server-dev's clang and LLVM, about 800 MB) are there only while it builds: what the build installed
-it purges, failed or not. The migrations create the extension (sql/deploy/tenant_module.sql); a backend loads
-the library on its first call."""
+"""The tenant module (extension/portal_tenant) on every database host: built from its sources against Debian's
+server headers, installed into the server's library and extension directories, and rebuilt only when its sources
+change (a stamp beside the control file holds their digest). The compiler is there only while it builds: what the
+build installed it purges, failed or not. The headers are unpacked from postgresql-server-dev, not installed: the
+package depends on clang and LLVM (about 800 MB) for JIT bitcode the module does not need. The migrations create
+the extension (sql/deploy/tenant_module.sql); a backend loads the library on its first call."""
 
 import hashlib
 from pathlib import Path
@@ -29,11 +29,11 @@ def source_digest(directory=SOURCES):
     return digest.hexdigest()
 
 
-def build_command(major, digest):
-    """Shell: install the build tools (from a refreshed index: a deploy refreshes it only to install what is
-    missing, so it may be months old), build in a fresh root-only directory, put each file in place by rename (a
-    backend that has the old library mapped never sees it rewritten), the stamp last; then purge the packages the
-    build installed, whatever happened."""
+def build_command(major, digest, sources=REMOTE_SOURCES):
+    """Shell: install the compiler (from a refreshed index: a deploy refreshes it only to install what is missing,
+    so it may be months old), unpack the server headers, build in a fresh root-only directory, put each file in
+    place by rename (a backend that has the old library mapped never sees it rewritten), the stamp last; then purge
+    the packages the build installed, whatever happened."""
     bindir = f"/usr/lib/postgresql/{major}/bin"
     libdir, extdir = f"/usr/lib/postgresql/{major}/lib", f"/usr/share/postgresql/{major}/extension"
     place = " && ".join(f"install -m {mode} $work/src/{name} {target}/.{name}.new && "
@@ -41,19 +41,28 @@ def build_command(major, digest):
                         for name, mode, target in ((f"{NAME}.so", 755, libdir), (f"{NAME}.control", 644, extdir),
                                                    (f"{NAME}--1.0.sql", 644, extdir)))
     installed = "dpkg-query -W | cut -f1 | sort"
+    headers = headers_package(major)
     return (f"set -e; export DEBIAN_FRONTEND=noninteractive; work=$(mktemp -d); {installed} > $work/before; "
             f"trap '{installed} > $work/after; comm -13 $work/before $work/after | xargs -r apt-get purge -y -qq "
             f">/dev/null; rm -rf $work' EXIT; "
             f"apt-get update -qq; "
-            f"apt-get install -y -qq --no-install-recommends {' '.join(build_packages(major))} >/dev/null; "
-            f"cp -r {REMOTE_SOURCES}/. $work/src; "
-            f"make -s -C $work/src PG_CONFIG={bindir}/pg_config >/dev/null; {place}; "
+            f"apt-get install -y -qq --no-install-recommends {' '.join(BUILD_PACKAGES)} >/dev/null; "
+            # The download lands in root's private directory: apt's sandbox user could not write there.
+            f"(cd $work && apt-get download -qq -o APT::Sandbox::User=root {headers}) && "
+            f"dpkg-deb -x $work/{headers}_*.deb $work/headers; "
+            f"cp -r {quote(sources)}/. $work/src; "
+            f"make -s -C $work/src PG_CONFIG={bindir}/pg_config "
+            f"includedir_server=$work/headers/usr/include/postgresql/{major}/server >/dev/null; {place}; "
             f"echo {quote(digest)} > {extdir}/.{NAME}.sources-sha256.new && "
             f"mv -f {extdir}/.{NAME}.sources-sha256.new {stamp_path(major)}")
 
 
-def build_packages(major):
-    return [f"postgresql-server-dev-{major}", "gcc", "make", "libc6-dev"]
+BUILD_PACKAGES = ["gcc", "make", "libc6-dev"]
+
+
+def headers_package(major):
+    """Debian's package of the server headers (unpacked by the build, never installed)."""
+    return f"postgresql-server-dev-{major}"
 
 
 def stamp_path(major):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploys.tenant_module import build_packages, source_digest, stamp_path
+from deploys.tenant_module import BUILD_PACKAGES, headers_package, source_digest, stamp_path
 
 PACKAGES = ["postgresql-17", "postgresql-client-17", "postgresql-common", "postgresql-client-common"]
 
@@ -81,5 +81,5 @@ def test_the_tenant_module_is_built_from_these_sources_only_root_may_change_it_a
                  f"{extension}/portal_tenant--1.0.sql", "/usr/local/src/portal_tenant"):
         installed = db.file(path)
         assert installed.user == "root" and installed.group == "root" and not installed.mode & 0o022, path
-    for tool in (*build_packages(17), "clang-19"):  # the build's, purged after it
+    for tool in (*BUILD_PACKAGES, headers_package(17), "clang-19"):  # the build's purged; the headers never installed
         assert not db.package(tool).is_installed, tool

@@ -3,7 +3,7 @@ contents change; files put in place by rename, the stamp last; the build tools t
 
 import shutil
 
-from deploys.tenant_module import SOURCES, build_command, build_packages, source_digest, stamp_path
+from deploys.tenant_module import BUILD_PACKAGES, SOURCES, build_command, headers_package, source_digest, stamp_path
 
 
 def test_the_digest_follows_the_sources_contents_and_names_not_their_times(tmp_path):
@@ -33,8 +33,17 @@ def test_the_build_runs_in_a_fresh_directory_and_replaces_each_file_by_rename_th
 
 def test_the_build_tools_are_installed_by_the_build_and_what_it_installed_is_purged_on_any_exit():
     command = build_command(17, "d" * 64)
-    tools = " ".join(build_packages(17))
+    tools = " ".join(BUILD_PACKAGES)
     assert f"apt-get update -qq; apt-get install -y -qq --no-install-recommends {tools} " in command
     before, trap = command.index("> $work/before;"), command.index("trap '")
     assert before < trap < command.index("apt-get install")
     assert "comm -13 $work/before $work/after | xargs -r apt-get purge" in command[trap:command.index("' EXIT;")]
+
+
+def test_the_server_headers_are_unpacked_into_the_build_directory_never_installed():
+    command = build_command(17, "d" * 64)
+    installs = [part for part in command.split(";") if "apt-get install" in part]
+    assert len(installs) == 1 and headers_package(17) not in installs[0]
+    assert f"apt-get download -qq -o APT::Sandbox::User=root {headers_package(17)})" in command
+    assert f"dpkg-deb -x $work/{headers_package(17)}_*.deb $work/headers;" in command
+    assert "includedir_server=$work/headers/usr/include/postgresql/17/server" in command
