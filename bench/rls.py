@@ -10,7 +10,7 @@ tenant + one query. Four policy variants on user_server_configs, swapped between
   - the assessment's "optimized": `(SELECT get_current_user_id())` validating per statement, `OR (SELECT is_admin(...))`;
   - ours (sql/): portal.set_tenant() validating once and writing a setting only it can write (extension/
     portal_tenant), `user_id = portal.tenant()`, admins by role.
-Every variant runs REPETITIONS times (--repetitions), interleaved; reports the median p50/p95 latency per transaction with the
+Every variant runs REPETITIONS times (--repetitions), interleaved, each repetition starting at the next variant; reports the median p50/p95 latency per transaction with the
 spread of p50, the ratio to no RLS, and the plan of each RLS-only query. A profile then times each step of a
 transaction inside one backend (each call repeated PROFILE_CALLS times): the module's calls against the first
 design's plpgsql (a context bound to the transaction's start time only, which the app could forge).
@@ -126,6 +126,33 @@ begin
 end $$;
 """
 
+
+def shapes_profile():
+    """SQL: profile_shapes(calls, module), run as portal_app under each variant's policies: per shape, `calls`
+    transactions' worth of work inside one backend (set the tenant, the query with the app's filter), us per
+    transaction. Without the client, the protocol and pgbench, what is left is the server's cost of each design."""
+    blocks = "".join(f"""
+  shape := {shape!r};
+  for pass in 1..2 loop  -- the first pass reads the pages in; the second, timed, finds them in shared buffers
+    started := clock_timestamp();
+    for i in 1..calls loop
+      u := bench_uid(1 + (i * 7919) % {USERS});
+      if module then perform portal.set_tenant(u); else perform set_config('app.current_user_id', u::text, true); end if;
+      perform {query.removeprefix("select ").format(filter="user_id = u")};
+    end loop;
+  end loop;
+  us := round((extract(epoch from clock_timestamp() - started) * 1e6 / calls)::numeric, 2);
+  return next;""" for shape, query in SHAPES.items())
+    return f"""
+create function public.profile_shapes(calls int, module boolean) returns table (shape text, us numeric)
+  language plpgsql as $$
+declare started timestamptz; u uuid;
+begin{blocks}
+end $$;
+grant execute on function public.profile_shapes(int, boolean) to portal_app;
+"""
+
+
 OURS = "configs_tenant"
 VARIANTS = {
     "no RLS": ("alter table portal.user_server_configs disable row level security;", "set_config('app.current_user_id', bench_uid(:n)::text, true)"),
@@ -164,8 +191,9 @@ def psql(sql, role="postgres"):
         argv = ["psql", "-h", "/var/run/postgresql", "-U", role, "-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]
     return subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout.strip()
 
-results = []
-for repetition, variant in [(r, v) for r in range(repetitions) for v in plan]:
+results, in_backend = [], []
+# Each repetition starts at the next variant, so none is always the one that runs after the others' seq scans.
+for repetition, variant in [(r, plan[(r + i) % len(plan)]) for r in range(repetitions) for i in range(len(plan))]:
     psql("alter table portal.user_server_configs enable row level security; drop policy if exists bench on portal.user_server_configs;"
          "alter policy configs_tenant on portal.user_server_configs to portal_app;")
     if variant["setup"]:
@@ -190,10 +218,15 @@ for repetition, variant in [(r, v) for r in range(repetitions) for v in plan]:
                         "p50_ms": latencies[len(latencies) // 2] / 1000, "p95_ms": latencies[int(len(latencies) * 0.95)] / 1000,
                         "plan": " / ".join(line.strip() for line in explain.splitlines() if "Scan" in line)})
         subprocess.run(["rm", "-rf", work])
+    module = "true" if variant["name"] == "ours" else "false"
+    for line in psql(f"select * from profile_shapes({profile_calls}, {module})", role="portal_app").splitlines():
+        shape, us = line.split("|")
+        in_backend.append({"repetition": repetition, "variant": variant["name"], "shape": shape, "us": float(us)})
 psql("alter table portal.user_server_configs enable row level security; drop policy if exists bench on portal.user_server_configs;"
      "alter policy configs_tenant on portal.user_server_configs to portal_app;")
 profile = [line.split("|") for line in psql(f"select * from profile({profile_calls})").splitlines()]
-print(json.dumps({"runs": results, "profile": [{"step": step, "us": float(us)} for step, us in profile]}))
+print(json.dumps({"runs": results, "in_backend": in_backend,
+                  "profile": [{"step": step, "us": float(us)} for step, us in profile]}))
 '''
 
 
@@ -213,7 +246,8 @@ def main():
              f"-c 'create database {DATABASE} owner portal_owner' -c 'grant connect on database {DATABASE} to portal_app'",
        timeout=120)
     on(HOST, sqitch_command("17/main", "portal_owner", "5s", DATABASE, "deploy"), timeout=600)
-    on(HOST, f"runuser -u postgres -- psql -d {DATABASE} -qX -v ON_ERROR_STOP=1 <<'SQL'\n{DATA}\n{PROFILE}\nSQL", timeout=3600)
+    on(HOST, f"runuser -u postgres -- psql -d {DATABASE} -qX -v ON_ERROR_STOP=1 "
+             f"<<'SQL'\n{DATA}\n{PROFILE}\n{shapes_profile()}\nSQL", timeout=3600)
     statement, uid = TENANT[args.protocol]
     plan = [{"name": name, "setup": setup, "tenant": tenant, "statement": statement.format(tenant=tenant),
              "runs": [{"shape": shape, "filter": label, "users": USERS,
@@ -241,6 +275,20 @@ def median(values):
     return values[len(values) // 2]
 
 
+def server_costs(in_backend):
+    """The in-backend table's rows, and the verdict of ours against the naive policy, from profile_shapes()'s runs."""
+    runs = {}
+    for r in in_backend:
+        runs.setdefault((r["shape"], r["variant"]), []).append(r["us"])
+    us = {key: (median(values), min(values), max(values)) for key, values in runs.items()}
+    rows = "\n".join(f"| {shape} | {variant} | {m:.2f} ({low:.2f}-{high:.2f}) | {m / us[(shape, 'no RLS')][0]:.2f}x |"
+                      for (shape, variant), (m, low, high) in us.items())
+    above = [shape for shape in SHAPES if us[(shape, "ours")][0] >= us[(shape, "assessment current")][0]]
+    verdict = ("Ours below the naive policy on every shape."
+               if not above else f"Ours at or above the naive policy: {'; '.join(above)}.")
+    return rows, verdict
+
+
 def write(measured, protocol, repetitions):
     """The table of medians over the repetitions (p50 spread: min-max), the verdicts, and the profile; its path."""
     runs = {}
@@ -262,6 +310,7 @@ def write(measured, protocol, repetitions):
     naive = {shape: summary[("assessment current", shape, "app filter")]["p50"] for shape in SHAPES}
     above_naive = [f"{shape}, {label}" for (_, shape, label), m in ours.items() if m["p50"] >= naive[shape]]
     profile = "\n".join(f"| {p['step']} | {p['us']:.2f} |" for p in measured["profile"])
+    in_backend, server_verdict = server_costs(measured["in_backend"])
     results = RESULTS if protocol == "simple" else RESULTS.with_name("rls-prepared.md")
     results.write_text(f"""# Row-level security cost ({protocol} protocol)
 
@@ -269,7 +318,7 @@ Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `b
 {platform.node()}: {os.cpu_count()} cores, kernel {platform.release()}. On `{HOST}` (a fleet host sharing the
 machine's cores; postgres_memory_budget_mb 512), in a scratch database made by the portal's migrations:
 {USERS} users, {USERS * SERVERS_PER_USER} user_server_configs, {AUDIT_ROWS} audit rows. pgbench as portal_app
-over the local socket (`pgbench -M {protocol}`), 2 clients, {SECONDS} s per row, every row {repetitions} times (interleaved); one transaction
+over the local socket (`pgbench -M {protocol}`), 2 clients, {SECONDS} s per row, every row {repetitions} times (interleaved, each repetition starting at the next variant); one transaction
 = BEGIN, set the tenant, the query, END. p50 and p95 are the medians over the repetitions, with the spread of p50
 (min-max). Ratios are against "no RLS" with the app's filter, same shape, same run. The targets: ours <= 1.10x on
 every shape, and below the assessment's naive per-row policy ("assessment current", app filter) on every shape.
@@ -280,6 +329,20 @@ Ours at or above the naive policy: {"; ".join(above_naive) or "none"}.
 | shape | filter | variant | transactions | p50 ms (spread) | p95 ms | p50 vs no RLS | p95 vs no RLS | scans |
 |---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+## The server's cost per transaction, inside one backend (app's filter)
+
+Each repetition, after the variant's pgbench rows: `profile_shapes()` as portal_app under the variant's policies,
+{PROFILE_CALLS} transactions' worth of work per shape in one backend (set the tenant, the query with the app's
+filter), timed on a second pass over the same users (the first reads their pages in), us per transaction: median over the repetitions (min-max), ratio to no RLS. No client, protocol or
+pgbench: what is left is each design's server-side cost, and a difference of a microsecond shows, where the p50
+above moves by more from run to run.
+
+{server_verdict}
+
+| shape | variant | us per transaction (spread) | vs no RLS |
+|---|---|---|---|
+{in_backend}
 
 ## Profile: each step of a transaction, inside one backend ({PROFILE_CALLS} calls each, us per call)
 
