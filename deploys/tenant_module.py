@@ -36,24 +36,26 @@ def build_command(major, digest, sources=REMOTE_SOURCES):
     the packages the build installed, whatever happened."""
     bindir = f"/usr/lib/postgresql/{major}/bin"
     libdir, extdir = f"/usr/lib/postgresql/{major}/lib", f"/usr/share/postgresql/{major}/extension"
-    place = " && ".join(f"install -m {mode} $work/src/{name} {target}/.{name}.new && "
-                        f"mv -f {target}/.{name}.new {target}/{name}"
-                        for name, mode, target in ((f"{NAME}.so", 755, libdir), (f"{NAME}.control", 644, extdir),
-                                                   (f"{NAME}--1.0.sql", 644, extdir)))
+    place = "".join(f"install -m {mode} $work/src/{name} {target}/.{name}.new; "
+                    f"mv -f {target}/.{name}.new {target}/{name}; "
+                    for name, mode, target in ((f"{NAME}.so", 755, libdir), (f"{NAME}.control", 644, extdir),
+                                               (f"{NAME}--1.0.sql", 644, extdir)))
     installed = "dpkg-query -W | cut -f1 | sort"
     headers = headers_package(major)
+    # Every step its own command, never `a && b`: set -e does not stop at a failure inside an && list, and the stamp
+    # must never be written after a step that failed.
     return (f"set -e; export DEBIAN_FRONTEND=noninteractive; work=$(mktemp -d); {installed} > $work/before; "
             f"trap '{installed} > $work/after; comm -13 $work/before $work/after | xargs -r apt-get purge -y -qq "
             f">/dev/null; rm -rf $work' EXIT; "
             f"apt-get update -qq; "
             f"apt-get install -y -qq --no-install-recommends {' '.join(BUILD_PACKAGES)} >/dev/null; "
             # The download lands in root's private directory: apt's sandbox user could not write there.
-            f"(cd $work && apt-get download -qq -o APT::Sandbox::User=root {headers}) && "
+            f"(cd $work; apt-get download -qq -o APT::Sandbox::User=root {headers}); "
             f"dpkg-deb -x $work/{headers}_*.deb $work/headers; "
             f"cp -r {quote(sources)}/. $work/src; "
             f"make -s -C $work/src PG_CONFIG={bindir}/pg_config "
-            f"includedir_server=$work/headers/usr/include/postgresql/{major}/server >/dev/null; {place}; "
-            f"echo {quote(digest)} > {extdir}/.{NAME}.sources-sha256.new && "
+            f"includedir_server=$work/headers/usr/include/postgresql/{major}/server >/dev/null; {place}"
+            f"echo {quote(digest)} > {extdir}/.{NAME}.sources-sha256.new; "
             f"mv -f {extdir}/.{NAME}.sources-sha256.new {stamp_path(major)}")
 
 

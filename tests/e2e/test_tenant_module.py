@@ -1,12 +1,13 @@
 """The tenant module's build on a host (deploys/tenant_module.py), where it fails: the installed module, its stamp,
-the host's packages and /tmp are left as they were. The build that succeeds is the deploy's (tests/infra)."""
+the host's packages and mktemp's directories are left as they were. The build that succeeds is the deploy's
+(tests/infra)."""
 
 from deploys.tenant_module import REMOTE_SOURCES, build_command, stamp_path
 from tests.fleet_helpers import DATABASE, on
 
 HOST = DATABASE[-1]
 STATE = ("sha256sum /usr/lib/postgresql/17/lib/portal_tenant.so /usr/share/postgresql/17/extension/portal_tenant* "
-         f"{stamp_path(17)}; ls -a /usr/lib/postgresql/17/lib /usr/share/postgresql/17/extension /tmp; "
+         f"{stamp_path(17)}; ls -a /usr/lib/postgresql/17/lib /usr/share/postgresql/17/extension; ls -d /tmp/tmp.*; "
          "dpkg-query -W | cut -f1 | sort")
 
 

@@ -29,6 +29,7 @@ def test_the_build_runs_in_a_fresh_directory_and_replaces_each_file_by_rename_th
     moves = [command.index(f" {path}") for path in placed]  # each the target of an `mv -f <dir>/.<name>.new`
     assert moves == sorted(moves) and all(f".{path.rsplit('/', 1)[1]}.new {path}" in command for path in placed)
     assert command.count("install -m 755") == 1 and command.count("install -m 644") == 2
+    assert "&&" not in command and "||" not in command  # set -e stops at no failure inside such a list
 
 
 def test_the_build_tools_are_installed_by_the_build_and_what_it_installed_is_purged_on_any_exit():
