@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyinfra.operations.apt import APT_UPDATE_FILENAME  # the stamp whose mtime apt's cache_time reads
 
 from fleet.access import OPERATOR
 from hostside import layout
@@ -15,7 +16,6 @@ from tests.fleet_helpers import DATABASE, TOPOLOGY, fleet, leader, on
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 REPO = Path(__file__).resolve().parents[2]
-APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"  # pyinfra's apt cache_time reads its mtime
 
 
 # Every deploy of the tiers as prod runs them (an unprivileged SSH user with sudo) costs ~8 s more per run than
@@ -78,7 +78,7 @@ def test_deploy_converges_then_a_second_run_changes_nothing():
     # The session's first deploy (conftest.py) converged the fleet; this is the second run, with every host's package
     # index last refreshed two hours ago (apt's stamp backdated): a host that has its packages refreshes nothing.
     for name in (h.name for h in TOPOLOGY.hosts):
-        on(name, f"touch -d '2 hours ago' {APT_UPDATE_STAMP}")
+        on(name, f"touch -d '2 hours ago' {APT_UPDATE_FILENAME}")
     output = deploy()
     hosts, changed, errors, unchanged = grand_total(output)
     assert (changed, errors) == (0, 0), changed_operations(output)
