@@ -14,7 +14,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import files, server
 
-from deploys.knobs import knobs
+from deploys.postgres import cluster
 
 SOURCES = Path(__file__).resolve().parents[1] / "extension" / "portal_tenant"
 REMOTE_SOURCES = "/usr/local/src/portal_tenant"
@@ -29,19 +29,18 @@ def source_digest(directory=SOURCES):
     return digest.hexdigest()
 
 
-def build_command(major, digest, sources=REMOTE_SOURCES):
+def build_command(pg, digest, sources=REMOTE_SOURCES):
     """Shell: install the compiler (from a refreshed index: a deploy refreshes it only to install what is missing,
     so it may be months old), unpack the server headers, build in a fresh root-only directory, put each file in
     place by rename (a backend that has the old library mapped never sees it rewritten), the stamp last; then purge
     the packages the build installed, whatever happened."""
-    bindir = f"/usr/lib/postgresql/{major}/bin"
-    libdir, extdir = f"/usr/lib/postgresql/{major}/lib", f"/usr/share/postgresql/{major}/extension"
+    libdir, extdir = pg.lib_directory, pg.extension_directory
     place = "".join(f"install -m {mode} $work/src/{name} {target}/.{name}.new; "
                     f"mv -f {target}/.{name}.new {target}/{name}; "
                     for name, mode, target in ((f"{NAME}.so", 755, libdir), (f"{NAME}.control", 644, extdir),
                                                (f"{NAME}--1.0.sql", 644, extdir)))
     installed = "dpkg-query -W | cut -f1 | sort"
-    headers = headers_package(major)
+    headers = headers_package(pg.major)
     # Every step its own command, never `a && b`: set -e does not stop at a failure inside an && list, and the stamp
     # must never be written after a step that failed.
     return (f"set -e; export DEBIAN_FRONTEND=noninteractive; work=$(mktemp -d); {installed} > $work/before; "
@@ -53,10 +52,10 @@ def build_command(major, digest, sources=REMOTE_SOURCES):
             f"(cd $work; apt-get download -qq -o APT::Sandbox::User=root {headers}); "
             f"dpkg-deb -x $work/{headers}_*.deb $work/headers; "
             f"cp -r {quote(sources)}/. $work/src; "
-            f"make -s -C $work/src PG_CONFIG={bindir}/pg_config "
-            f"includedir_server=$work/headers/usr/include/postgresql/{major}/server >/dev/null; {place}"
+            f"make -s -C $work/src PG_CONFIG={pg.bin('pg_config')} "
+            f"includedir_server=$work/headers/usr/include/postgresql/{pg.major}/server >/dev/null; {place}"
             f"echo {quote(digest)} > {extdir}/.{NAME}.sources-sha256.new; "
-            f"mv -f {extdir}/.{NAME}.sources-sha256.new {stamp_path(major)}")
+            f"mv -f {extdir}/.{NAME}.sources-sha256.new {stamp_path(pg)}")
 
 
 BUILD_PACKAGES = ["gcc", "make", "libc6-dev"]
@@ -67,16 +66,16 @@ def headers_package(major):
     return f"postgresql-server-dev-{major}"
 
 
-def stamp_path(major):
-    return f"/usr/share/postgresql/{major}/extension/{NAME}.sources-sha256"
+def stamp_path(pg):
+    return f"{pg.extension_directory}/{NAME}.sources-sha256"
 
 
 @deploy("Tenant module")
 def tenant_module():
-    major = knobs().postgres_major
+    pg = cluster()
     files.sync(name="The tenant module's sources", src=str(SOURCES), dest=REMOTE_SOURCES, delete=True,
                mode="644", dir_mode="755")
     digest = source_digest()
-    if host.get_fact(FileContents, path=stamp_path(major)) != [digest]:
+    if host.get_fact(FileContents, path=stamp_path(pg)) != [digest]:
         server.shell(name="Build and install the tenant module (its sources changed)",
-                     commands=[build_command(major, digest)])
+                     commands=[build_command(pg, digest)])

@@ -80,6 +80,16 @@ class Cluster(NamedTuple):
         return f"/usr/lib/postgresql/{self.major}/bin"
 
     @property
+    def lib_directory(self):
+        """The server's $libdir: the shared libraries of its modules."""
+        return f"/usr/lib/postgresql/{self.major}/lib"
+
+    @property
+    def extension_directory(self):
+        """The extensions' control files and scripts."""
+        return f"/usr/share/postgresql/{self.major}/extension"
+
+    @property
     def unit(self):
         return f"postgresql@{self.major}-{self.name}"
 

@@ -2,8 +2,10 @@
 
 import pytest
 
-from deploys.tenant_module import BUILD_PACKAGES, headers_package, source_digest, stamp_path
+from deploys.tenant_module import BUILD_PACKAGES, REMOTE_SOURCES, headers_package, source_digest, stamp_path
+from hostside.layout import Cluster
 
+PG = Cluster(17, "main")
 PACKAGES = ["postgresql-17", "postgresql-client-17", "postgresql-common", "postgresql-client-common"]
 
 
@@ -75,11 +77,11 @@ def test_tls_key_is_private_to_postgres_and_only_its_certificate_is_the_database
 
 
 def test_the_tenant_module_is_built_from_these_sources_only_root_may_change_it_and_no_compiler_is_left(db):
-    assert db.file(stamp_path(17)).content_string.strip() == source_digest()
-    extension = "/usr/share/postgresql/17/extension"
-    for path in ("/usr/lib/postgresql/17/lib/portal_tenant.so", f"{extension}/portal_tenant.control",
-                 f"{extension}/portal_tenant--1.0.sql", "/usr/local/src/portal_tenant"):
+    assert db.file(stamp_path(PG)).content_string.strip() == source_digest()
+    extension = PG.extension_directory
+    for path in (f"{PG.lib_directory}/portal_tenant.so", f"{extension}/portal_tenant.control",
+                 f"{extension}/portal_tenant--1.0.sql", REMOTE_SOURCES):
         installed = db.file(path)
         assert installed.user == "root" and installed.group == "root" and not installed.mode & 0o022, path
-    for tool in (*BUILD_PACKAGES, headers_package(17), "clang-19"):  # the build's purged; the headers never installed
+    for tool in (*BUILD_PACKAGES, headers_package(PG.major), "clang-19"):  # purged; the headers never installed
         assert not db.package(tool).is_installed, tool
