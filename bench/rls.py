@@ -335,8 +335,8 @@ Ours at or above the naive policy: {"; ".join(above_naive) or "none"}.
 Each repetition, after the variant's pgbench rows: `profile_shapes()` as portal_app under the variant's policies,
 {PROFILE_CALLS} transactions' worth of work per shape in one backend (set the tenant, the query with the app's
 filter), timed on a second pass over the same users (the first reads their pages in), us per transaction: median over the repetitions (min-max), ratio to no RLS. No client, protocol or
-pgbench: what is left is each design's server-side cost, and a difference of a microsecond shows, where the p50
-above moves by more from run to run.
+pgbench: what is left is each design's server-side cost (on a machine whose cores the fleet shares, the spread
+can still exceed the differences between designs: read it before the medians).
 
 {server_verdict}
 
