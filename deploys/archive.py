@@ -3,7 +3,6 @@ host-side archiver (hostside/wal_archive.py) as archive_command and restore_comm
 and a preflight at plan time that stops the run before a silently failing archive_command could be deployed.
 """
 
-import io
 import json
 import re
 
@@ -12,9 +11,9 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Date
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
-from deploys import secrets
+from deploys import secrets, ship
 from deploys.datasource import source_of
 from deploys.facts import PostgresNode
 from deploys.knobs import knobs
@@ -102,14 +101,13 @@ def wal_archiver(programs_changed=False):
         _preflight(config)
     generation = archive_generation()
     if generation:  # a rebuilt cluster's: on every member, a host rebuilt since included
-        files.put(name="The archive's generation (a staging rebuild's)", dest=GENERATION, mode="644",
-                  src=io.StringIO(generation + "\n"))
-    configuration = files.put(name="The archiver's configuration", dest=CONFIG, mode="644",
-                              src=io.StringIO(json.dumps(config, indent=1, sort_keys=True) + "\n"))
+        ship.file("The archive's generation (a staging rebuild's)", generation + "\n", GENERATION, "644")
+    configuration = ship.file("The archiver's configuration", json.dumps(config, indent=1, sort_keys=True) + "\n",
+                              CONFIG, "644")
     credentials = secrets.put_private("The archive's S3 credentials", _credentials_file().read_text(), CREDENTIALS,
                                       user="postgres", group="postgres")
-    unit = files.template(name="The resident uploader's unit", src="templates/wal-archive.service.j2",
-                          dest=f"/etc/systemd/system/{UNIT}.service", mode="644", program=PROGRAM)
+    unit = ship.template("The resident uploader's unit", "templates/wal-archive.service.j2",
+                         f"/etc/systemd/system/{UNIT}.service", "644", program=PROGRAM)
     if unit.will_change:
         systemd.daemon_reload(name="Reload systemd units")
     changed = programs_changed or any(op.will_change for op in (configuration, credentials, unit))

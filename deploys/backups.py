@@ -2,7 +2,6 @@
 is (a standby's run says so and does nothing), and point-in-time restores from the backups (restore.py).
 hostside/base_backup.py does the work on the host; docs/backups.md."""
 
-import io
 import json
 import time
 from shlex import quote
@@ -13,7 +12,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import files, server, systemd
 
-from deploys import secrets
+from deploys import secrets, ship
 from deploys.archive import CONFIG as ARCHIVE_CONFIG, UNIT as ARCHIVE_UNIT, archive_generation, archive_prefix
 from deploys.facts import NewestBackup, PostgresClusters
 from deploys.knobs import knobs
@@ -45,30 +44,31 @@ def base_backups():
     files.directory(name="Failure records of scheduled units (written as postgres)", path=layout.FAILURES_DIR,
                     user="postgres", group="postgres", mode="755")
     units = [
-        files.template(name="Base backup service", src="templates/base-backup.service.j2",
-                       dest=f"/etc/systemd/system/{UNIT}.service", mode="644", program=PROGRAM,
-                       work_dir=k.backup_work_dir, timeout_s=k.backup_timeout_s, full_every_days=k.backup_full_every_days),
-        files.template(name="Base backup timer", src="templates/base-backup.timer.j2",
-                       dest=f"/etc/systemd/system/{UNIT}.timer", mode="644", schedule=k.backup_schedule),
-        files.template(name="Retention service", src="templates/backup-retention.service.j2",
-                       dest=f"/etc/systemd/system/{RETENTION_UNIT}.service", mode="644", program=PROGRAM,
-                       window_days=k.backup_retention_days, credentials=RETENTION_CREDENTIALS,
-                       max_delete_percent=k.backup_retention_max_delete_percent),
-        files.template(name="Retention timer", src="templates/backup-retention.timer.j2",
-                       dest=f"/etc/systemd/system/{RETENTION_UNIT}.timer", mode="644",
-                       schedule=k.backup_retention_schedule),
-        files.template(name="Restore drill service", src="templates/restore-drill.service.j2",
-                       dest=f"/etc/systemd/system/{DRILL_UNIT}.service", mode="644", program=DRILL_PROGRAM,
-                       scratch=k.drill_scratch_dir, port=k.drill_port, wait_s=k.drill_wait_s,
-                       timeout_s=k.backup_timeout_s),
-        files.template(name="Restore drill timer", src="templates/restore-drill.timer.j2",
-                       dest=f"/etc/systemd/system/{DRILL_UNIT}.timer", mode="644", schedule=k.drill_schedule),
-        files.template(name="Failure recorder for scheduled units", src="templates/unit-failed@.service.j2",
-                       dest="/etc/systemd/system/mcp-unit-failed@.service", mode="644", failures=layout.FAILURES_DIR,
-                       metrics=layout.METRICS_DIR),
-        files.template(name="Failure record clearer for scheduled units", src="templates/unit-recovered@.service.j2",
-                       dest="/etc/systemd/system/mcp-unit-recovered@.service", mode="644", failures=layout.FAILURES_DIR,
-                       metrics=layout.METRICS_DIR),
+        ship.template("Base backup service", "templates/base-backup.service.j2",
+                      f"/etc/systemd/system/{UNIT}.service", "644", program=PROGRAM,
+                      work_dir=k.backup_work_dir, timeout_s=k.backup_timeout_s,
+                      full_every_days=k.backup_full_every_days),
+        ship.template("Base backup timer", "templates/base-backup.timer.j2",
+                      f"/etc/systemd/system/{UNIT}.timer", "644", schedule=k.backup_schedule),
+        ship.template("Retention service", "templates/backup-retention.service.j2",
+                      f"/etc/systemd/system/{RETENTION_UNIT}.service", "644", program=PROGRAM,
+                      window_days=k.backup_retention_days, credentials=RETENTION_CREDENTIALS,
+                      max_delete_percent=k.backup_retention_max_delete_percent),
+        ship.template("Retention timer", "templates/backup-retention.timer.j2",
+                      f"/etc/systemd/system/{RETENTION_UNIT}.timer", "644",
+                      schedule=k.backup_retention_schedule),
+        ship.template("Restore drill service", "templates/restore-drill.service.j2",
+                      f"/etc/systemd/system/{DRILL_UNIT}.service", "644", program=DRILL_PROGRAM,
+                      scratch=k.drill_scratch_dir, port=k.drill_port, wait_s=k.drill_wait_s,
+                      timeout_s=k.backup_timeout_s),
+        ship.template("Restore drill timer", "templates/restore-drill.timer.j2",
+                      f"/etc/systemd/system/{DRILL_UNIT}.timer", "644", schedule=k.drill_schedule),
+        ship.template("Failure recorder for scheduled units", "templates/unit-failed@.service.j2",
+                      "/etc/systemd/system/mcp-unit-failed@.service", "644", failures=layout.FAILURES_DIR,
+                      metrics=layout.METRICS_DIR),
+        ship.template("Failure record clearer for scheduled units", "templates/unit-recovered@.service.j2",
+                      "/etc/systemd/system/mcp-unit-recovered@.service", "644", failures=layout.FAILURES_DIR,
+                      metrics=layout.METRICS_DIR),
     ]
     if any(op.will_change for op in units):
         systemd.daemon_reload(name="Reload systemd units")
@@ -124,8 +124,8 @@ def _restore_source(pg):
               "prefetch": k.wal_restore_prefetch}
     secrets.put_private("The restore source's read-only S3 keys", credentials.read_text(), SOURCE_CREDENTIALS,
                         user="postgres", group="postgres")
-    files.put(name="The restore source's archive", dest=SOURCE_CONFIG, mode="644",
-              src=io.StringIO(json.dumps(config, indent=1, sort_keys=True) + "\n"))
+    ship.file("The restore source's archive", json.dumps(config, indent=1, sort_keys=True) + "\n", SOURCE_CONFIG,
+              "644")
     return True
 
 

@@ -4,8 +4,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import files
 
+from deploys import ship
 from deploys.knobs import knobs
 
 
@@ -36,11 +36,11 @@ def baseline():
             f"{host.name} runs {distro['name']} {distro['major']}; this tier supports "
             f"{wanted.name} {wanted.major} only (group_data supported_os)"
         )
-    files.template(
-        name="Record this host's roles in /etc/mcp-portal/roles",
-        src="templates/roles.j2",
-        dest="/etc/mcp-portal/roles",
-        mode="644",
+    ship.template(
+        "Record this host's roles in /etc/mcp-portal/roles",
+        "templates/roles.j2",
+        "/etc/mcp-portal/roles",
+        "644",
         create_remote_dir=True,
         groups=sorted(host.groups),
     )

@@ -11,9 +11,9 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import Directory
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import server, systemd
 
-from deploys import tls
+from deploys import ship, tls
 from deploys.datasource import address_of
 from deploys.knobs import knobs
 from deploys.packages import install
@@ -72,8 +72,8 @@ def etcd_member():
         "ETCD_PEER_CERT_FILE": f"{TLS_DIR}/server.crt", "ETCD_PEER_KEY_FILE": f"{TLS_DIR}/server.key",
         "ETCD_PEER_TRUSTED_CA_FILE": f"{TLS_DIR}/ca.crt", "ETCD_PEER_CLIENT_CERT_AUTH": "true",
     }
-    config = files.template(name="etcd's configuration (/etc/default/etcd)", src="templates/etcd.default.j2",
-                            dest="/etc/default/etcd", mode="644", environment=environment)
+    config = ship.template("etcd's configuration (/etc/default/etcd)", "templates/etcd.default.j2", "/etc/default/etcd",
+                           "644", environment=environment)
     install("Install etcd", packages=["etcd-server", "etcd-client"], no_recommends=True)
     data = {m.name: bool(m.get_fact(Directory, path=f"{DATA_DIR}/member")) for m in members()}
     if any(data.values()) and not data[host.name]:

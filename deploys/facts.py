@@ -285,3 +285,41 @@ class NewestBackup(FactBase):
         if not output:
             return None
         return self.UNREADABLE if output[-1] == self.UNREADABLE else json.loads(output[-1])["finished_at"]
+
+
+class FileState(FactBase):
+    """A regular file's owner, group, mode (octal digits, as stat prints them) and SHA-1, in one command; None when
+    the path is not a regular file (absent, a directory, or a link, which a write replaces rather than follows)."""
+
+    def command(self, path):
+        return (f"if [ -f {quote(path)} ] && [ ! -L {quote(path)} ]; then stat -c '%U %G %a' -- {quote(path)} && "
+                f"sha1sum < {quote(path)}; fi")
+
+    def process(self, output):
+        if len(output) < 2:
+            return None
+        user, group, mode = output[0].split()
+        return {"user": user, "group": group, "mode": mode, "sha1": output[1].split()[0]}
+
+
+class TreeState(FactBase):
+    """Every entry under a directory, but those `excluded` (name patterns, files and directories):
+    {relative path ("" for the directory itself): (type f/d/l, mode, user, group, SHA-1 or None)}; None when the
+    directory does not exist."""
+
+    def command(self, path, excluded=()):
+        names = " -o ".join(f"-name {quote(name)}" for name in excluded)
+        prune = f"\\( {names} \\) -prune -o " if excluded else ""
+        return (f"cd {quote(path)} 2>/dev/null || exit 0; find . {prune}-printf 'entry %y %m %u %g %P\\n' && "
+                f"find . {prune}-type f -exec sha1sum {{}} +")
+
+    def process(self, output):
+        entries, sums = {}, {}
+        for line in output:
+            if line.startswith("entry "):
+                kind, mode, user, group, relative = (line.split(" ", 5) + [""])[1:6]
+                entries[relative] = (kind, mode, user, group)
+            else:
+                digest, relative = line.split("  ", 1)
+                sums[relative.removeprefix("./")] = digest
+        return {path: (*entry, sums.get(path)) for path, entry in entries.items()} or None

@@ -4,9 +4,9 @@ every replica (tests/infra, monitoring): it proves the whole write path and meas
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
-from deploys import secrets, sqlscript
+from deploys import secrets, ship, sqlscript
 from deploys.datasource import address_of
 from deploys.knobs import knobs
 from deploys.packages import install
@@ -33,13 +33,13 @@ def heartbeat_writer():
     address = k.pgbouncer_listen_address or address_of(host)
     secrets.put_private("Heartbeat password file", f"{address}:{k.pgbouncer_port}:*:{user}:{secrets.password(user)}\n",
                         PASSFILE, user="postgres", group="postgres")
-    service = files.template(
-        name="Heartbeat service", src="templates/heartbeat.service.j2", dest=f"/etc/systemd/system/{UNIT}.service",
-        mode="644", passfile=PASSFILE, address=address, port=k.pgbouncer_port,
+    service = ship.template(
+        "Heartbeat service", "templates/heartbeat.service.j2", f"/etc/systemd/system/{UNIT}.service",
+        "644", passfile=PASSFILE, address=address, port=k.pgbouncer_port,
         entry=k.pgbouncer_rw_entry, role=user, ca=f"{layout.TLS_DIR}/ca.crt", writer=host.name,
     )
-    timer = files.template(name="Heartbeat timer", src="templates/heartbeat.timer.j2",
-                           dest=f"/etc/systemd/system/{UNIT}.timer", mode="644", interval_s=k.heartbeat_interval_s)
+    timer = ship.template("Heartbeat timer", "templates/heartbeat.timer.j2",
+                          f"/etc/systemd/system/{UNIT}.timer", "644", interval_s=k.heartbeat_interval_s)
     if service.will_change or timer.will_change:
         systemd.daemon_reload(name="Reload systemd units")
     systemd.service(name="Heartbeat timer runs and starts at boot", service=f"{UNIT}.timer", running=True, enabled=True,

@@ -4,8 +4,8 @@ only layout.POOLER_PROGRAMS, which need no library. docs/README's map lists them
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
+from deploys import ship
 from deploys.packages import install
 from hostside import layout
 
@@ -18,9 +18,9 @@ def programs():
     database = "database" in host.groups
     install("Install the host-side programs' Python and libraries",
             packages=LIBRARIES if database else ["python3"])
-    package = files.sync(name="The host-side programs (hostside/)", src="hostside", dest=f"{layout.LIB_DIR}/hostside",
-                         delete=True, mode="644", dir_mode="755", exclude=["*.pyc"], exclude_dir=["__pycache__", "*/__pycache__"])
-    launchers = [files.template(name=f"Launcher mcp-{name}", src="templates/hostside-launcher.j2",
-                                dest=layout.program(name), mode="755", program=name, module=module, lib=layout.LIB_DIR)
+    package = ship.tree("The host-side programs (hostside/)", ship.REPO / "hostside", f"{layout.LIB_DIR}/hostside",
+                        excluded=["*.pyc", "__pycache__"])
+    launchers = [ship.template(f"Launcher mcp-{name}", "templates/hostside-launcher.j2",
+                               layout.program(name), "755", program=name, module=module, lib=layout.LIB_DIR)
                  for name, module in layout.PROGRAMS.items() if database or name in layout.POOLER_PROGRAMS]
     return any(op.will_change for op in (package, *launchers))

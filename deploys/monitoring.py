@@ -6,7 +6,6 @@ The configuration is in place before a package is first installed (apt keeps an 
 so no exporter ever listens unprotected.
 """
 
-import io
 import urllib.parse
 
 import bcrypt
@@ -16,7 +15,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FindInFile
 from pyinfra.operations import files, server, systemd
 
-from deploys import etcd, secrets, tls
+from deploys import etcd, secrets, ship, tls
 from deploys.datasource import address_of
 from deploys.knobs import knobs
 from deploys.packages import install
@@ -107,8 +106,8 @@ def node_metrics(database_host):
     files.directory(name="The tier's textfile metrics", path=METRICS_DIR, user="root",
                     group="postgres" if database_host else "root", mode="1775" if database_host else "755")
     limits = "# Written by deploy.py (deploys/monitoring.py): what monitoring/alerts.yml compares this host with.\n"
-    files.put(name="The alerts' limits for this host", src=io.StringIO(limits + textfile.render(_tier_gauges(database_host))),
-              dest=f"{METRICS_DIR}/tier.prom", user="root", group="root", mode="644")
+    ship.file("The alerts' limits for this host", limits + textfile.render(_tier_gauges(database_host)),
+              f"{METRICS_DIR}/tier.prom", "644")
     _exporter("prometheus-node-exporter", {}, [
         f"--web.listen-address={_listen(knobs().node_exporter_port)}", f"--web.config.file={WEB_CONFIG}",
         f"--collector.textfile.directory={METRICS_DIR}", *(["--collector.watchdog"] if database_host else [])])
@@ -121,8 +120,7 @@ def _dsn(user, database, port):
 
 @deploy("Metrics: PostgreSQL exporter")
 def postgres_metrics():
-    queries = files.put(name="The tier's exporter queries", src="monitoring/postgres-exporter-queries.yaml",
-                        dest=QUERIES, mode="644")
+    queries = ship.copy("The tier's exporter queries", "monitoring/postgres-exporter-queries.yaml", QUERIES, "644")
     _exporter("prometheus-postgres-exporter", {
         "DATA_SOURCE_NAME": _dsn(knobs().metrics_role, "postgres", knobs().postgres_port),
     }, [f"--web.listen-address={_listen(knobs().postgres_exporter_port)}", f"--web.config.file={WEB_CONFIG}",
@@ -134,10 +132,9 @@ def postgres_metrics():
 def pgbouncer_metrics():
     # Debian runs it as postgres; as the exporters' user it can read their certificate. No PgBouncer process
     # metrics (empty pid file): those need the postgres user.
-    unit = files.put(name="Run the PgBouncer exporter as the exporters' user",
-                     src=io.StringIO(f"[Service]\nUser={EXPORTER_USER}\n"),
-                     dest="/etc/systemd/system/prometheus-pgbouncer-exporter.service.d/mcp-portal.conf",
-                     mode="644", create_remote_dir=True)
+    unit = ship.file("Run the PgBouncer exporter as the exporters' user", f"[Service]\nUser={EXPORTER_USER}\n",
+                     "/etc/systemd/system/prometheus-pgbouncer-exporter.service.d/mcp-portal.conf", "644",
+                     create_remote_dir=True)
     if unit.will_change:
         systemd.daemon_reload(name="Reload systemd units")
     _exporter("prometheus-pgbouncer-exporter", {

@@ -9,7 +9,6 @@ time from each member's live pg_settings. Who leads is read from Patroni at plan
 the cluster on the first database host listed.
 """
 
-import io
 import json
 from shlex import quote
 
@@ -19,7 +18,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
 
-from deploys import pgconfig, secrets
+from deploys import pgconfig, secrets, ship
 from deploys.datasource import address_of, refused
 from deploys.etcd import client_endpoints
 from deploys.facts import (DeviceExists, FreeBytes, PatroniConfig, PatroniMembers, PostgresClusters, PostgresNode,
@@ -149,24 +148,26 @@ def patroni(archive, reload_when=None, pooled=None):
                         path=f"/etc/systemd/system/{pg.unit}.service", target="/dev/null")
     # Debian's unit does not restart a Patroni that died (Restart=no), and stops only Patroni's process (KillMode=
     # process): PostgreSQL would run on as a primary that nothing demotes once another member takes the lock.
-    restarts = files.put(name=f"{pg.patroni_unit} is restarted when it dies", src=io.StringIO(PATRONI_DROP_IN),
-                         dest=f"/etc/systemd/system/{pg.patroni_unit}.service.d/mcp-portal.conf", mode="644",
+    restarts = ship.file(f"{pg.patroni_unit} is restarted when it dies", PATRONI_DROP_IN,
+                         f"/etc/systemd/system/{pg.patroni_unit}.service.d/mcp-portal.conf", "644",
                          create_remote_dir=True)
     if masked.will_change or restarts.will_change:
         systemd.daemon_reload(name="Reload systemd units")
     files.directory(name="The cluster's configuration directory", path=pg.config_directory, user="postgres",
                     group="postgres", mode="755")
-    start = files.put(name="pg_lsclusters knows the cluster; only Patroni starts it", src=io.StringIO("manual\n"),
-                      dest=f"{pg.config_directory}/start.conf", user="postgres", group="postgres", mode="644")
-    files.put(name="pg_ident.conf (no mappings)", src=io.StringIO("# Rendered by deploy.py: no ident mappings.\n"),
-              dest=f"{pg.config_directory}/pg_ident.conf", user="postgres", group="postgres", mode="640")
+    # Written as the directory's owner.
+    postgres_owned = {"user": "postgres", "group": "postgres", "as_user": "postgres"}
+    start = ship.file("pg_lsclusters knows the cluster; only Patroni starts it", "manual\n",
+                      f"{pg.config_directory}/start.conf", "644", **postgres_owned)
+    ship.file("pg_ident.conf (no mappings)", "# Rendered by deploy.py: no ident mappings.\n",
+              f"{pg.config_directory}/pg_ident.conf", "640", **postgres_owned)
     local = {n: v for n, v in desired.items() if n not in DYNAMIC_PARAMETERS + PATRONI_PARAMETERS}
-    conf = files.template(name="Render the settings Patroni's postgresql.conf includes", src="templates/postgresql.conf.j2",
-                          dest=f"{pg.config_directory}/{CUSTOM_CONF}", user="postgres", group="postgres", mode="644",
-                          settings=local, cluster=pg, budget_mb=k.postgres_memory_budget_mb)
+    conf = ship.template("Render the settings Patroni's postgresql.conf includes", "templates/postgresql.conf.j2",
+                         f"{pg.config_directory}/{CUSTOM_CONF}", "644", **postgres_owned, settings=local, cluster=pg,
+                         budget_mb=k.postgres_memory_budget_mb)
     def render_hba(name):
-        return files.template(name=name, src="templates/pg_hba.conf.j2", dest=f"{pg.config_directory}/pg_hba.conf",
-                              user="postgres", group="postgres", mode="640", rules=rules)
+        return ship.template(name, "templates/pg_hba.conf.j2", f"{pg.config_directory}/pg_hba.conf", "640",
+                             **postgres_owned, rules=rules)
 
     hba = render_hba("Render pg_hba.conf")
     files.directory(name="Patroni's configuration directory", path="/etc/patroni", user="root", group="postgres", mode="750")
@@ -180,10 +181,10 @@ def patroni(archive, reload_when=None, pooled=None):
         watchdog=k.patroni_watchdog, tags=tags(host.name),
         restore_standby=f"{layout.program('base-backup')} restore --standby"), pg.patroni_config, user="postgres",
         group="postgres")
-    files.put(name="Record this member's purpose, lag threshold and slot (read by tests/infra and SREs)",
-              src=io.StringIO(json.dumps({"purpose": purpose_of(host.name), "lag_threshold_mb": lag_threshold_mb(host.name),
-                                          "slot": slot_name(host.name)}, sort_keys=True) + "\n"),
-              dest=layout.config("member.json"), mode="644")
+    ship.file("Record this member's purpose, lag threshold and slot (read by tests/infra and SREs)",
+              json.dumps({"purpose": purpose_of(host.name), "lag_threshold_mb": lag_threshold_mb(host.name),
+                          "slot": slot_name(host.name)}, sort_keys=True) + "\n",
+              layout.config("member.json"), "644")
     # Enabled only: started below, in an order (all members started at once would race for the bootstrap).
     systemd.service(name=f"{pg.patroni_unit} starts at boot", service=pg.patroni_unit, enabled=True, running=None)
 

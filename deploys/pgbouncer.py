@@ -6,9 +6,9 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import FindInFile
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
-from deploys import secrets, sqlscript
+from deploys import secrets, ship, sqlscript
 from deploys.datasource import address_of, source_of
 from deploys.facts import PostgresDatabases
 from deploys.knobs import knobs
@@ -73,10 +73,10 @@ def pooler(programs_changed):
     k = knobs()
     auth_user, pool = k.pgbouncer_auth_user, k.pgbouncer_pool
     read_only = endpoints()[1]
-    limits = files.template(
-        name="Let PgBouncer open a descriptor per client and server connection",
-        src="templates/pgbouncer-unit-override.conf.j2", dest="/etc/systemd/system/pgbouncer.service.d/mcp-portal.conf",
-        create_remote_dir=True, mode="644", max_client_conn=pool.max_client_conn, nofile=2 * pool.max_client_conn + 1024,
+    limits = ship.template(
+        "Let PgBouncer open a descriptor per client and server connection",
+        "templates/pgbouncer-unit-override.conf.j2", "/etc/systemd/system/pgbouncer.service.d/mcp-portal.conf", "644",
+        create_remote_dir=True, max_client_conn=pool.max_client_conn, nofile=2 * pool.max_client_conn + 1024,
     )
     if limits.will_change:
         systemd.daemon_reload(name="Reload systemd units")
@@ -94,9 +94,9 @@ def pooler(programs_changed):
     listen_addr = k.pgbouncer_listen_address or address_of(host)
     listening = host.get_fact(FindInFile, path="/etc/pgbouncer/pgbouncer.ini", pattern=r"^listen_[a-z]* = ") or []
     moved = sorted(listening) != [f"listen_addr = {listen_addr}", f"listen_port = {k.pgbouncer_port}"]
-    ini = files.template(
-        name="Render pgbouncer.ini",
-        src="templates/pgbouncer.ini.j2", dest="/etc/pgbouncer/pgbouncer.ini", user="postgres", group="postgres", mode="640",
+    ini = ship.template(
+        "Render pgbouncer.ini",
+        "templates/pgbouncer.ini.j2", "/etc/pgbouncer/pgbouncer.ini", "640", user="postgres", group="postgres",
         rw_name=k.pgbouncer_rw_entry, ro_name=k.pgbouncer_ro_entry, database=k.portal_database,
         read_only=read_only, leader_entries=layout.LEADER_ENTRIES, auth_database=k.pgbouncer_auth_database,
         auth_user=auth_user, listen_addr=listen_addr, listen_port=k.pgbouncer_port,

@@ -9,6 +9,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server
 
+from deploys import ship
 from deploys.facts import AptHolds, AptVersions
 from deploys.knobs import knobs
 from deploys.ordering import barrier
@@ -55,8 +56,8 @@ def server_packages():
 def _apt_repository(k):
     if k.postgres_apt_repository == "pgdg":
         codename = host.get_fact(LinuxDistribution)["release_meta"]["VERSION_CODENAME"]
-        sources = files.template(name="PGDG apt repository", src="templates/pgdg.sources.j2",
-                                 dest="/etc/apt/sources.list.d/pgdg.sources", mode="644",
+        sources = ship.template("PGDG apt repository", "templates/pgdg.sources.j2",
+                                "/etc/apt/sources.list.d/pgdg.sources", "644",
                                  uri=k.postgres_pgdg_uri, suite=f"{codename}-pgdg")
         if sources.will_change:
             apt.update(name="Refresh the package index (PGDG added)")

@@ -3,15 +3,15 @@ moment, scrubbed in a private scratch cluster before anything of staging's holds
 cluster that archives into a new prefix of its own. rebuild_staging.py makes the scrubbed copy and clears the old
 cluster; deploy.py then makes the new cluster and loads the copy (`scrubbed_copy_loaded`)."""
 
-import io
 import time
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import server, systemd
 
+from deploys import ship
 from deploys.archive import GENERATION, archive_generation, archive_prefix
 from deploys.backups import restore
 from deploys.etcd import etcd_client, members as etcd_members
@@ -83,8 +83,7 @@ def old_cluster_cleared():
             f"{etcd_client(etcd_members())} del --prefix {ETCD_NAMESPACE}{k.patroni_scope}/"])
     barrier(name="etcd holds no cluster")
     server.shell(name=f"Remove the old cluster's data ({pg.data_directory})", commands=[f"rm -rf {pg.data_directory}"])
-    files.put(name=f"The new cluster's archive generation ({GENERATION_NOW})", dest=GENERATION, mode="644",
-              src=io.StringIO(GENERATION_NOW + "\n"))
+    ship.file(f"The new cluster's archive generation ({GENERATION_NOW})", GENERATION_NOW + "\n", GENERATION, "644")
 
 
 @deploy("The scrubbed copy")

@@ -6,14 +6,13 @@ read-only entry goes through HAProxy's replicas listener (the leader when no rep
 member taken out has its connections closed. TLS to PostgreSQL passes through HAProxy untouched (PgBouncer
 verifies it)."""
 
-import io
 import json
 import os
 
 from pyinfra.api import deploy
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
-from deploys import tls
+from deploys import ship, tls
 from deploys.datasource import address_of
 from deploys.knobs import knobs
 from deploys.packages import install
@@ -44,18 +43,17 @@ def endpoints():
 @deploy("PgBouncer's read-write entries follow the leader")
 def leader_follower(entries, programs_changed):
     """mcp-follow-leader, running before PgBouncer starts: `entries` are [{name, dbname, options}]."""
-    config = files.put(
-        name="What mcp-follow-leader reads: HAProxy's statistics, the members, the entries",
-        dest=layout.config("follow-leader.json"), mode="644", create_remote_dir=True,
-        src=io.StringIO(json.dumps({
+    config = ship.file(
+        "What mcp-follow-leader reads: HAProxy's statistics, the members, the entries", json.dumps({
             "haproxy_socket": STATS_SOCKET, "listener": "primary", "interval_s": FOLLOW_INTERVAL_S,
             "members": {m.name: member_endpoint(m) for m in database_hosts()}, "fallback": endpoints()[0],
             "entries": entries, "output": layout.LEADER_ENTRIES,
             "pgbouncer_pidfile": layout.PGBOUNCER_PIDFILE,
-        }, indent=1, sort_keys=True) + "\n"))
-    unit = files.template(name=f"{FOLLOWER}'s unit", src="templates/follow-leader.service.j2",
-                          dest=f"/etc/systemd/system/{FOLLOWER}.service", mode="644", program=layout.program("follow-leader"),
-                          entries=layout.LEADER_ENTRIES, state_directory=os.path.basename(os.path.dirname(layout.LEADER_ENTRIES)))
+        }, indent=1, sort_keys=True) + "\n", layout.config("follow-leader.json"), "644", create_remote_dir=True)
+    unit = ship.template(f"{FOLLOWER}'s unit", "templates/follow-leader.service.j2",
+                         f"/etc/systemd/system/{FOLLOWER}.service", "644", program=layout.program("follow-leader"),
+                         entries=layout.LEADER_ENTRIES,
+                         state_directory=os.path.basename(os.path.dirname(layout.LEADER_ENTRIES)))
     if unit.will_change:
         systemd.daemon_reload(name="Reload systemd units")
     systemd.service(name=f"{FOLLOWER} runs and starts at boot", service=f"{FOLLOWER}.service", running=True, enabled=True,
@@ -66,13 +64,13 @@ def leader_follower(entries, programs_changed):
 def router():
     k = knobs()
     ca = tls.authorities()[tls.DATABASE_CA]
-    ca_file = files.put(name="The database servers' CA, for HAProxy's checks of Patroni's REST API", src=str(ca), dest=CA_FILE,
-                        mode="644", create_remote_dir=True)
+    ca_file = ship.copy("The database servers' CA, for HAProxy's checks of Patroni's REST API", ca, CA_FILE, "644",
+                        create_remote_dir=True)
     members = [{"name": m.name, "address": member_endpoint(m)[0], "port": member_endpoint(m)[1],
                 "restapi_port": knobs(m).patroni_restapi_port,
                 "lag_bytes": lag_threshold_mb(m.name) * 2**20} for m in database_hosts()]
-    config = files.template(
-        name="HAProxy's configuration", src="templates/haproxy.cfg.j2", dest="/etc/haproxy/haproxy.cfg", mode="644",
+    config = ship.template(
+        "HAProxy's configuration", "templates/haproxy.cfg.j2", "/etc/haproxy/haproxy.cfg", "644",
         members=members, ca_file=CA_FILE, stats_socket=STATS_SOCKET, primary_port=k.haproxy_primary_port, replica_port=k.haproxy_replica_port,
         inter_ms=k.haproxy_check_interval_ms, fall=k.haproxy_check_fall, rise=k.haproxy_check_rise,
         check_timeout_ms=min(k.haproxy_check_interval_ms, 2000), create_remote_dir=True,

@@ -16,8 +16,9 @@ from shlex import quote
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import server, systemd
 
+from deploys import ship
 from deploys.datasource import source_of
 from deploys.facts import SqitchChanges
 from deploys.knobs import knobs
@@ -97,8 +98,7 @@ def migrations(leading):
     if problem:
         raise DeployError(f"{host.name}: {source_of('postgres_roles')}: {problem}")
     install("Install sqitch", packages=["sqitch", "libdbd-pg-perl"], no_recommends=True)
-    files.sync(name="Ship the migrations (sql/)", src=str(SQL_DIR), dest=REMOTE_SQL_DIR, delete=True, mode="644",
-               dir_mode="755")
+    ship.tree("Ship the migrations (sql/)", SQL_DIR, REMOTE_SQL_DIR)
     if not leading:
         return
     deployed = host.get_fact(SqitchChanges, major=pg.major, cluster=pg.name, database=k.portal_database, project=PROJECT)
@@ -123,13 +123,13 @@ def portal_jobs():
     changed = False
     for unit, schedule_key in JOBS.items():
         job = unit.removeprefix("mcp-")
-        service = files.template(
-            name=f"{job} service", src="templates/portal-job.service.j2", dest=f"/etc/systemd/system/{unit}.service",
-            mode="644", program=JOBS_PROGRAM, job=job, database=k.portal_database, ahead=k.audit_partitions_ahead,
+        service = ship.template(
+            f"{job} service", "templates/portal-job.service.j2", f"/etc/systemd/system/{unit}.service",
+            "644", program=JOBS_PROGRAM, job=job, database=k.portal_database, ahead=k.audit_partitions_ahead,
             min_ahead=k.audit_partitions_min_ahead, cluster=pg.label)
-        timers[unit] = files.template(
-            name=f"{job} timer", src="templates/portal-job.timer.j2", dest=f"/etc/systemd/system/{unit}.timer",
-            mode="644", job=job, schedule=getattr(k, schedule_key))
+        timers[unit] = ship.template(
+            f"{job} timer", "templates/portal-job.timer.j2", f"/etc/systemd/system/{unit}.timer",
+            "644", job=job, schedule=getattr(k, schedule_key))
         changed = changed or service.will_change or timers[unit].will_change
     if changed:
         systemd.daemon_reload(name="Reload systemd units")

@@ -1,19 +1,16 @@
 """Where an environment's secrets come from: made by the deploy (local, staging) or supplied by the operator
 (prod), in `secrets_dir`, outside git. See docs/secrets.md."""
 
-import hashlib
 import os
 import re
 import secrets as random_source
 from pathlib import Path
-from shlex import quote
 
 from jinja2 import Template
 from pyinfra import host
-from pyinfra.api import operation
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import File, Sha1File
 
+from deploys import ship
 from deploys.knobs import knobs
 
 
@@ -57,27 +54,5 @@ def render(template, **values):
 
 
 def put_private(name, content, dest, user="root", group="root", mode="600", as_user="root"):
-    """`content` (text) at `dest`, readable by `user`/`group` as `mode` says and by no one else at any moment: it
-    travels on the command's stdin (never in argv, a log or an upload left in /tmp), lands in a temporary file
-    mktemp makes beside `dest` with umask 077, and is renamed over `dest` once owned and moded. `as_user`
-    writes it: the owner of the directory when that is not root, so root never writes where another user could
-    plant a link. The plan compares the file's SHA-1, owner and mode (facts, read here: inside the operation they
-    would run with its stdin): a converged file is no change."""
-    content = content if content.endswith("\n") else content + "\n"  # what the command's stdin delivers
-    current = host.get_fact(File, path=dest)
-    converged = bool(current) and (current["user"], current["group"], current["mode"]) == (user, group, int(mode)) \
-        and host.get_fact(Sha1File, path=dest) == hashlib.sha1(content.encode()).hexdigest()
-    return _private_file(name=name, dest=dest, user=user, group=group, mode=mode, as_user=as_user,
-                         converged=converged, _stdin=content)
-
-
-@operation()
-def _private_file(dest, user, group, mode, as_user, converged):
-    if converged:
-        host.noop(f"{dest} is converged")
-        return
-    tmp = '"$tmp"'
-    script = (f"umask 077 && tmp=$(mktemp -p {quote(os.path.dirname(dest))} .mcp-portal.XXXXXX) && "
-              f"{{ cat > {tmp} && chown {quote(user)}:{quote(group)} {tmp} && chmod {quote(mode)} {tmp} "
-              f"&& mv -f {tmp} {quote(dest)}; }} || {{ rm -f {tmp}; exit 1; }}")
-    yield script if as_user == "root" else f"runuser -u {quote(as_user)} -- sh -c {quote(script)}"
+    """A file holding a secret: readable by `user`/`group` as `mode` says, by no one else at any moment (ship.file)."""
+    return ship.file(name, content, dest, mode, user=user, group=group, as_user=as_user)

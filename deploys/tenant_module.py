@@ -12,8 +12,9 @@ from shlex import quote
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
+from deploys import ship
 from deploys.postgres import cluster
 
 SOURCES = Path(__file__).resolve().parents[1] / "extension" / "portal_tenant"
@@ -73,8 +74,7 @@ def stamp_path(pg):
 @deploy("Tenant module")
 def tenant_module():
     pg = cluster()
-    files.sync(name="The tenant module's sources", src=str(SOURCES), dest=REMOTE_SOURCES, delete=True,
-               mode="644", dir_mode="755")
+    ship.tree("The tenant module's sources", SOURCES, REMOTE_SOURCES)
     digest = source_digest()
     if host.get_fact(FileContents, path=stamp_path(pg)) != [digest]:
         server.shell(name="Build and install the tenant module (its sources changed)",

@@ -10,7 +10,6 @@ prod: the operator supplies them there (outside git) and the deploy only checks 
 """
 
 import datetime
-import io
 import ipaddress
 import os
 
@@ -22,7 +21,7 @@ from pyinfra import host
 from pyinfra.api import DeployError, deploy
 from pyinfra.operations import files
 
-from deploys import secrets
+from deploys import secrets, ship
 from deploys.datasource import address_of
 from deploys.knobs import knobs
 from hostside import layout
@@ -192,11 +191,11 @@ def certificates(owner="root", remote=layout.TLS_DIR, role=""):
     cas = authorities()
     files.directory(name="TLS directory", path=remote, user="root", group=owner, mode="750")
     return {
-        "CA certificates": files.put(name="CA certificates (the tier's and the database servers')",
-                                     src=io.StringIO(cas[TIER_CA].read_text() + cas[DATABASE_CA].read_text()), dest=f"{remote}/ca.crt",
-                                     user="root", group=owner, mode="644"),
-        "database CA": files.put(name="The database servers' CA certificate", src=str(cas[DATABASE_CA]),
-                                 dest=f"{remote}/database-ca.crt", user="root", group=owner, mode="644"),
-        "certificate": files.put(name="Host certificate", src=str(cert), dest=f"{remote}/server.crt", user="root", group=owner, mode="644"),
+        "CA certificates": ship.file("CA certificates (the tier's and the database servers')",
+                                     cas[TIER_CA].read_text() + cas[DATABASE_CA].read_text(), f"{remote}/ca.crt",
+                                     "644", group=owner),
+        "database CA": ship.copy("The database servers' CA certificate", cas[DATABASE_CA], f"{remote}/database-ca.crt",
+                                 "644", group=owner),
+        "certificate": ship.copy("Host certificate", cert, f"{remote}/server.crt", "644", group=owner),
         "TLS key": secrets.put_private("Host key", key.read_text(), f"{remote}/server.key", user=owner, group=owner),
     }
