@@ -9,12 +9,14 @@ from pyinfra.operations import apt
 
 INDEX_MAX_AGE_S = 3600
 _refreshed = set()  # hosts whose index this run already refreshes: one `apt-get update` serves every later install
+_installed = {}  # host name: its packages as the plan found them, listed once per run (no install removes one)
 
 
 def install(name, packages, **options):
     """apt.packages for `packages`, with an index refresh first when one of them is not installed yet."""
-    installed = host.get_fact(DebPackages)
-    refresh = host.name not in _refreshed and any(p not in installed for p in packages)
+    if host.name not in _installed:
+        _installed[host.name] = host.get_fact(DebPackages)
+    refresh = host.name not in _refreshed and any(p not in _installed[host.name] for p in packages)
     if refresh:
         _refreshed.add(host.name)
     apt.packages(name=name, packages=packages, update=refresh, cache_time=INDEX_MAX_AGE_S, **options)

@@ -165,9 +165,9 @@ def patroni(archive, reload_when=None, pooled=None):
     conf = ship.template("Render the settings Patroni's postgresql.conf includes", "templates/postgresql.conf.j2",
                          f"{pg.config_directory}/{CUSTOM_CONF}", "644", **postgres_owned, settings=local, cluster=pg,
                          budget_mb=k.postgres_memory_budget_mb)
-    def render_hba(name):
+    def render_hba(name, rewrite=False):
         return ship.template(name, "templates/pg_hba.conf.j2", f"{pg.config_directory}/pg_hba.conf", "640",
-                             **postgres_owned, rules=rules)
+                             **postgres_owned, rewrite=rewrite, rules=rules)
 
     hba = render_hba("Render pg_hba.conf")
     files.directory(name="Patroni's configuration directory", path="/etc/patroni", user="root", group="postgres", mode="750")
@@ -194,7 +194,7 @@ def patroni(archive, reload_when=None, pooled=None):
         if host.name == lead:
             _start(pg, "bootstraps the cluster", f"{cluster_cmd} wait-leader --timeout 300")
             # Patroni's bootstrap appends its (empty) list of rules to pg_hba.conf: the same rules, written again.
-            render_hba("pg_hba.conf as rendered (Patroni's bootstrap appended to it)")
+            render_hba("pg_hba.conf as rendered (Patroni's bootstrap appended to it)", rewrite=True)
         barrier(name="The leader bootstrapped the cluster")
         if host.name != lead:
             _start(pg, "clones from the leader", f"{cluster_cmd} wait-running --timeout 600")

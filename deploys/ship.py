@@ -2,7 +2,9 @@
 
 One fact per file or tree, read at plan time, decides whether it is converged: a converged file is a no-change
 operation and costs one command, where pyinfra's put costs five or six (File, SHA-1 and the parent directory,
-read once to plan and again to run). That is most of a converged deploy's commands.
+read once to plan and again to run). That is most of a converged deploy's commands. The plan's read is the run's:
+a file that an earlier operation of the same run changes is written with `rewrite` (Patroni's bootstrap appends
+to pg_hba.conf).
 
 A file that is not converged travels on the command's stdin (never in argv, a log or an upload left in /tmp), lands
 in a temporary file mktemp makes beside `dest` with umask 077, and is renamed over `dest` once owned and moded: no
@@ -26,19 +28,21 @@ from deploys.facts import FileState, TreeState
 REPO = Path(__file__).resolve().parents[1]
 
 
-def file(name, content, dest, mode, user="root", group="root", as_user="root", create_remote_dir=False):
-    """`content` (text) at `dest`, owned by `user`:`group` with `mode` (octal digits, as a string)."""
+def file(name, content, dest, mode, user="root", group="root", as_user="root", create_remote_dir=False, rewrite=False):
+    """`content` (text) at `dest`, owned by `user`:`group` with `mode` (octal digits, as a string). `rewrite`: an
+    earlier operation of this run changes the file (what the plan read is stale), so it is written regardless."""
     content = content if content.endswith("\n") else content + "\n"  # what the command's stdin delivers
-    converged = host.get_fact(FileState, path=dest) == file_state(content, mode, user, group)
+    converged = not rewrite and host.get_fact(FileState, path=dest) == file_state(content, mode, user, group)
     return _written(name=name, dest=dest, commands=write_commands(dest, mode, user, group, as_user, create_remote_dir),
                     converged=converged, _stdin=content)
 
 
-def template(name, src, dest, mode, user="root", group="root", as_user="root", create_remote_dir=False, **data):
+def template(name, src, dest, mode, user="root", group="root", as_user="root", create_remote_dir=False, rewrite=False,
+             **data):
     """templates/`src` rendered as pyinfra renders them (strict: an undefined name fails), then `file`."""
     content = get_template(str(REPO / src)).render(host=host, **data)
     return file(name, content, dest, mode, user=user, group=group, as_user=as_user,
-                create_remote_dir=create_remote_dir)
+                create_remote_dir=create_remote_dir, rewrite=rewrite)
 
 
 def copy(name, src, dest, mode, **options):

@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -114,3 +115,14 @@ def test_any_drift_of_a_shipped_tree_reads_as_not_converged(source, tmp_path, dr
 
 def test_an_absent_tree_reads_as_none(tmp_path):
     assert fact(TreeState, path=str(tmp_path / "absent")) is None
+
+
+def test_a_file_the_run_changes_before_it_is_written_whatever_the_plan_read(monkeypatch):
+    converged = ship.file_state("local all postgres peer\n", "640", "postgres", "postgres")
+    monkeypatch.setattr(ship, "host", SimpleNamespace(get_fact=lambda fact, path: converged))
+    planned = []
+    monkeypatch.setattr(ship, "_written", lambda **arguments: planned.append(arguments["converged"]))
+    for rewrite in (False, True):
+        ship.file("pg_hba.conf", "local all postgres peer\n", "/etc/postgresql/17/main/pg_hba.conf", "640",
+                  user="postgres", group="postgres", rewrite=rewrite)
+    assert planned == [True, False]
