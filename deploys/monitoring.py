@@ -81,7 +81,7 @@ def _exporter(package, environment, args, restart=False):
     """Configure, then install (apt keeps the configuration), then run one exporter. The configuration holds the
     exporter's database password: written as a private file."""
     config = secrets.put_private(f"{package}'s configuration",
-                                 secrets.render("templates/exporter.default.j2", environment=environment, args=args),
+                                 ship.render("templates/exporter.default.j2", environment=environment, args=args),
                                  f"/etc/default/{package}", user=EXPORTER_USER, group=EXPORTER_USER, mode="640")
     install(f"Install {package}", packages=[package], no_recommends=True)
     systemd.service(name=f"{package} runs and starts at boot", service=package, running=True, enabled=True,
@@ -97,7 +97,7 @@ def node_metrics(database_host):
     # A key of their own: the exporters' user never holds the key that proves this host to PostgreSQL's clients.
     tls.certificates(owner=EXPORTER_USER, remote=TLS_DIR, role="exporter")
     user = knobs().metrics_scrape_user
-    web = secrets.render("templates/exporter-web.yml.j2", tls=TLS_DIR, user_name=user, password_hash=_password_hash(user))
+    web = ship.render("templates/exporter-web.yml.j2", tls=TLS_DIR, user_name=user, password_hash=_password_hash(user))
     secrets.put_private("The exporters' web configuration (HTTPS, basic auth)", web, WEB_CONFIG, group=EXPORTER_USER,
                         mode="640")
     # The database hosts' programs write here as postgres, and some as root: root owns the directory and postgres's

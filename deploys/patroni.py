@@ -171,7 +171,7 @@ def patroni(archive, reload_when=None, pooled=None):
 
     hba = render_hba("Render pg_hba.conf")
     files.directory(name="Patroni's configuration directory", path="/etc/patroni", user="root", group="postgres", mode="750")
-    config = secrets.put_private("Patroni's configuration (REST API and replication passwords)", secrets.render(
+    config = secrets.put_private("Patroni's configuration (REST API and replication passwords)", ship.render(
         "templates/patroni.yml.j2", namespace=ETCD_NAMESPACE, scope=k.patroni_scope, name=host.name, address=address,
         cluster=pg, restapi_port=k.patroni_restapi_port, tls=layout.TLS_DIR, restapi_user=RESTAPI_USER,
         restapi_password=secrets.password(f"{RESTAPI_USER}_restapi"), etcd_hosts=client_endpoints(), dcs=dcs,

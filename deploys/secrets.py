@@ -6,7 +6,6 @@ import re
 import secrets as random_source
 from pathlib import Path
 
-from jinja2 import Template
 from pyinfra import host
 from pyinfra.api.exceptions import DeployError
 
@@ -46,11 +45,6 @@ def password(role):
         with os.fdopen(fd, "w") as out:
             out.write(random_source.token_urlsafe(32) + "\n")
     return path.read_text().strip()
-
-
-def render(template, **values):
-    """A template of templates/ rendered here, for put_private (a file holding a secret is never uploaded)."""
-    return Template(Path(template).read_text(), keep_trailing_newline=True).render(**values)
 
 
 def put_private(name, content, dest, user="root", group="root", mode="600", as_user="root"):

@@ -39,10 +39,14 @@ def file(name, content, dest, mode, user="root", group="root", as_user="root", c
 
 def template(name, src, dest, mode, user="root", group="root", as_user="root", create_remote_dir=False, rewrite=False,
              **data):
-    """templates/`src` rendered as pyinfra renders them (strict: an undefined name fails), then `file`."""
-    content = get_template(str(REPO / src)).render(host=host, **data)
-    return file(name, content, dest, mode, user=user, group=group, as_user=as_user,
+    """`file` of `render(src, **data)`."""
+    return file(name, render(src, **data), dest, mode, user=user, group=group, as_user=as_user,
                 create_remote_dir=create_remote_dir, rewrite=rewrite)
+
+
+def render(src, **data):
+    """The repository's template `src` rendered here, as pyinfra renders them (strict: an undefined name fails)."""
+    return get_template(str(REPO / src)).render(host=host, **data)
 
 
 def copy(name, src, dest, mode, **options):
