@@ -27,7 +27,6 @@ import platform
 import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 
 from remote import leader, on
