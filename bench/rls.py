@@ -10,14 +10,17 @@ tenant + one query. Four policy variants on user_server_configs, swapped between
   - the assessment's "optimized": `(SELECT get_current_user_id())` validating per statement, `OR (SELECT is_admin(...))`;
   - ours (sql/): portal.set_tenant() validating once and writing a setting only it can write (extension/
     portal_tenant), `user_id = portal.tenant()`, admins by role.
-Every variant runs REPETITIONS times (--repetitions), interleaved, each repetition starting at the next variant; reports the median p50/p95 latency per transaction with the
-spread of p50, the ratio to no RLS, and the plan of each RLS-only query. A profile then times each step of a
-transaction inside one backend (each call repeated PROFILE_CALLS times): the module's calls against the first
-design's plpgsql (a context bound to the transaction's start time only, which the app could forge).
+Every variant runs REPETITIONS times (--repetitions), shape by shape and filter by filter with the variants back to
+back (each cell and repetition starting at the next variant); reports the median p50/p95 latency per transaction
+with the spread of p50, the server's CPU time per transaction (the backends' schedstat), the ratio to no RLS, ours
+against the naive policy repetition by repetition, and the plan of each RLS-only query. A profile then times each
+step of a transaction inside one backend (each call repeated PROFILE_CALLS times): the module's calls against the
+first design's plpgsql (a context bound to the transaction's start time only, which the app could forge).
 `--protocol prepared` runs pgbench with prepared statements, so each transaction leaves planning out
 (bench/results/rls-prepared.md; the simple protocol's go to rls.md). There the tenant's id reaches the query as a
 parameter, as an app's would: the statement that sets the tenant returns it (`\\gset`). With the simple protocol
 the query names it as `bench_uid(n)`, a constant to the planner.
+Every run's figures go beside the table (rls.json, rls-prepared.json).
 Needs the fleet up and deployed (`make local`); drops its database. Run as root: `make bench-rls`.
 """
 
@@ -179,11 +182,18 @@ TENANT = {"simple": ("SELECT {tenant};", "bench_uid(:n)"), "prepared": ("SELECT 
 
 # On the primary: each variant's policies in place, pgbench per shape and filter, percentiles from its log.
 RUNNER = r'''
-import glob, json, os, subprocess, sys, tempfile
+import glob, json, os, subprocess, sys, tempfile, time
 database, seconds, plan = sys.argv[1], sys.argv[2], json.load(open(sys.argv[4]))
 password = open(sys.argv[3]).read().strip()
 repetitions, profile_calls, protocol = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
 env = dict(os.environ, PGPASSWORD=password)
+
+def on_cpu_ns(pids):
+    """The processes' time on a CPU so far (ns); None when one has gone."""
+    try:
+        return sum(int(open(f"/proc/{pid}/schedstat").read().split()[0]) for pid in pids)
+    except FileNotFoundError:
+        return None
 
 def psql(sql, role="postgres"):
     argv = ["runuser", "-u", "postgres", "--", "psql", "-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]
@@ -191,39 +201,70 @@ def psql(sql, role="postgres"):
         argv = ["psql", "-h", "/var/run/postgresql", "-U", role, "-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]
     return subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout.strip()
 
-results, in_backend = [], []
-# Each repetition starts at the next variant, so none is always the one that runs after the others' seq scans.
-for repetition, variant in [(r, plan[(r + i) % len(plan)]) for r in range(repetitions) for i in range(len(plan))]:
-    psql("alter table portal.user_server_configs enable row level security; drop policy if exists bench on portal.user_server_configs;"
+RESET = ("alter table portal.user_server_configs enable row level security; "
+         "drop policy if exists bench on portal.user_server_configs; "
          "alter policy configs_tenant on portal.user_server_configs to portal_app;")
-    if variant["setup"]:
-        psql("alter policy configs_tenant on portal.user_server_configs to portal_definer;" + variant["setup"])
-    for run in variant["runs"]:
-        work = tempfile.mkdtemp(dir="/var/tmp")
-        os.chmod(work, 0o777)
-        script = os.path.join(work, "tx.sql")
-        with open(script, "w") as f:
-            f.write(f"\\set n random(1, {run['users']})\nBEGIN;\n{variant['statement']}\n{run['query']};\nEND;\n")
-        subprocess.run(["runuser", "-u", "postgres", "--", "pgbench", "-n", "-h",
-                        "/var/run/postgresql", "-U", "portal_app", "-c", "2", "-j", "2", "-T", seconds, "-M", protocol, "-f", script,
-                        "-l", "--log-prefix", os.path.join(work, "log"), database],
-                       check=True, capture_output=True, text=True, cwd=work, env=env)
-        latencies = sorted(int(line.split()[2]) for path in glob.glob(os.path.join(work, "log*"))
-                           for line in open(path))
-        query = run["query"].replace(":u", "bench_uid(1)").replace(":n", "1")
-        explain = psql("begin; select " + variant["tenant"].replace(":n", "1") + "; explain (costs off) "
-                       + query + "; rollback;", role="portal_app")
-        results.append({"repetition": repetition, "variant": variant["name"], "shape": run["shape"], "filter": run["filter"],
-                        "transactions": len(latencies),
-                        "p50_ms": latencies[len(latencies) // 2] / 1000, "p95_ms": latencies[int(len(latencies) * 0.95)] / 1000,
-                        "plan": " / ".join(line.strip() for line in explain.splitlines() if "Scan" in line)})
-        subprocess.run(["rm", "-rf", work])
-    module = "true" if variant["name"] == "ours" else "false"
-    for line in psql(f"select * from profile_shapes({profile_calls}, {module})", role="portal_app").splitlines():
-        shape, us = line.split("|")
-        in_backend.append({"repetition": repetition, "variant": variant["name"], "shape": shape, "us": float(us)})
-psql("alter table portal.user_server_configs enable row level security; drop policy if exists bench on portal.user_server_configs;"
-     "alter policy configs_tenant on portal.user_server_configs to portal_app;")
+
+def use(variant):
+    """The variant's policies on user_server_configs (ours: the schema's own)."""
+    psql(RESET + (f"alter policy configs_tenant on portal.user_server_configs to portal_definer;{variant['setup']}"
+                  if variant["setup"] else ""))
+
+def pgbench(repetition, variant, run):
+    work = tempfile.mkdtemp(dir="/var/tmp")
+    os.chmod(work, 0o777)
+    script = os.path.join(work, "tx.sql")
+    with open(script, "w") as f:
+        f.write(f"\\set n random(1, {run['users']})\nBEGIN;\n{variant['statement']}\n{run['query']};\nEND;\n")
+    bench = subprocess.Popen(["runuser", "-u", "postgres", "--", "pgbench", "-n", "-h", "/var/run/postgresql",
+                              "-U", "portal_app", "-c", "2", "-j", "2", "-T", seconds, "-M", protocol, "-f", script,
+                              "-l", "--log-prefix", os.path.join(work, "log"), database],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=work, env=env)
+    # The server's CPU time per transaction: the two backends' on-CPU nanoseconds (schedstat) over a window
+    # inside the run, divided by the transactions that ended in it. Client and protocol are left out.
+    time.sleep(1)
+    backends = subprocess.run(["pgrep", "-f", f"^postgres: .*portal_app {database} "], capture_output=True,
+                              text=True).stdout.split()
+    window = [(time.time(), on_cpu_ns(backends))]
+    time.sleep(int(seconds) - 2)
+    window.append((time.time(), on_cpu_ns(backends)))
+    if bench.wait() != 0:
+        sys.exit(f"pgbench failed: {bench.stderr.read()[-2000:]}")
+    logged = [line.split() for path in glob.glob(os.path.join(work, "log*")) for line in open(path)]
+    latencies = sorted(int(fields[2]) for fields in logged)
+    (start, cpu_start), (end, cpu_end) = window
+    ended = sum(1 for fields in logged if start <= int(fields[4]) + int(fields[5]) / 1e6 <= end)
+    measured = ended and backends and None not in (cpu_start, cpu_end)
+    server_us = (cpu_end - cpu_start) / 1000 / ended if measured else None
+    query = run["query"].replace(":u", "bench_uid(1)").replace(":n", "1")
+    explain = psql("begin; select " + variant["tenant"].replace(":n", "1") + "; explain (costs off) "
+                   + query + "; rollback;", role="portal_app")
+    results.append({"repetition": repetition, "variant": variant["name"], "shape": run["shape"], "filter": run["filter"],
+                    "transactions": len(latencies), "server_us": server_us,
+                    "p50_ms": latencies[len(latencies) // 2] / 1000, "p95_ms": latencies[int(len(latencies) * 0.95)] / 1000,
+                    "plan": " / ".join(line.strip() for line in explain.splitlines() if "Scan" in line)})
+    subprocess.run(["rm", "-rf", work])
+
+results, in_backend = [], []
+# Cell by cell: the variants of one shape and filter run one after the other, so a drift in the machine's speed (the
+# fleet shares its cores) falls on all of them alike. Each cell and repetition starts at the next variant, so none
+# is always the one that runs after the others' seq scans.
+cells = list(dict.fromkeys((run["shape"], run["filter"]) for variant in plan for run in variant["runs"]))
+for repetition in range(repetitions):
+    for c, cell in enumerate(cells):
+        here = [(variant, run) for variant in plan for run in variant["runs"] if (run["shape"], run["filter"]) == cell]
+        turn = (repetition + c) % len(here)
+        for variant, run in here[turn:] + here[:turn]:
+            use(variant)
+            pgbench(repetition, variant, run)
+    for i in range(len(plan)):
+        variant = plan[(repetition + i) % len(plan)]
+        use(variant)
+        module = "true" if variant["name"] == "ours" else "false"
+        for line in psql(f"select * from profile_shapes({profile_calls}, {module})", role="portal_app").splitlines():
+            shape, us = line.split("|")
+            in_backend.append({"repetition": repetition, "variant": variant["name"], "shape": shape, "us": float(us)})
+psql(RESET)
 profile = [line.split("|") for line in psql(f"select * from profile({profile_calls})").splitlines()]
 print(json.dumps({"runs": results, "in_backend": in_backend,
                   "profile": [{"step": step, "us": float(us)} for step, us in profile]}))
@@ -289,6 +330,24 @@ def server_costs(in_backend):
     return rows, verdict
 
 
+def paired(runs):
+    """Ours against the naive policy, app filter, repetition by repetition (the two ran back to back): per shape and
+    measure, the median of the ratios and in how many repetitions ours was below."""
+    by = {(r["repetition"], r["variant"], r["shape"]): r for r in runs if r["filter"] == "app filter"}
+    lines = []
+    for measure, key in (("p50", "p50_ms"), ("server CPU per transaction", "server_us")):
+        cells = []
+        for shape in SHAPES:
+            ratios = [by[(rep, "ours", shape)][key] / naive[key] for (rep, variant, s), naive in by.items()
+                      if variant == "assessment current" and s == shape and naive[key]
+                      and (rep, "ours", shape) in by and by[(rep, "ours", shape)][key]]
+            if ratios:
+                below = sum(1 for ratio in ratios if ratio < 1)
+                cells.append(f"{shape} {median(ratios):.2f}x ({below} of {len(ratios)} below)")
+        lines.append(f"- {measure}: {'; '.join(cells)}.")
+    return "\n".join(lines)
+
+
 def write(measured, protocol, repetitions):
     """The table of medians over the repetitions (p50 spread: min-max), the verdicts, and the profile; its path."""
     runs = {}
@@ -296,38 +355,59 @@ def write(measured, protocol, repetitions):
         runs.setdefault((r["variant"], r["shape"], r["filter"]), []).append(r)
     summary = {key: {"p50": median(r["p50_ms"] for r in rs), "p95": median(r["p95_ms"] for r in rs),
                      "low": min(r["p50_ms"] for r in rs), "high": max(r["p50_ms"] for r in rs),
-                     "transactions": sum(r["transactions"] for r in rs), "plan": rs[0]["plan"]}
+                     "transactions": sum(r["transactions"] for r in rs), "plan": rs[0]["plan"],
+                     "server_us": median(server) if (server := [r["server_us"] for r in rs if r["server_us"]])
+                     else None}
                for key, rs in runs.items()}
     baseline = {shape: summary[("no RLS", shape, "app filter")] for shape in SHAPES}
     rows = []
-    for (variant, shape, label), m in summary.items():
+    order = (list(VARIANTS), list(SHAPES), list(FILTERS))
+    for (variant, shape, label), m in sorted(summary.items(), key=lambda item: tuple(
+            names.index(name) for names, name in zip(order, item[0]))):
         base = baseline[shape]
+        server = (f"{m['server_us']:.1f} | {m['server_us'] / base['server_us']:.2f}x"
+                  if m["server_us"] and base["server_us"] else "- | -")
         rows.append(f"| {shape} | {label} | {variant} | {m['transactions']} | {m['p50']:.3f} ({m['low']:.3f}-{m['high']:.3f}) | "
-                    f"{m['p95']:.3f} | {m['p50'] / base['p50']:.2f}x | {m['p95'] / base['p95']:.2f}x | {m['plan']} |")
+                    f"{m['p95']:.3f} | {m['p50'] / base['p50']:.2f}x | {m['p95'] / base['p95']:.2f}x | {server} | {m['plan']} |")
     ours = {key: m for key, m in summary.items() if key[0] == "ours"}
     ratio = {key: m["p50"] / baseline[key[1]]["p50"] for key, m in ours.items()}
     worst = max(ratio, key=ratio.get)
     naive = {shape: summary[("assessment current", shape, "app filter")]["p50"] for shape in SHAPES}
     above_naive = [f"{shape}, {label}" for (_, shape, label), m in ours.items() if m["p50"] >= naive[shape]]
+    naive_server = {shape: summary[("assessment current", shape, "app filter")]["server_us"] for shape in SHAPES}
+    above_naive_server = [f"{shape}, {label}" for (_, shape, label), m in ours.items()
+                          if None in (m["server_us"], naive_server[shape]) or m["server_us"] >= naive_server[shape]]
+    pairs = paired(measured["runs"])
     profile = "\n".join(f"| {p['step']} | {p['us']:.2f} |" for p in measured["profile"])
     in_backend, server_verdict = server_costs(measured["in_backend"])
     results = RESULTS if protocol == "simple" else RESULTS.with_name("rls-prepared.md")
+    results.with_suffix(".json").write_text(json.dumps(measured, indent=1) + "\n")  # every run's figures
     results.write_text(f"""# Row-level security cost ({protocol} protocol)
 
 Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `bench/rls.py --protocol {protocol}` on
 {platform.node()}: {os.cpu_count()} cores, kernel {platform.release()}. On `{HOST}` (a fleet host sharing the
 machine's cores; postgres_memory_budget_mb 512), in a scratch database made by the portal's migrations:
 {USERS} users, {USERS * SERVERS_PER_USER} user_server_configs, {AUDIT_ROWS} audit rows. pgbench as portal_app
-over the local socket (`pgbench -M {protocol}`), 2 clients, {SECONDS} s per row, every row {repetitions} times (interleaved, each repetition starting at the next variant); one transaction
+over the local socket (`pgbench -M {protocol}`), 2 clients, {SECONDS} s per row, every row {repetitions} times (shape
+by shape and filter by filter, the variants back to back, each starting at the next variant); one transaction
 = BEGIN, set the tenant, the query, END. p50 and p95 are the medians over the repetitions, with the spread of p50
 (min-max). Ratios are against "no RLS" with the app's filter, same shape, same run. The targets: ours <= 1.10x on
 every shape, and below the assessment's naive per-row policy ("assessment current", app filter) on every shape.
 
 Worst of ours: {worst[1]}, {worst[2]}: {ratio[worst]:.2f}x at p50{" (target met)" if ratio[worst] <= 1.10 else " (target missed)"}.
 Ours at or above the naive policy: {"; ".join(above_naive) or "none"}.
+By the server's CPU time per transaction, ours at or above the naive policy: {"; ".join(above_naive_server) or "none"}.
+Ours against the naive policy with the app's filter, repetition by repetition (median ratio, and how often ours was
+below):
+{pairs}
 
-| shape | filter | variant | transactions | p50 ms (spread) | p95 ms | p50 vs no RLS | p95 vs no RLS | scans |
-|---|---|---|---|---|---|---|---|---|
+"server CPU": the two backends' time on a CPU (`/proc/<pid>/schedstat`) from the 2nd second of the run to 1 s before
+its end, over the transactions that ended in that window; median over the repetitions ("-": no transaction ended in
+it). It counts the backends' own work, their system calls included, and leaves out pgbench and the time a backend
+waits for it.
+
+| shape | filter | variant | transactions | p50 ms (spread) | p95 ms | p50 vs no RLS | p95 vs no RLS | server CPU us/tx | server CPU vs no RLS | scans |
+|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 ## The server's cost per transaction, inside one backend (app's filter)
