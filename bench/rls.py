@@ -86,7 +86,7 @@ analyze;
 
 # Each step of a transaction, timed inside one backend (as postgres). "before" is the first design's pair, copied
 # here: a context bound to the transaction's start time, which any role could write.
-PROFILE = """
+PROFILE = f"""
 create function public.tenant_before() returns uuid language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare context text := current_setting('portal.tenant', true);
 begin
@@ -107,7 +107,8 @@ create function public.profile(calls int) returns table (step text, us numeric) 
 declare
   started timestamptz; u uuid := bench_uid(1); ignored uuid;
   steps text[] := array['set_config (the no-RLS variant''s tenant)', 'the active-user check alone, in SQL',
-                        'set_tenant(), before', 'set_tenant(), the module', 'tenant(), before', 'tenant(), the module'];
+                        'set_tenant(), before', 'set_tenant(), the module', 'tenant(), before', 'tenant(), the module',
+                        'set_config, a random user each call', 'set_tenant(), the module, a random user each call'];
 begin
   for s in 1..array_length(steps, 1) loop
     if s = 5 then perform set_tenant_before(u); elsif s = 6 then perform portal.set_tenant(u); end if;
@@ -119,7 +120,9 @@ begin
         when 3 then perform set_tenant_before(u);
         when 4 then perform portal.set_tenant(u);
         when 5 then ignored := tenant_before();
-        else ignored := portal.tenant();
+        when 6 then ignored := portal.tenant();
+        when 7 then perform set_config('app.current_user_id', bench_uid(1 + (i * 7919) % {USERS})::text, true);
+        else perform portal.set_tenant(bench_uid(1 + (i * 7919) % {USERS}));
       end case;
     end loop;
     step := steps[s];
@@ -221,7 +224,8 @@ def pgbench(repetition, variant, run):
                               "-l", "--log-prefix", os.path.join(work, "log"), database],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=work, env=env)
     # The server's CPU time per transaction: the two backends' on-CPU nanoseconds (schedstat) over a window
-    # inside the run, divided by the transactions that ended in it. Client and protocol are left out.
+    # inside the run, divided by the transactions that ended in it; pgbench, and the time a backend waits for it,
+    # are left out.
     time.sleep(1)
     backends = subprocess.run(["pgrep", "-f", f"^postgres: .*portal_app {database} "], capture_output=True,
                               text=True).stdout.split()
@@ -412,7 +416,7 @@ waits for it.
 
 ## The server's cost per transaction, inside one backend (app's filter)
 
-Each repetition, after the variant's pgbench rows: `profile_shapes()` as portal_app under the variant's policies,
+Each repetition, after its pgbench rows, each variant in turn: `profile_shapes()` as portal_app under its policies,
 {PROFILE_CALLS} transactions' worth of work per shape in one backend (set the tenant, the query with the app's
 filter), timed on a second pass over the same users (the first reads their pages in), us per transaction: median over the repetitions (min-max), ratio to no RLS. No client, protocol or
 pgbench: what is left is each design's server-side cost (on a machine whose cores the fleet shares, the spread
@@ -427,7 +431,9 @@ can still exceed the differences between designs: read it before the medians).
 ## Profile: each step of a transaction, inside one backend ({PROFILE_CALLS} calls each, us per call)
 
 "before" is the first design (a context bound to the transaction's start time only: the app could write one by
-hand for any user, a deactivated one included); "the module" is sql/'s (extension/portal_tenant).
+hand for any user, a deactivated one included); "the module" is sql/'s (extension/portal_tenant). The steps call
+for one user again and again, except the last two, which also make a different user's id each call (the same
+work in both): what the user lookup costs when its pages are not the ones just read.
 
 | step | us per call |
 |---|---|
