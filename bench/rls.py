@@ -4,7 +4,7 @@ In a scratch database on the primary, made by the portal's own migrations (sqitc
 users, 1M user_server_configs (10 servers each), 1M audit rows. The assessment's three query shapes (a user's
 configs; configs joined to servers; the dashboard aggregate), each with the app's own `user_id` filter and
 relying on RLS alone, as portal_app over the local socket, pgbench with 2 clients; one transaction = set the
-tenant + one query. Four policy variants on user_server_configs, swapped between runs:
+tenant + one query. Five policy variants on user_server_configs, swapped between runs:
   - no RLS (the baseline: the app's filter alone);
   - the assessment's "current": `user_id = current_setting(...)::uuid OR is_admin(current_setting(...)::uuid)`;
   - the same policy over the setting portal.set_tenant() writes, the tenant set by it ("current, checked"): the
@@ -356,8 +356,8 @@ def paired(runs, other):
     for measure, key in (("p50", "p50_ms"), ("server CPU per transaction", "server_us")):
         cells = []
         for shape in SHAPES:
-            ratios = [by[(rep, "ours", shape)][key] / naive[key] for (rep, variant, s), naive in by.items()
-                      if variant == other and s == shape and naive[key]
+            ratios = [by[(rep, "ours", shape)][key] / theirs[key] for (rep, variant, s), theirs in by.items()
+                      if variant == other and s == shape and theirs[key]
                       and (rep, "ours", shape) in by and by[(rep, "ours", shape)][key]]
             if ratios:
                 below = sum(1 for ratio in ratios if ratio < 1)
