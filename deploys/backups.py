@@ -129,6 +129,18 @@ def _restore_source(pg):
     return True
 
 
+def start_or_give_up(unit, settle_s=3):
+    """Shell: start a PostgreSQL cluster's unit; fails when it does not start, never hangs. Debian's unit ignores
+    pg_ctlcluster's failure and then waits for the PID file with no time limit: when the server exits while it
+    starts (recovery aborted), the start job would wait forever. A unit still activating with neither a start
+    process nor a main process for `settle_s` seconds is that case: its job is cancelled (stop), and the start
+    fails."""
+    state = " ".join(f"$(systemctl show -P {p} {unit})" for p in ("ActiveState", "ControlPID", "MainPID"))
+    return (f"{{ systemctl start {unit} & starting=$!; stuck=0; while kill -0 $starting 2>/dev/null; do "
+            f"if [ \"{state}\" = 'activating 0 0' ]; then stuck=$((stuck + 1)); else stuck=0; fi; "
+            f"if [ $stuck -ge {settle_s} ]; then systemctl stop {unit}; fi; sleep 1; done; wait $starting; }}")
+
+
 @deploy("Point-in-time restore")
 def restore(cluster_name=None, scratch=False):
     """On restore_host: a new cluster (restore_cluster, or `cluster_name`) restored from the newest verified backup before
@@ -171,7 +183,7 @@ def restore(cluster_name=None, scratch=False):
             f"{{ runuser -u postgres -- env {source}{PROGRAM} restore {datadir} {flags} && pg_createcluster {pg.major} "
             f"{pg.name} -d {datadir} -p {port} --start-conf=manual{private}; }} || {{ rc=$?; "
             f"rm -rf {datadir} {pg.config_directory}; exit $rc; }}",
-            f"systemctl start {pg.unit} || {{ echo \"the restored cluster did not start: {why}\" >&2; exit 1; }}",
+            f"{start_or_give_up(pg.unit)} || {{ echo \"the restored cluster did not start: {why}\" >&2; exit 1; }}",
             wait,
             # Without a target, replay ends where a fetch answers "absent": at the archive's end, or at a gap.
             *([] if targets else [f"runuser -u postgres -- env {source}{PROGRAM} replayed {datadir}"]),
